@@ -1,0 +1,203 @@
+"""The repository's own rules (../shared/DESIGN.md), checked on every run."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import ROOT, ServerProcess, run_script
+
+CONCEPTS = [
+    "Threading",
+    "BlockingQueue",
+    "WebSockets",
+    "RealTimeChat",
+    "TwoPhaseCommit",
+    "UniqueIdGeneration",
+    "SimpleCDN",
+    "ConsistentHashing",
+]
+TEST_MODULE = {c: f"test_{c.lower()}.py" for c in CONCEPTS} | {
+    "UniqueIdGeneration": "test_uniqueid.py"
+}
+ENTRY_POINTS = {"demo", "bench"}  # every folder has them; nothing imports them
+SKIP_DIRS = {"__pycache__", "node_modules", ".venv", "images"}
+
+
+def present_concepts() -> list[str]:
+    return [c for c in CONCEPTS if (ROOT / c).is_dir()]
+
+
+def python_files(folder: str) -> list[Path]:
+    return [p for p in sorted((ROOT / folder).rglob("*.py")) if not SKIP_DIRS & set(p.parts)]
+
+
+def module_names(folder: str) -> set[str]:
+    """Importable names a folder defines: its .py modules and its packages."""
+    base = ROOT / folder
+    names = {p.stem for p in base.glob("*.py")}
+    names |= {p.name for p in base.iterdir() if (p / "__init__.py").is_file()}
+    return names
+
+
+def imported_names(path: Path) -> set[str]:
+    """Top-level names a file imports (`import a.b` and `from a import b` give `a`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_folder_imports_another_folders_modules():
+    owners: dict[str, str] = {}
+    for folder in present_concepts():
+        for name in module_names(folder) - ENTRY_POINTS:
+            owners[name] = folder
+    crossings = []
+    for folder in present_concepts():
+        for path in python_files(folder):
+            for name in imported_names(path):
+                owner = owners.get(name)
+                if name in CONCEPTS or (owner and owner != folder):
+                    crossings.append(f"{path.relative_to(ROOT)} imports {name} ({owner or name})")
+    assert not crossings, "folders must share no code:\n" + "\n".join(crossings)
+
+
+def test_nothing_imports_the_entry_points():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in present_concepts()
+        for path in python_files(folder)
+        if imported_names(path) & ENTRY_POINTS
+    ]
+    offenders += [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        if imported_names(path) & ENTRY_POINTS
+    ]
+    assert not offenders, f"demo.py and bench.py are entry points, never imported: {offenders}"
+
+
+def test_module_names_are_unique_across_folders():
+    seen: dict[str, str] = {}
+    clashes = []
+    for folder in present_concepts():
+        for name in sorted(module_names(folder) - ENTRY_POINTS):
+            if name in seen:
+                clashes.append(f"{name}: {seen[name]}/ and {folder}/")
+            seen[name] = folder
+    assert not clashes, "module names must be unique across the repository: " + "; ".join(clashes)
+
+
+@pytest.mark.parametrize("folder", CONCEPTS)
+def test_each_built_folder_keeps_the_contract(folder):
+    if not (ROOT / folder).is_dir():
+        pytest.skip(f"{folder}/ is not built yet")
+    missing = [f for f in ("README.md", "demo.py") if not (ROOT / folder / f).is_file()]
+    if not (ROOT / "tests" / TEST_MODULE[folder]).is_file():
+        missing.append(f"tests/{TEST_MODULE[folder]}")
+    assert not missing, f"{folder}/ lacks {', '.join(missing)}"
+
+
+def first_code_block(markdown: str) -> list[str]:
+    match = re.search(r"```[a-z]*\n(.*?)```", markdown, re.DOTALL)
+    assert match, "README.md has no code block"
+    return [line.strip() for line in match.group(1).splitlines() if line.strip()]
+
+
+def make_targets() -> set[str]:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return set(re.findall(r"^([A-Za-z][\w-]*)\s*:", makefile, re.MULTILINE))
+
+
+def test_readme_starts_with_the_two_commands_and_they_are_make_targets():
+    commands = first_code_block((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert commands[:2] == ["make demo", "make test"]
+    for command in commands[:2]:
+        target = command.split()[1]
+        assert target in make_targets()
+        dry_run = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+        assert dry_run.returncode == 0, dry_run.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "set -euo pipefail" in ci
+    assert re.search(r"^make test$", ci, re.MULTILINE)
+
+
+def test_requirements_are_exact_pins():
+    lines = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    loose = [line for line in lines if not re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==[\w.+-]+", line)]
+    assert lines and not loose, f"not pinned with ==: {loose}"
+
+
+def test_tour_lists_every_concept_in_readme_order():
+    result = run_script("tour.py", "--list")
+    assert result.returncode == 0, result.stderr
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    assert listed == CONCEPTS
+
+
+def test_tour_refuses_an_unknown_concept():
+    result = run_script("tour.py", "NoSuchConcept")
+    assert result.returncode == 2
+    assert "unknown concept NoSuchConcept" in result.stderr
+
+
+# The harness itself: a server that announces itself is started, reached and
+# stopped; one that dies or stays silent is reported with what it printed.
+
+TINY_SERVER = """
+import argparse, http.server, signal, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int, default=0)
+args = parser.parse_args()
+server = http.server.HTTPServer(("127.0.0.1", args.port), http.server.SimpleHTTPRequestHandler)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+print(f"Listening on http://127.0.0.1:{server.server_port}", flush=True)
+server.serve_forever()
+"""
+
+
+def test_harness_starts_reaches_and_stops_a_server(tmp_path, start_server):
+    script = tmp_path / "tiny_server.py"
+    script.write_text(TINY_SERVER)
+    server = start_server(str(script))
+    assert server.port > 0
+    assert requests.get(server.url + "/", timeout=5).status_code == 200
+    assert server.stop() == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/", timeout=5)
+
+
+def test_harness_reports_a_server_that_dies_at_start(tmp_path):
+    script = tmp_path / "broken_server.py"
+    script.write_text("import sys\nprint('cannot bind', flush=True)\nsys.exit(3)\n")
+    with pytest.raises(RuntimeError, match=r"exited with 3(.|\n)*cannot bind"):
+        ServerProcess(str(script))
+
+
+def test_harness_gives_up_on_a_silent_server(tmp_path):
+    script = tmp_path / "silent_server.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    with pytest.raises(RuntimeError, match="printed no 'Listening on ' line"):
+        ServerProcess(str(script), timeout=1.0)
+
+
+def test_run_script_captures_a_scripts_output():
+    result = run_script("tour.py", "--help")
+    assert result.returncode == 0
+    assert "usage: tour.py" in result.stdout
