@@ -1,0 +1,125 @@
+"""Run the same tasks in processes: by hand with `multiprocessing.Process`, then with a pool.
+
+Processes share no memory, so tasks travel to the children and answers travel
+back through queues (pickled on the way). Each child is a whole interpreter with
+its own GIL, so processes compute in parallel on separate cores, at the price of
+starting them and copying data in and out. README.md, "Processes", walks through
+this file.
+
+    python Threading/MultiProcessing.py --kind cpu --tasks 16 --workers 2
+
+Everything a child runs is a top-level function and every script keeps its work
+under `if __name__ == "__main__":`, so this also works where children are
+started fresh ("spawn": macOS, Windows) instead of copied ("fork": Linux).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.process import BaseProcess
+
+import workloads
+from workloads import Task, do_task
+
+POLL_INTERVAL = 0.5  # seconds between checks that no child has died
+STOP_TIMEOUT = 10.0  # seconds a child may take to exit once the work is done
+
+
+class WorkerDied(RuntimeError):
+    """A child process exited before sending back all the answers it owed."""
+
+
+class TaskFailed(RuntimeError):
+    """A task raised an exception inside a child process."""
+
+
+def _process_worker(todo: multiprocessing.Queue, done: multiprocessing.Queue) -> None:
+    """A child's main loop: take (position, task) until the `None` sentinel, send answers back."""
+    while (item := todo.get()) is not None:
+        position, task = item
+        try:
+            done.put((position, do_task(task), None))
+        except Exception as exc:  # send the failure home: the parent decides what to do
+            done.put((position, None, f"{type(exc).__name__}: {exc}"))
+
+
+def run_with_processes(tasks: list[Task], workers: int) -> list[int]:
+    """Start `workers` processes fed by a queue; return the answers in task order.
+
+    The parent reads every answer *before* joining the children: a child that has
+    put data on a queue cannot exit until it is read, so joining first can hang.
+    A child that dies (killed, crashed) raises WorkerDied instead of a hang.
+    """
+    todo: multiprocessing.Queue = multiprocessing.Queue()
+    done: multiprocessing.Queue = multiprocessing.Queue()
+    children = [
+        multiprocessing.Process(target=_process_worker, args=(todo, done), name=f"worker-{i}")
+        for i in range(workers)
+    ]
+    # Start the children before the first put: put() starts a feeder thread, and
+    # copying ("fork") a process that has threads is unsafe.
+    for child in children:
+        child.start()
+    try:
+        for position, task in enumerate(tasks):
+            todo.put((position, task))
+        for _ in children:
+            todo.put(None)  # one sentinel per child: each stops after taking one
+
+        results: list[int | None] = [None] * len(tasks)
+        for _ in tasks:
+            position, answer, error = _next_answer(done, children)
+            if error is not None:
+                raise TaskFailed(f"task {tasks[position]} failed in a child: {error}")
+            results[position] = answer
+        for child in children:
+            child.join(timeout=STOP_TIMEOUT)
+        return results  # type: ignore[return-value]  # every slot was filled above
+    finally:
+        for child in children:
+            if child.is_alive():  # only after a failure: do not leave orphans behind
+                child.terminate()
+                child.join()
+        todo.cancel_join_thread()  # unread tasks must not keep this process from exiting
+
+
+def _next_answer(
+    done: multiprocessing.Queue, children: list[BaseProcess]
+) -> tuple[int, int | None, str | None]:
+    """Wait for the next answer, checking now and then that the children are still alive."""
+    while True:
+        try:
+            return done.get(timeout=POLL_INTERVAL)
+        except queue.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead or all(c.exitcode is not None for c in children):
+                who = ", ".join(f"{c.name} (exit code {c.exitcode})" for c in dead) or "all"
+                raise WorkerDied(f"children exited before answering every task: {who}") from None
+
+
+def run_with_process_pool(tasks: list[Task], workers: int) -> list[int]:
+    """The same with `concurrent.futures`: the pool owns the processes and the queues."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(do_task, tasks))  # keeps task order, re-raises errors here
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = workloads.argument_parser(
+        "Run CPU-bound or I/O-bound tasks sequentially and in processes; compare wall times.",
+        default_kind="cpu",
+        workers_are="processes",
+    )
+    return workloads.compare(
+        parser.parse_args(argv),
+        {
+            "multiprocessing.Process + Queue": run_with_processes,
+            "ProcessPoolExecutor": run_with_process_pool,
+        },
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

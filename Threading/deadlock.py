@@ -1,0 +1,257 @@
+"""Break it: the deadlock. Two transfers lock two accounts in opposite order.
+
+Transfer 1 locks alice, then bob; transfer 2 locks bob, then alice. If each
+takes its first lock before the other takes its second, both wait forever. This
+script never waits forever: every wait is `acquire(timeout=...)`, and a wait
+that times out looks for a cycle in "who waits for whom". A cycle is a deadlock:
+one thread (the victim) reports it, lets go of what it holds and retries, the
+way a database aborts one transaction of a deadlocked pair. Then the fix: every
+thread takes the locks in one global order, and no cycle can form. README.md,
+"Break it: the deadlock", explains the run.
+
+    python Threading/deadlock.py --timeout 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+WAIT_TIMEOUT = 0.5  # seconds a thread waits for a lock before it looks for a deadlock
+MAX_WAIT = 30.0  # seconds any one lock may be waited for in total, deadlock or not
+MAX_ATTEMPTS = 5  # a transfer that backs off this often gives up
+START_BALANCE = 100
+
+
+class LockWaitTooLong(RuntimeError):
+    """A lock was waited for longer than MAX_WAIT without any deadlock being found."""
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """One thread in a deadlock: what it holds, and the lock it is waiting for."""
+
+    thread: str
+    holds: tuple[str, ...]
+    waits_for: str
+
+
+@dataclass(frozen=True)
+class Deadlock:
+    """A cycle of threads, each waiting for a lock the next one holds."""
+
+    victim: str  # the thread that backed off to break the cycle
+    cycle: tuple[Waiter, ...]
+
+    def describe(self) -> list[str]:
+        lines = []
+        for i, waiter in enumerate(self.cycle):
+            holder = self.cycle[(i + 1) % len(self.cycle)].thread
+            lines.append(
+                f"{waiter.thread} holds {', '.join(waiter.holds)} and waits for "
+                f"{waiter.waits_for} (held by {holder})"
+            )
+        return lines
+
+
+class LockMonitor:
+    """Named locks that remember who holds them and who waits for them.
+
+    The bookkeeping (`holder`, `waiting`) is guarded by `_guard`, which is only
+    ever held for a few dictionary operations, never while waiting for a lock.
+    """
+
+    def __init__(self, names: list[str], timeout: float = WAIT_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._locks = {name: threading.Lock() for name in names}
+        self._guard = threading.Lock()
+        self.holder: dict[str, str] = {}  # lock name -> thread that holds it
+        self.waiting: dict[str, str] = {}  # thread -> lock name it is waiting for
+        self.deadlocks: list[Deadlock] = []
+
+    def acquire(self, name: str) -> bool:
+        """Take lock `name`. True once held; False if waiting would deadlock.
+
+        On False the caller is the victim: it must release what it holds and
+        retry later. Raises LockWaitTooLong after MAX_WAIT without a deadlock.
+        """
+        me = threading.current_thread().name
+        lock = self._locks[name]
+        with self._guard:
+            self.waiting[me] = name
+        give_up = time.monotonic() + MAX_WAIT
+        while not lock.acquire(timeout=self.timeout):
+            with self._guard:  # one thread at a time inspects the graph and may back off
+                cycle = self._cycle_through(me)
+                if cycle:
+                    del self.waiting[me]  # from now on nobody waits for us: the cycle is broken
+                    self.deadlocks.append(Deadlock(me, cycle))
+                    return False
+            if time.monotonic() > give_up:  # slow, not deadlocked: still never hang
+                with self._guard:
+                    del self.waiting[me]
+                raise LockWaitTooLong(f"{me} waited {MAX_WAIT:.0f} s for {name}")
+        with self._guard:
+            del self.waiting[me]
+            self.holder[name] = me
+        return True
+
+    def release(self, name: str) -> None:
+        with self._guard:
+            del self.holder[name]
+        self._locks[name].release()
+
+    def held_by(self, thread: str) -> tuple[str, ...]:
+        return tuple(sorted(name for name, owner in self.holder.items() if owner == thread))
+
+    def _cycle_through(self, start: str) -> tuple[Waiter, ...]:
+        """Follow "waits for a lock held by" from `start`; the cycle if it comes back.
+
+        Called with `_guard` held. Empty if the chain ends at a free lock or at a
+        thread that is running (not waiting): then the wait is slow, not stuck.
+        """
+        chain: list[Waiter] = []
+        thread = start
+        while thread in self.waiting and len(chain) <= len(self.waiting):
+            wanted = self.waiting[thread]
+            chain.append(Waiter(thread, self.held_by(thread), wanted))
+            thread = self.holder.get(wanted, "")
+            if thread == start:
+                return tuple(chain)
+        return ()
+
+
+@dataclass
+class TransferRun:
+    """What one run of `run_transfers` saw."""
+
+    ordered: bool
+    seconds: float
+    balances: dict[str, int]
+    completed: int
+    deadlocks: list[Deadlock] = field(default_factory=list)
+
+
+def transfer(
+    monitor: LockMonitor,
+    accounts: dict[str, int],
+    source: str,
+    target: str,
+    amount: int,
+    ordered: bool,
+    both_hold_one: threading.Barrier | None = None,
+) -> bool:
+    """Move `amount` from `source` to `target` holding both accounts' locks.
+
+    Unordered, it locks source then target: two opposite transfers can deadlock.
+    Ordered, it locks the two in alphabetical order, whatever the direction.
+    The optional barrier makes both transfers hold their first lock before
+    either asks for its second, so the unordered run deadlocks every time, not
+    just sometimes. (Ordered, that moment cannot happen: whoever gets the first
+    lock in the order is the only one that can go on to want a second.)
+    """
+    first, second = sorted((source, target)) if ordered else (source, target)
+    for attempt in range(MAX_ATTEMPTS):
+        if not monitor.acquire(first):
+            continue
+        if both_hold_one is not None and attempt == 0:
+            try:
+                both_hold_one.wait(timeout=monitor.timeout)
+            except threading.BrokenBarrierError:
+                pass  # the other transfer is waiting on our lock: it cannot come
+        if not monitor.acquire(second):
+            monitor.release(first)  # back off: let the other thread finish...
+            time.sleep(monitor.timeout / 10)  # ...before trying again
+            continue
+        accounts[source] -= amount
+        accounts[target] += amount
+        monitor.release(second)
+        monitor.release(first)
+        return True
+    return False
+
+
+def run_transfers(ordered: bool, timeout: float = WAIT_TIMEOUT) -> TransferRun:
+    """alice sends bob 30 while bob sends alice 10, in two threads at once."""
+    accounts = {"alice": START_BALANCE, "bob": START_BALANCE}
+    monitor = LockMonitor(sorted(accounts), timeout)
+    both_hold_one = None if ordered else threading.Barrier(2)
+    done: list[bool] = []
+
+    def move_money(source: str, target: str, amount: int) -> None:
+        done.append(transfer(monitor, accounts, source, target, amount, ordered, both_hold_one))
+
+    threads = [
+        threading.Thread(
+            target=move_money,
+            args=move,
+            name=f"transfer {move[0]}->{move[1]}",
+            daemon=True,  # a bug here must not keep the interpreter alive
+        )
+        for move in (("alice", "bob", 30), ("bob", "alice", 10))
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=MAX_WAIT * MAX_ATTEMPTS)
+    seconds = time.perf_counter() - started
+    return TransferRun(ordered, seconds, accounts, sum(done), monitor.deadlocks)
+
+
+def report(run: TransferRun) -> None:
+    order = "one global order (alphabetical)" if run.ordered else "each from its own side"
+    print(f"Locks taken {order}:")
+    for deadlock in run.deadlocks:
+        print("  DEADLOCK detected:")
+        for line in deadlock.describe():
+            print(f"    {line}")
+        print(f"    {deadlock.victim} backs off: releases its lock and retries")
+    balances = ", ".join(f"{name} {balance}" for name, balance in run.balances.items())
+    print(
+        f"  {run.completed} of 2 transfers done in {run.seconds:.2f} s, "
+        f"{len(run.deadlocks)} deadlock(s); balances: {balances}"
+    )
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.01 <= value <= 5:
+        raise argparse.ArgumentTypeError(f"must be between 0.01 and 5 seconds, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Provoke a deadlock between two transfers, detect it with lock "
+        "timeouts, then fix it with a global lock order."
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=WAIT_TIMEOUT,
+        help=f"seconds to wait for a lock before looking for a deadlock (default: {WAIT_TIMEOUT})",
+    )
+    args = parser.parse_args(argv)
+    broken = run_transfers(ordered=False, timeout=args.timeout)
+    report(broken)
+    fixed = run_transfers(ordered=True, timeout=args.timeout)
+    report(fixed)
+    expected = {"alice": START_BALANCE - 30 + 10, "bob": START_BALANCE + 30 - 10}
+    showed = (
+        broken.deadlocks
+        and not fixed.deadlocks
+        and broken.completed == fixed.completed == 2
+        and broken.balances == fixed.balances == expected
+    )
+    return 0 if showed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Threading/: same answers whichever way the work runs, exact counts under contention,
+the lost update provoked and counted, deadlocks detected without hanging, and
+command lines that refuse bad input cleanly. No timing is asserted anywhere."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import socket
+import threading
+
+import pytest
+from conftest import load_module, run_script
+
+workloads = load_module("Threading", "workloads")
+MultiThreading = load_module("Threading", "MultiThreading")
+MultiProcessing = load_module("Threading", "MultiProcessing")
+race = load_module("Threading", "race")
+deadlock = load_module("Threading", "deadlock")
+
+SMALL_WINDOW = 2_000  # numbers per cpu task: enough to find primes, quick to count
+FAST_DELAY = 0.01  # seconds the test server waits per request
+
+RUNNERS = {
+    "threading.Thread": MultiThreading.run_with_threads,
+    "ThreadPoolExecutor": MultiThreading.run_with_thread_pool,
+    "multiprocessing.Process": MultiProcessing.run_with_processes,
+    "ProcessPoolExecutor": MultiProcessing.run_with_process_pool,
+}
+SCRIPTS = [
+    "Threading/MultiThreading.py",
+    "Threading/MultiProcessing.py",
+    "Threading/race.py",
+    "Threading/deadlock.py",
+    "Threading/demo.py",
+    "Threading/bench.py",
+]
+FORK_ONLY = pytest.mark.skipif(
+    multiprocessing.get_start_method() != "fork",
+    reason="injects a fault by patching the parent, which only forked children inherit",
+)
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    with workloads.SlowServer(delay=FAST_DELAY) as server:
+        yield server
+
+
+def sieve_count(first: int, stop: int) -> int:
+    """Primes in [first, stop), by the sieve of Eratosthenes: an independent check."""
+    is_prime = bytearray([1]) * stop
+    is_prime[0:2] = b"\x00\x00"
+    for n in range(2, int(stop**0.5) + 1):
+        if is_prime[n]:
+            is_prime[n * n :: n] = bytearray(len(range(n * n, stop, n)))
+    return sum(is_prime[first:stop])
+
+
+# --- the workloads ----------------------------------------------------------------
+
+
+def test_counting_primes_agrees_with_a_sieve():
+    for window in range(4):
+        first = workloads.CPU_FIRST_NUMBER + window * SMALL_WINDOW
+        assert workloads.count_primes(window, SMALL_WINDOW) == sieve_count(
+            first, first + SMALL_WINDOW
+        )
+    assert [n for n in range(30) if workloads.is_prime(n)] == [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+
+
+def test_slow_server_answers_the_square_and_survives_garbage(slow_server):
+    with socket.create_connection(slow_server.address, timeout=5) as sock:
+        sock.sendall(b"not a number\n")
+        assert sock.makefile("rb").readline().startswith(b"error")
+    with socket.create_connection(slow_server.address, timeout=5) as sock:
+        sock.close()  # a client that leaves without asking
+    assert workloads.ask_slow_server(slow_server.address, 12) == 144
+
+
+def test_io_tasks_without_a_server_address_are_refused():
+    with pytest.raises(ValueError, match="SlowServer"):
+        workloads.make_tasks("io", 3)
+    with pytest.raises(ValueError, match="unknown kind"):
+        workloads.make_tasks("gpu", 3)
+
+
+# --- same answers, whichever way the work runs --------------------------------------
+
+
+@pytest.mark.parametrize("kind", workloads.KINDS)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_every_runner_returns_the_sequential_answers_in_task_order(kind, runner, slow_server):
+    tasks = workloads.make_tasks(kind, 12, address=slow_server.address, size=SMALL_WINDOW)
+    expected = workloads.run_sequentially(tasks)
+    if kind == "io":
+        assert expected == [n * n for n in range(12)]
+    for workers in (1, 3, 20):  # fewer, some, more workers than tasks
+        assert RUNNERS[runner](tasks, workers) == expected
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_failing_task_raises_in_the_caller(runner):
+    tasks = workloads.make_tasks("cpu", 3, size=SMALL_WINDOW) + [workloads.Task("gpu", 0)]
+    with pytest.raises((ValueError, MultiProcessing.TaskFailed), match="unknown kind"):
+        RUNNERS[runner](tasks, 2)
+
+
+@FORK_ONLY
+def test_a_child_that_dies_raises_worker_died_instead_of_hanging(monkeypatch):
+    def crash(task):
+        import os
+
+        os._exit(3)
+
+    monkeypatch.setattr(MultiProcessing, "do_task", crash)
+    tasks = workloads.make_tasks("cpu", 4, size=SMALL_WINDOW)
+    with pytest.raises(MultiProcessing.WorkerDied, match="exit code 3"):
+        MultiProcessing.run_with_processes(tasks, 2)
+
+
+# --- the lost update ----------------------------------------------------------------
+
+
+def test_unlocked_account_loses_deposits_and_the_loss_is_counted_exactly():
+    account = race.Account()
+    result = race.deposit_concurrently(account, threads=8, deposits_each=200)
+    assert result.deposits == 1_600
+    assert result.balance == account.balance
+    assert 0 < result.lost == 1_600 - account.balance
+
+
+@pytest.mark.parametrize("threads", [2, 16, 64])
+def test_locked_account_is_exact_under_many_threads(threads):
+    account = race.LockedAccount()
+    result = race.deposit_concurrently(account, threads=threads, deposits_each=100)
+    assert account.balance == threads * 100
+    assert result.lost == 0
+
+
+# --- the deadlock -------------------------------------------------------------------
+
+
+def test_opposite_lock_order_deadlock_is_reported_and_both_transfers_finish():
+    run = deadlock.run_transfers(ordered=False, timeout=0.1)
+    assert len(run.deadlocks) == 1
+    found = run.deadlocks[0]
+    assert {w.thread for w in found.cycle} == {"transfer alice->bob", "transfer bob->alice"}
+    assert found.victim in {w.thread for w in found.cycle}
+    for waiter in found.cycle:  # each holds one account and waits for the other
+        assert len(waiter.holds) == 1 and waiter.waits_for not in waiter.holds
+    assert any("holds alice and waits for bob" in line for line in found.describe())
+    assert run.completed == 2
+    assert run.balances == {"alice": 80, "bob": 120}
+
+
+def test_global_lock_order_never_deadlocks():
+    for _ in range(20):
+        run = deadlock.run_transfers(ordered=True, timeout=0.1)
+        assert run.deadlocks == []
+        assert run.completed == 2
+        assert run.balances == {"alice": 80, "bob": 120}
+
+
+def hold_lock(monitor, name: str, release: threading.Event) -> threading.Thread:
+    """A thread that takes `name` and keeps it, running (not waiting), until `release`."""
+    taken = threading.Event()
+
+    def holder() -> None:
+        assert monitor.acquire(name)
+        taken.set()
+        release.wait(timeout=10)
+        monitor.release(name)
+
+    thread = threading.Thread(target=holder, name="holder", daemon=True)
+    thread.start()
+    assert taken.wait(timeout=5)
+    return thread
+
+
+def test_a_slow_holder_is_waited_for_not_reported_as_deadlock():
+    monitor = deadlock.LockMonitor(["a"], timeout=0.02)
+    release = threading.Event()
+    holder = hold_lock(monitor, "a", release)
+    threading.Timer(0.3, release.set).start()  # many timeouts pass before it lets go
+    assert monitor.acquire("a") is True
+    monitor.release("a")
+    holder.join(timeout=5)
+    assert monitor.deadlocks == []
+
+
+def test_a_lock_held_too_long_raises_instead_of_hanging(monkeypatch):
+    monkeypatch.setattr(deadlock, "MAX_WAIT", 0.2)
+    monitor = deadlock.LockMonitor(["a"], timeout=0.05)
+    release = threading.Event()
+    holder = hold_lock(monitor, "a", release)
+    try:
+        with pytest.raises(deadlock.LockWaitTooLong, match="waited"):
+            monitor.acquire("a")
+        assert monitor.waiting == {}
+    finally:
+        release.set()
+        holder.join(timeout=5)
+
+
+# --- the command lines --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_explains_itself_with_help(script):
+    result = run_script(script, "--help", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:")
+
+
+BAD_ARGUMENTS = [
+    (script, option, value)
+    for script, option in [
+        ("Threading/MultiThreading.py", "--workers"),
+        ("Threading/MultiProcessing.py", "--workers"),
+        ("Threading/MultiThreading.py", "--tasks"),
+        ("Threading/bench.py", "--workers"),
+        ("Threading/bench.py", "--repeats"),
+        ("Threading/race.py", "--threads"),
+        ("Threading/deadlock.py", "--timeout"),
+    ]
+    for value in ("0", "-1", "abc")
+]
+
+
+@pytest.mark.parametrize(("script", "option", "value"), BAD_ARGUMENTS)
+def test_bad_arguments_exit_2_with_a_message_not_a_traceback(script, option, value):
+    result = run_script(script, option, value, timeout=30)
+    assert result.returncode == 2
+    assert f"argument {option}" in result.stderr
+    assert value in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_multithreading_script_compares_three_ways_with_the_same_answers():
+    args = ("--kind", "io", "--tasks", "6", "--workers", "6", "--delay", str(FAST_DELAY))
+    result = run_script("Threading/MultiThreading.py", *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("same as sequential") == 3
+
+
+def test_multiprocessing_script_compares_three_ways_with_the_same_answers():
+    args = ("--kind", "cpu", "--tasks", "4", "--workers", "2")
+    result = run_script("Threading/MultiProcessing.py", *args, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("same as sequential") == 3
+
+
+def test_race_script_prints_the_lost_deposits():
+    result = run_script("Threading/race.py", "--threads", "4", "--deposits", "100", timeout=60)
+    assert result.returncode == 0, result.stderr
+    unlocked = re.search(r"^no lock\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)", result.stdout, re.M)
+    locked = re.search(r"^with Lock\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)", result.stdout, re.M)
+    assert unlocked and locked, result.stdout
+    assert int(unlocked[3].replace(",", "")) > 0
+    assert locked.groups() == ("400", "400", "0")
+
+
+def test_deadlock_script_reports_the_deadlock_and_exits():
+    result = run_script("Threading/deadlock.py", "--timeout", "0.1", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("DEADLOCK detected") == 1
+    assert "2 of 2 transfers done" in result.stdout
