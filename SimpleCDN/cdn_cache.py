@@ -1,0 +1,171 @@
+"""The edge's store: stored responses, one per URL and Vary variant, bounded in bytes (LRU).
+
+A cache keyed by URL alone would hand a gzip body to a client that cannot
+read gzip. RFC 9111 4.1: a response with `Vary: Accept-Encoding` may only be
+reused for a request whose Accept-Encoding matches the one that produced it,
+so the store keeps a separate entry per variant and picks the newest match.
+
+Entries are immutable: refreshing one (after a 304) stores a new entry in its
+place, so a thread that is still sending the old one is never disturbed.
+
+README sections: "Vary", "A cache bounded in bytes".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from cdn_freshness import Directives, current_age
+from cdn_http import Headers, get_all, get_combined, split_list
+
+# Bookkeeping each entry costs beyond its bytes (keys, timings, object headers),
+# so a flood of tiny responses cannot hide behind a byte budget that counts only bodies.
+ENTRY_OVERHEAD_BYTES = 256
+
+Variant = tuple[tuple[str, str | None], ...]  # (request field, its normalised value or None)
+
+
+def vary_fields(response_headers: Headers) -> list[str]:
+    """The request fields a response varies on, lower-cased, in order, without repeats."""
+    names: list[str] = []
+    for name in split_list(get_combined(response_headers, "vary")):
+        if name.lower() not in names:
+            names.append(name.lower())
+    return names
+
+
+def normalised_value(request_headers: Headers, name: str) -> str | None:
+    """A request field's value for Vary matching: lines joined, spaces around commas ignored.
+
+    `Foo: 1,2`, `Foo: 1, 2` and two lines `Foo: 1` / `Foo: 2` mean the same
+    (RFC 9111 4.1 allows this normalisation); an absent field matches only absent.
+    """
+    values = get_all(request_headers, name)
+    if not values:
+        return None
+    return ",".join(split_list(",".join(values)))
+
+
+def variant_of(fields: list[str], request_headers: Headers) -> Variant:
+    return tuple((name, normalised_value(request_headers, name)) for name in fields)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One stored response and the times needed to compute its age and freshness."""
+
+    key: str  # the request target ("/path?query"): the cache key's URL part
+    variant: Variant  # the Vary part: what the request that fetched it sent
+    status: int
+    reason: str
+    headers: Headers  # end-to-end fields only; no Age, no framing
+    body: bytes
+    directives: Directives  # the response's cache directives, parsed once
+    request_time: float  # when the edge asked (wall clock, seconds)
+    response_time: float  # when the answer arrived
+    initial_age: float  # corrected_initial_age at response_time (RFC 9111 4.2.3)
+    lifetime: float  # freshness lifetime in seconds (RFC 9111 4.2.1)
+    size: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in self.headers)
+        object.__setattr__(self, "size", len(self.body) + header_bytes + ENTRY_OVERHEAD_BYTES)
+
+    def age(self, now: float) -> float:
+        return current_age(self.initial_age, self.response_time, now)
+
+    def is_fresh(self, now: float) -> bool:
+        return self.lifetime > self.age(now)
+
+    def staleness(self, now: float) -> float:
+        """Seconds past its freshness lifetime (negative while fresh)."""
+        return self.age(now) - self.lifetime
+
+    def matches(self, request_headers: Headers) -> bool:
+        return all(normalised_value(request_headers, name) == value for name, value in self.variant)
+
+    def header(self, name: str) -> str | None:
+        return get_combined(self.headers, name)
+
+
+class HttpCache:
+    """Stored responses, evicted least-recently-used first to stay under `capacity` bytes.
+
+    All methods are thread-safe; each holds one lock briefly and does no I/O.
+    """
+
+    def __init__(self, capacity: int, max_object_size: int) -> None:
+        if max_object_size > capacity:
+            raise ValueError(
+                f"max object size {max_object_size} B exceeds the cache size {capacity} B; "
+                "lower --max-object-size or raise --cache-size"
+            )
+        self.capacity = capacity
+        self.max_object_size = max_object_size
+        self._lock = threading.Lock()
+        # Guarded by _lock. Order = recency of use: first is the eviction victim.
+        self._entries: OrderedDict[tuple[str, Variant], CacheEntry] = OrderedDict()
+        self._variants: dict[str, set[Variant]] = {}  # key -> variants stored for it
+        self.bytes = 0
+        self.evictions = 0
+
+    def select(self, key: str, request_headers: Headers) -> CacheEntry | None:
+        """The newest stored response for `key` whose variant matches this request."""
+        with self._lock:
+            candidates = [
+                self._entries[(key, variant)]
+                for variant in self._variants.get(key, ())
+                if self._entries[(key, variant)].matches(request_headers)
+            ]
+            if not candidates:
+                return None
+            newest = max(candidates, key=lambda entry: entry.response_time)
+            self._entries.move_to_end((key, newest.variant))
+            return newest
+
+    def store(self, entry: CacheEntry) -> bool:
+        """Store (or replace) an entry; False if it is larger than the object limit."""
+        if entry.size > self.max_object_size:
+            return False
+        with self._lock:
+            self._remove((entry.key, entry.variant))
+            while self.bytes + entry.size > self.capacity and self._entries:
+                victim_key = next(iter(self._entries))
+                self._remove(victim_key)
+                self.evictions += 1
+            self._entries[(entry.key, entry.variant)] = entry
+            self._variants.setdefault(entry.key, set()).add(entry.variant)
+            self.bytes += entry.size
+            return True
+
+    def replace(self, old: CacheEntry, new: CacheEntry) -> bool:
+        """Swap in a refreshed copy of `old`, unless `old` was evicted or replaced meanwhile."""
+        with self._lock:
+            if self._entries.get((old.key, old.variant)) is not old:
+                return False
+        return self.store(new)
+
+    def invalidate(self, key: str) -> int:
+        """Remove every variant stored for `key`; returns how many there were."""
+        with self._lock:
+            variants = list(self._variants.get(key, ()))
+            for variant in variants:
+                self._remove((key, variant))
+            return len(variants)
+
+    def _remove(self, entry_key: tuple[str, Variant]) -> None:
+        entry = self._entries.pop(entry_key, None)
+        if entry is None:
+            return
+        self.bytes -= entry.size
+        variants = self._variants.get(entry.key)
+        if variants is not None:
+            variants.discard(entry.variant)
+            if not variants:
+                del self._variants[entry.key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

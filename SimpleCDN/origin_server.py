@@ -1,0 +1,397 @@
+"""The origin: a small local website whose pages exercise every caching rule the edge follows.
+
+    python SimpleCDN/origin_server.py --port 8000 --latency-ms 80
+
+Every answer is delayed by `--latency-ms` (the distance between a user and a
+far-away origin), and every request is counted, so a demo or a test can ask
+`GET /__origin/stats` how many requests really reached the origin.
+`PUT /__origin/latency?ms=3000` changes the delay while it runs (to play a
+slow origin).
+
+Pages (GET /, or see PAGES below):
+  /index.html              HTML, max-age=3 and an ETag (answers If-None-Match with 304)
+  /assets/app.3f9a1c.js    a fingerprinted asset: public, max-age=31536000, immutable
+  /about.html              only Last-Modified: the edge may guess a lifetime (heuristic)
+  /news.html               max-age=2, stale-if-error=600: may stand in for a dead origin
+  /api/time                no-store: a fresh answer every time
+  /account                 private: for one user's browser, never a shared cache
+  /greeting                Vary: Accept-Encoding (gzip for those who accept it)
+  /large.bin               2 MiB, max-age=3600
+  /slow?ms=1500            answers after an extra delay
+  /items/<name>            a resource that PUT / POST / DELETE change
+  /echo                    any method: echoes method, headers and body as JSON
+  /respond?...             answers with whatever the query asks for (for tests):
+                           status=404  cc=max-age%3D60  etag=v1  lm=3600 (seconds ago)
+                           date=-10 (seconds from now)  expires=60  age=30
+                           h=Name:Value (repeatable; h200= / h304= only on a 200 / a 304)
+                           body=text  size=bytes  sleep_ms=500
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from email.utils import formatdate, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+STATS_PATH = "/__origin/stats"
+LATENCY_PATH = "/__origin/latency"  # PUT ?ms=3000 makes every answer slower
+DEFAULT_LATENCY_MS = 80  # a user far from the origin: the round trip a CDN saves
+LARGE_FILE_BYTES = 2 * 1024 * 1024
+STARTED = time.time()
+ABOUT_LAST_MODIFIED = STARTED - 10 * 24 * 3600  # "edited ten days ago"
+
+PAGES = {
+    "/index.html": (
+        "text/html",
+        "max-age=3",
+        b"<!doctype html><title>Home</title><h1>Welcome to the origin</h1>\n",
+    ),
+    "/assets/app.3f9a1c.js": (
+        "application/javascript",
+        "public, max-age=31536000, immutable",
+        b"console.log('a fingerprinted file never changes: its name changes instead');\n",
+    ),
+    "/news.html": (
+        "text/html",
+        "max-age=2, stale-if-error=600",
+        b"<!doctype html><title>News</title><p>Nothing happened today.</p>\n",
+    ),
+    "/account": (
+        "text/html",
+        "private, max-age=60",
+        b"<!doctype html><title>Account</title><p>Hello, Alice. Balance: 42.</p>\n",
+    ),
+}
+
+
+def http_date(timestamp: float) -> str:
+    return formatdate(timestamp, usegmt=True)
+
+
+def fields(specs: list[str]) -> list[tuple[str, str]]:
+    """`["X-A: 1", "Vary:Foo"]` -> header pairs (for /respond's h= parameters)."""
+    pairs = [spec.partition(":") for spec in specs]
+    return [(name.strip(), value.strip()) for name, _, value in pairs]
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
+
+
+class OriginState:
+    """What the origin remembers: request counts and the mutable /items/ store."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.lock = threading.Lock()
+        self.requests: Counter[str] = Counter()  # request target -> count; guarded by lock
+        self.items: dict[str, tuple[int, bytes]] = {}  # name -> (version, body); guarded by lock
+
+    def count(self, target: str) -> None:
+        with self.lock:
+            self.requests[target] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        with self.lock:
+            return {"requests": sum(self.requests.values()), "paths": dict(self.requests)}
+
+
+class OriginHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real web server
+    server_version = "SimpleOrigin/1.0"
+    state: OriginState  # set on the class by make_server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: the edge and the demos print what matters
+
+    def __getattr__(self, name: str):
+        # Answer every method, including ones nobody has heard of (`do_BREW`).
+        if name.startswith("do_"):
+            return self.dispatch
+        raise AttributeError(name)
+
+    # --- plumbing ---------------------------------------------------------
+
+    def read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            body = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(body)
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def reply(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes = b"",
+        date: float | None = None,
+    ) -> None:
+        self.send_response_only(status)
+        names = {name.lower() for name, _ in headers}
+        if "date" not in names:
+            self.send_header("Date", http_date(time.time() if date is None else date))
+        self.send_header("Server", self.server_version)
+        for name, value in headers:
+            self.send_header(name, value)
+        if status not in (204, 304) and status >= 200:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and status not in (204, 304):
+            self.wfile.write(body)
+
+    def not_modified(self, etag: str | None, last_modified: float | None) -> bool:
+        """The origin's side of validation: does the client's copy still match?"""
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+            return etag is not None and ("*" in tags or etag.removeprefix("W/") in tags)
+        since = self.headers.get("If-Modified-Since")
+        if since and last_modified is not None:
+            try:
+                return int(last_modified) <= parsedate_to_datetime(since).timestamp()
+            except (TypeError, ValueError):
+                return False
+        return False
+
+    def page(
+        self,
+        content_type: str,
+        cache_control: str,
+        body: bytes,
+        etag: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """A cacheable page with an ETag, answered with 304 when the client has it."""
+        etag = etag or etag_of(body)
+        headers = [("Content-Type", content_type), ("Cache-Control", cache_control)]
+        headers += [("ETag", etag)] + (extra or [])
+        if self.command in ("GET", "HEAD") and self.not_modified(etag, None):
+            self.reply(304, headers)
+        else:
+            self.reply(200, headers, body)
+
+    # --- routing ----------------------------------------------------------
+
+    def dispatch(self) -> None:
+        parts = urlsplit(self.path)
+        path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
+        body = self.read_body()
+        if path == STATS_PATH:
+            self.reply(
+                200,
+                [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+                json.dumps(self.state.snapshot()).encode(),
+            )
+            return
+        if path == LATENCY_PATH and self.command in ("PUT", "POST"):
+            # fault injection: make the origin slow (or fast again) while it runs
+            self.state.latency = float(query["ms"][0]) / 1000
+            self.reply(200, [("Content-Type", "text/plain")], b"latency set\n")
+            return
+        self.state.count(self.path)
+        time.sleep(self.state.latency)
+        try:
+            self.route(path, query, body)
+        except (ValueError, KeyError) as exc:
+            self.reply(400, [("Content-Type", "text/plain")], f"bad request: {exc}\n".encode())
+
+    def route(self, path: str, query: dict[str, list[str]], body: bytes) -> None:
+        if path == "/echo":
+            self.echo(body)
+        elif path == "/respond":
+            self.respond(query)
+        elif path.startswith("/items/"):
+            self.item(path.removeprefix("/items/"), body)
+        elif self.command not in ("GET", "HEAD"):
+            self.reply(
+                405,
+                [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")],
+                b"method not allowed here\n",
+            )
+        elif path in PAGES:
+            self.page(*PAGES[path])
+        elif path == "/":
+            listing = "".join(
+                f"<li><a href='{p}'>{p}</a>"
+                for p in [
+                    *PAGES,
+                    "/about.html",
+                    "/api/time",
+                    "/greeting",
+                    "/large.bin",
+                    "/slow?ms=1500",
+                ]
+            )
+            self.page("text/html", "max-age=10", f"<ul>{listing}</ul>\n".encode())
+        elif path == "/about.html":
+            self.about()
+        elif path == "/api/time":
+            payload = json.dumps({"time": time.time()}).encode()
+            self.reply(
+                200, [("Content-Type", "application/json"), ("Cache-Control", "no-store")], payload
+            )
+        elif path == "/greeting":
+            self.greeting()
+        elif path == "/large.bin":
+            body = bytes(range(256)) * (LARGE_FILE_BYTES // 256)
+            self.page("application/octet-stream", "max-age=3600", body)
+        elif path == "/slow":
+            time.sleep(int(query.get("ms", ["1500"])[0]) / 1000)
+            self.page("text/plain", "max-age=60", b"worth the wait\n")
+        else:
+            self.reply(
+                404,
+                [("Content-Type", "text/plain"), ("Cache-Control", "max-age=10")],
+                b"no such page\n",
+            )
+
+    def about(self) -> None:
+        body = b"<!doctype html><title>About</title><p>Written ten days ago.</p>\n"
+        headers = [("Content-Type", "text/html"), ("Last-Modified", http_date(ABOUT_LAST_MODIFIED))]
+        if self.not_modified(None, ABOUT_LAST_MODIFIED):
+            self.reply(304, headers)
+        else:
+            self.reply(200, headers, body)
+
+    def greeting(self) -> None:
+        """Two representations of one URL: the edge must keep them apart (Vary)."""
+        body = b"hello from the origin! " * 40 + b"\n"
+        extra = [("Vary", "Accept-Encoding")]
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            body = gzip.compress(body, mtime=0)
+            extra.append(("Content-Encoding", "gzip"))
+        self.page("text/plain", "max-age=60", body, extra=extra)
+
+    def item(self, name: str, body: bytes) -> None:
+        with self.state.lock:
+            version, current = self.state.items.get(name, (1, f"item {name}, version 1\n".encode()))
+            if self.command in ("PUT", "POST", "PATCH"):
+                version, current = (
+                    version + 1,
+                    body or f"item {name}, version {version + 1}\n".encode(),
+                )
+                self.state.items[name] = (version, current)
+            elif self.command == "DELETE":
+                self.state.items[name] = (version + 1, b"")
+            elif name in self.state.items and not self.state.items[name][1]:
+                current = b""
+        if self.command in ("GET", "HEAD"):
+            if not current:
+                self.reply(
+                    404,
+                    [("Content-Type", "text/plain"), ("Cache-Control", "max-age=60")],
+                    b"deleted\n",
+                )
+            else:
+                self.page("text/plain", "max-age=60", current, etag=f'"v{version}"')
+        elif self.command in ("PUT", "POST", "PATCH", "DELETE"):
+            self.reply(
+                200,
+                [("Content-Type", "text/plain")],
+                f"{self.command} {name}: now version {version}\n".encode(),
+            )
+        else:
+            self.reply(405, [("Allow", "GET, HEAD, PUT, POST, PATCH, DELETE")], b"")
+
+    def echo(self, body: bytes) -> None:
+        payload = {
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body": body.decode("utf-8", errors="replace"),
+            "body_length": len(body),
+        }
+        self.reply(
+            200,
+            [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+            json.dumps(payload).encode(),
+        )
+
+    def respond(self, query: dict[str, list[str]]) -> None:
+        """Whatever the query asks for, so a test can try one caching rule at a time."""
+        first = {key: values[0] for key, values in query.items()}
+        now = time.time()
+        time.sleep(int(first.get("sleep_ms", "0")) / 1000)
+        status = int(first.get("status", "200"))
+        headers: list[tuple[str, str]] = [("Content-Type", "text/plain")]
+        if "cc" in first:
+            headers.append(("Cache-Control", first["cc"]))
+        etag = first.get("etag")
+        if etag is not None:
+            etag = etag if etag.startswith(("W/", '"')) else f'"{etag}"'
+            headers.append(("ETag", etag))
+        last_modified = now - int(first["lm"]) if "lm" in first else None
+        if last_modified is not None:
+            headers.append(("Last-Modified", http_date(last_modified)))
+        if "expires" in first:
+            headers.append(("Expires", http_date(now + int(first["expires"]))))
+        if "age" in first:
+            headers.append(("Age", first["age"]))
+        headers += fields(query.get("h", []))
+        date = now + int(first.get("date", "0"))
+        body = first.get("body", "").encode() or b"x" * int(first.get("size", "0")) or b"ok\n"
+        if self.command in ("GET", "HEAD") and self.not_modified(etag, last_modified):
+            self.reply(304, headers + fields(query.get("h304", [])), date=date)
+        else:
+            self.reply(status, headers + fields(query.get("h200", [])), body, date=date)
+
+
+class OriginServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # a burst of 100 simultaneous users must not be refused
+
+
+def make_server(host: str, port: int, latency_ms: float) -> ThreadingHTTPServer:
+    """A threaded origin: each connection gets a thread, as each user would."""
+    handler = type("Handler", (OriginHandler,), {"state": OriginState(latency_ms / 1000)})
+    return OriginServer((host, port), handler)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The local origin site the edge caches.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=DEFAULT_LATENCY_MS,
+        help="delay added to every answer, standing for distance (default 80)",
+    )
+    args = parser.parse_args(argv)
+    if args.latency_ms < 0:
+        parser.error("--latency-ms cannot be negative")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0..65535, got {args.port}")
+    server = make_server(args.host, args.port, args.latency_ms)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    host, port = server.server_address[:2]
+    print(f"Listening on http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,648 @@
+"""SimpleCDN: every caching rule the edge claims, checked against a real origin and edge.
+
+Each test starts from a URL no other test uses (`/respond?id=<uuid>&...`), so
+they share one origin and one edge; the origin counts requests per URL, and
+every assertion about caching is a count at the origin, not a timing.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from urllib.parse import urlencode
+
+import pytest
+import requests
+from conftest import ServerProcess, load_module, run_script
+
+ORIGIN = "SimpleCDN/origin_server.py"
+EDGE = "SimpleCDN/cdn_server.py"
+TIMEOUT = 10  # seconds for any single HTTP request in these tests
+
+
+def url_for(**params: object) -> str:
+    """A fresh `/respond` target asking the origin for exactly these headers."""
+    pairs: list[tuple[str, object]] = [("id", uuid.uuid4().hex)]
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        pairs += [(key, v) for v in values]
+    return "/respond?" + urlencode(pairs)
+
+
+def served(edge: ServerProcess, target: str, method: str = "GET", **kwargs) -> requests.Response:
+    return requests.request(method, edge.url + target, timeout=TIMEOUT, **kwargs)
+
+
+def origin_count(origin: ServerProcess, target: str) -> int:
+    stats = requests.get(origin.url + "/__origin/stats", timeout=TIMEOUT).json()
+    return stats["paths"].get(target, 0)
+
+
+def edge_stats(edge: ServerProcess) -> dict:
+    return requests.get(edge.url + "/__cdn/stats", timeout=TIMEOUT).json()
+
+
+def x_cache_sequence(edge: ServerProcess, target: str, times: int, **kwargs) -> list[str]:
+    return [served(edge, target, **kwargs).headers["X-Cache"] for _ in range(times)]
+
+
+def raw_exchange(edge: ServerProcess, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes on a fresh connection; return everything until the edge closes or goes quiet."""
+    with socket.create_connection((edge.host, edge.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+@pytest.fixture(scope="module")
+def origin():
+    with ServerProcess(ORIGIN, "--latency-ms", "0") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def edge(origin):
+    with ServerProcess(
+        EDGE, "--origin", origin.url, "--header-timeout", "1", "--name", "test-edge"
+    ) as server:
+        yield server
+
+
+# --- freshness: where a lifetime comes from ------------------------------------
+
+
+def test_max_age_response_is_a_hit_until_it_expires_and_age_grows(edge, origin):
+    target = url_for(cc="max-age=1")
+    assert x_cache_sequence(edge, target, 3) == ["MISS", "HIT", "HIT"]
+    assert origin_count(origin, target) == 1
+    time.sleep(1.2)  # the one place a test waits for a lifetime to pass
+    assert served(edge, target).headers["X-Cache"] == "MISS"
+    assert origin_count(origin, target) == 2
+
+
+def test_s_maxage_wins_over_max_age_in_a_shared_cache(edge, origin):
+    short_shared = url_for(cc="max-age=3600, s-maxage=0")
+    long_shared = url_for(cc="max-age=0, s-maxage=3600")
+    assert x_cache_sequence(edge, short_shared, 2) == ["MISS", "MISS"]
+    assert x_cache_sequence(edge, long_shared, 2) == ["MISS", "HIT"]
+
+
+def test_expires_minus_date_gives_the_lifetime_and_an_invalid_expires_is_stale(edge, origin):
+    assert x_cache_sequence(edge, url_for(expires=600), 2) == ["MISS", "HIT"]
+    assert x_cache_sequence(edge, url_for(expires=-60), 2) == ["MISS", "MISS"]
+    assert x_cache_sequence(edge, url_for(h="Expires: 0"), 2) == ["MISS", "MISS"]
+    # max-age takes precedence over a past Expires
+    assert x_cache_sequence(edge, url_for(cc="max-age=600", expires=-60), 2) == ["MISS", "HIT"]
+
+
+def test_heuristic_freshness_only_with_last_modified_and_a_heuristically_cacheable_status(edge):
+    assert x_cache_sequence(edge, url_for(lm=86400), 2) == ["MISS", "HIT"]
+    assert x_cache_sequence(edge, url_for(lm=86400, status=404), 2) == ["MISS", "HIT"]
+    assert x_cache_sequence(edge, url_for(), 2) == ["MISS", "MISS"]  # no Last-Modified
+    assert x_cache_sequence(edge, url_for(lm=86400, status=201), 2) == ["MISS", "MISS"]
+    assert x_cache_sequence(edge, url_for(lm=86400, status=503), 2) == ["MISS", "MISS"]
+
+
+@pytest.mark.parametrize("status", [301, 404, 410])
+def test_cacheable_statuses_beyond_200_are_stored(edge, status):
+    target = url_for(status=status, cc="max-age=600")
+    responses = [served(edge, target, allow_redirects=False) for _ in range(2)]
+    assert [r.status_code for r in responses] == [status, status]
+    assert [r.headers["X-Cache"] for r in responses] == ["MISS", "HIT"]
+
+
+def test_malformed_max_age_is_never_fresh(edge):
+    for value in ("max-age=abc", "max-age='600'", "max-age=-5", "max-age =600"):
+        assert x_cache_sequence(edge, url_for(cc=value), 2) == ["MISS", "MISS"], value
+    assert x_cache_sequence(edge, url_for(cc='max-age="600"'), 2) == ["MISS", "HIT"]
+
+
+# --- Age ---------------------------------------------------------------------
+
+
+def test_age_includes_the_age_the_origin_reported(edge):
+    target = url_for(cc="max-age=600", age=30)
+    served(edge, target)
+    hit = served(edge, target)
+    assert hit.headers["X-Cache"] == "HIT"
+    assert int(hit.headers["Age"]) >= 30
+
+
+def test_a_response_older_than_its_lifetime_on_arrival_is_stale(edge):
+    by_age_header = url_for(cc="max-age=10", age=15)
+    by_old_date = url_for(cc="max-age=10", date=-20)  # apparent age: now - Date = 20 s
+    assert x_cache_sequence(edge, by_age_header, 2) == ["MISS", "MISS"]
+    assert x_cache_sequence(edge, by_old_date, 2) == ["MISS", "MISS"]
+
+
+# --- validation and 304 ------------------------------------------------------
+
+
+def test_stale_entry_is_revalidated_and_the_304_updates_stored_headers(edge, origin):
+    target = url_for(
+        etag="v1",
+        h200=["Cache-Control: max-age=0", "X-Version: 1"],
+        h304=["Cache-Control: max-age=600", "X-Version: 2"],
+    )
+    first = served(edge, target)
+    assert (first.headers["X-Cache"], first.headers["X-Version"]) == ("MISS", "1")
+    second = served(edge, target)  # stale: the edge asks with If-None-Match: "v1"
+    assert second.headers["X-Cache"] == "REVALIDATED"
+    assert (second.text, second.headers["X-Version"]) == ("ok\n", "2")
+    third = served(edge, target)  # the 304's max-age=600 now counts
+    assert (third.headers["X-Cache"], third.headers["X-Version"]) == ("HIT", "2")
+    assert origin_count(origin, target) == 2
+
+
+def test_last_modified_alone_is_validated_with_if_modified_since(edge, origin):
+    target = url_for(lm=3600, cc="max-age=0")
+    assert x_cache_sequence(edge, target, 3) == ["MISS", "REVALIDATED", "REVALIDATED"]
+    assert origin_count(origin, target) == 3
+
+
+def test_no_cache_response_is_stored_but_revalidated_on_every_use(edge, origin):
+    target = url_for(cc="max-age=600, no-cache", etag="nc")
+    assert x_cache_sequence(edge, target, 3) == ["MISS", "REVALIDATED", "REVALIDATED"]
+    assert origin_count(origin, target) == 3
+
+
+def test_client_conditional_request_is_answered_304_from_the_cache(edge, origin):
+    target = url_for(cc="max-age=600", etag="abc", lm=3600)
+    stored = served(edge, target)
+    etag, modified = stored.headers["ETag"], stored.headers["Last-Modified"]
+    by_etag = served(edge, target, headers={"If-None-Match": f'"zzz", {etag}'})
+    by_date = served(edge, target, headers={"If-Modified-Since": modified})
+    other = served(edge, target, headers={"If-None-Match": '"zzz"'})
+    assert (by_etag.status_code, by_etag.headers["X-Cache"], by_etag.content) == (304, "HIT", b"")
+    assert by_etag.headers["ETag"] == etag
+    assert (by_date.status_code, other.status_code) == (304, 200)
+    assert origin_count(origin, target) == 1
+
+
+def test_head_is_answered_from_a_stored_get(edge, origin):
+    target = url_for(cc="max-age=600", size=1234)
+    served(edge, target)
+    head = served(edge, target, method="HEAD")
+    assert head.headers["X-Cache"] == "HIT"
+    assert head.headers["Content-Length"] == "1234" and head.content == b""
+    assert origin_count(origin, target) == 1
+
+
+# --- request directives ------------------------------------------------------
+
+
+def test_request_no_cache_and_max_age_0_force_revalidation(edge):
+    target = url_for(cc="max-age=600", etag="fresh")
+    served(edge, target)
+    for directive in ("no-cache", "max-age=0"):
+        response = served(edge, target, headers={"Cache-Control": directive})
+        assert response.headers["X-Cache"] == "REVALIDATED", directive
+    assert served(edge, target).headers["X-Cache"] == "HIT"
+
+
+def test_request_max_age_and_min_fresh_limit_what_counts_as_fresh_enough(edge):
+    target = url_for(cc="max-age=600", age=100, etag="mf")
+    served(edge, target)
+    cases = {
+        "max-age=50": "REVALIDATED",
+        "max-age=3600": "HIT",
+        "min-fresh=3000": "REVALIDATED",
+        "min-fresh=10": "HIT",
+    }
+    for directive, expected in cases.items():
+        response = served(edge, target, headers={"Cache-Control": directive})
+        assert response.headers["X-Cache"] == expected, directive
+
+
+def test_request_max_stale_accepts_a_stale_copy(edge, origin):
+    target = url_for(cc="max-age=10", age=20, etag="ms")  # stale by 10 s on arrival
+    served(edge, target)
+    assert (
+        served(edge, target, headers={"Cache-Control": "max-stale=5"}).headers["X-Cache"]
+        == "REVALIDATED"
+    )
+    assert (
+        served(edge, target, headers={"Cache-Control": "max-stale=3600"}).headers["X-Cache"]
+        == "STALE"
+    )
+    assert (
+        served(edge, target, headers={"Cache-Control": "max-stale"}).headers["X-Cache"] == "STALE"
+    )
+
+
+def test_request_no_store_bypasses_the_cache_entirely(edge, origin):
+    target = url_for(cc="max-age=600")
+    assert served(edge, target, headers={"Cache-Control": "no-store"}).headers["X-Cache"] == "MISS"
+    assert x_cache_sequence(edge, target, 2) == ["MISS", "HIT"]  # nothing was stored before
+    assert served(edge, target, headers={"Cache-Control": "no-store"}).headers["X-Cache"] == "MISS"
+    assert origin_count(origin, target) == 3
+
+
+def test_only_if_cached_gives_504_without_a_stored_response(edge, origin):
+    target = url_for(cc="max-age=600")
+    absent = served(edge, target, headers={"Cache-Control": "only-if-cached"})
+    assert absent.status_code == 504
+    assert origin_count(origin, target) == 0
+    served(edge, target)
+    present = served(edge, target, headers={"Cache-Control": "only-if-cached"})
+    assert (present.status_code, present.headers["X-Cache"]) == (200, "HIT")
+
+
+# --- what a shared cache must not store ----------------------------------------
+
+
+@pytest.mark.parametrize("cache_control", ["no-store", "private, max-age=600", "No-StOrE"])
+def test_no_store_and_private_responses_are_never_served_from_the_cache(
+    edge, origin, cache_control
+):
+    target = url_for(cc=cache_control)
+    assert x_cache_sequence(edge, target, 3) == ["MISS", "MISS", "MISS"]
+    assert origin_count(origin, target) == 3
+
+
+def test_responses_to_authorized_requests_are_stored_only_when_marked_public(edge):
+    auth = {"Authorization": "Bearer alice"}
+    plain = url_for(cc="max-age=600")
+    public = url_for(cc="public, max-age=600")
+    served(edge, plain, headers=auth)
+    served(edge, public, headers=auth)
+    assert served(edge, plain).headers["X-Cache"] == "MISS"
+    assert served(edge, public).headers["X-Cache"] == "HIT"
+
+
+def test_cdn_cache_control_overrides_cache_control_for_the_edge(edge):
+    cdn_only = url_for(cc="no-store", h="CDN-Cache-Control: max-age=600")
+    cdn_no = url_for(cc="max-age=600", h="CDN-Cache-Control: no-store")
+    assert x_cache_sequence(edge, cdn_only, 2) == ["MISS", "HIT"]
+    assert x_cache_sequence(edge, cdn_no, 2) == ["MISS", "MISS"]
+    # browsers still get Cache-Control, and CDN-Cache-Control passes through
+    assert served(edge, cdn_only).headers["Cache-Control"] == "no-store"
+
+
+# --- Vary ----------------------------------------------------------------------
+
+
+def test_vary_keeps_a_separate_variant_per_request_header_value(edge, origin):
+    target = f"/greeting?id={uuid.uuid4().hex}"
+    gzip = served(edge, target, headers={"Accept-Encoding": "gzip"})
+    plain = served(edge, target, headers={"Accept-Encoding": "identity"})
+    assert (gzip.headers["X-Cache"], plain.headers["X-Cache"]) == ("MISS", "MISS")
+    gzip_again = served(edge, target, headers={"Accept-Encoding": "gzip"})
+    plain_again = served(edge, target, headers={"Accept-Encoding": "identity"})
+    assert (gzip_again.headers["X-Cache"], plain_again.headers["X-Cache"]) == ("HIT", "HIT")
+    assert gzip_again.headers.get("Content-Encoding") == "gzip"
+    assert "Content-Encoding" not in plain_again.headers
+    assert gzip_again.text == plain_again.text  # requests decoded the gzip one
+    assert origin_count(origin, target) == 2
+
+
+def test_vary_star_never_matches(edge):
+    assert x_cache_sequence(edge, url_for(cc="max-age=600", h="Vary: *"), 2) == ["MISS", "MISS"]
+
+
+# --- forwarding ------------------------------------------------------------------
+
+
+def echo(edge: ServerProcess, method: str, **kwargs) -> dict:
+    response = requests.request(method, edge.url + "/echo", timeout=TIMEOUT, **kwargs)
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_every_method_and_body_is_forwarded_unchanged(edge):
+    for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW"):
+        seen = echo(edge, method, data=f"body for {method}".encode())
+        assert (seen["method"], seen["body"]) == (method, f"body for {method}")
+    chunked = echo(edge, "POST", data=iter([b"first,", b"second,", b"third"]))
+    assert chunked["body"] == "first,second,third"
+    big = echo(edge, "PUT", data=b"z" * 300_000)
+    assert big["body_length"] == 300_000
+
+
+def test_hop_by_hop_request_headers_are_stripped_and_via_added(edge):
+    seen = echo(
+        edge,
+        "GET",
+        headers={
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "for this hop only",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "Proxy-Authorization": "Basic Zm9v",
+            "X-End-To-End": "kept",
+        },
+    )
+    names = {name.lower(): value for name, value in seen["headers"]}
+    for hop in ("x-secret", "keep-alive", "te", "proxy-authorization"):
+        assert hop not in names
+    assert names["x-end-to-end"] == "kept"
+    assert "test-edge" in names["via"]
+
+
+def test_hop_by_hop_response_headers_are_stripped(edge):
+    target = url_for(
+        cc="max-age=600",
+        h=["Connection: X-Internal", "X-Internal: secret", "Keep-Alive: timeout=9", "X-Kept: 1"],
+    )
+    for response in (served(edge, target), served(edge, target)):  # a miss, then a hit
+        assert "X-Internal" not in response.headers and "Keep-Alive" not in response.headers
+        assert response.headers["X-Kept"] == "1"
+        assert "SimpleCDN" in response.headers["Via"]
+
+
+def test_successful_unsafe_methods_invalidate_the_url_and_its_location(edge, origin):
+    name = uuid.uuid4().hex
+    item, other = f"/items/{name}", f"/items/{name}-other"
+    assert x_cache_sequence(edge, item, 2) == ["MISS", "HIT"]
+    assert served(edge, item, method="PUT", data=b"version two\n").status_code == 200
+    after = served(edge, item)
+    assert (after.headers["X-Cache"], after.text) == ("MISS", "version two\n")
+
+    assert x_cache_sequence(edge, other, 2) == ["MISS", "HIT"]
+    poster = url_for(status=201, h=f"Location: {other}")
+    served(edge, poster, method="POST", data=b"x")
+    assert served(edge, other).headers["X-Cache"] == "MISS"
+
+    assert served(edge, item).headers["X-Cache"] == "HIT"
+    failing = url_for(status=500, h=f"Location: {item}")
+    served(edge, failing, method="DELETE")  # a failed unsafe request invalidates nothing
+    assert served(edge, item).headers["X-Cache"] == "HIT"
+
+
+# --- concurrency: coalescing and isolation -----------------------------------------
+
+
+def test_concurrent_misses_for_one_url_make_one_origin_request(edge, origin):
+    target = url_for(cc="max-age=600", sleep_ms=400)
+    clients = 50
+    barrier = threading.Barrier(clients)
+    results: list[tuple[int, str]] = []
+
+    def fetch() -> None:
+        barrier.wait()
+        response = served(edge, target)
+        results.append((response.status_code, response.text))
+
+    threads = [threading.Thread(target=fetch) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert results == [(200, "ok\n")] * clients
+    assert origin_count(origin, target) == 1
+
+
+def test_malformed_requests_get_400_while_another_client_is_served(edge):
+    slow = socket.create_connection((edge.host, edge.port), timeout=5)
+    slow.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and then nothing
+    try:
+        garbage = raw_exchange(edge, b"THIS IS NOT HTTP\r\n\r\n")
+        bad_header = raw_exchange(edge, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n")
+        no_host = raw_exchange(edge, b"GET / HTTP/1.1\r\n\r\n")
+        smuggle = raw_exchange(
+            edge,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        long_line = raw_exchange(edge, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        many_fields = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 500) for i in range(80))
+        big_headers = raw_exchange(edge, b"GET / HTTP/1.1\r\nHost: x\r\n" + many_fields + b"\r\n")
+        assert garbage.startswith(b"HTTP/1.1 400")
+        assert bad_header.startswith(b"HTTP/1.1 400")
+        assert no_host.startswith(b"HTTP/1.1 400")
+        assert smuggle.startswith(b"HTTP/1.1 400")
+        assert long_line.startswith(b"HTTP/1.1 414")
+        assert big_headers.startswith(b"HTTP/1.1 431")
+        assert served(edge, url_for(cc="max-age=60")).status_code == 200  # others are served
+        # the slow client is timed out (--header-timeout 1) with a 408
+        slow.settimeout(5)
+        assert slow.recv(100).startswith(b"HTTP/1.1 408")
+    finally:
+        slow.close()
+
+
+def test_refuses_to_be_an_open_proxy(edge, origin):
+    foreign = raw_exchange(
+        edge, b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+    )
+    connect = raw_exchange(
+        edge,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    assert foreign.startswith(b"HTTP/1.1 403")
+    assert connect.startswith(b"HTTP/1.1 403")
+    ours = raw_exchange(
+        edge,
+        f"GET {origin.url}/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert ours.startswith(b"HTTP/1.1 200")
+
+
+# --- a small cache: LRU eviction by bytes ------------------------------------------
+
+
+def test_lru_eviction_keeps_the_cache_under_its_byte_budget(origin):
+    with ServerProcess(
+        EDGE, "--origin", origin.url, "--cache-size", "4000", "--max-object-size", "2000"
+    ) as small:
+        a, b, c = (url_for(cc="max-age=600", size=1000) for _ in range(3))
+        too_big = url_for(cc="max-age=600", size=2500)
+        for target in (a, b, a, c):  # a is used again, so b is the least recently used
+            served(small, target)
+        assert served(small, a).headers["X-Cache"] == "HIT"
+        assert served(small, c).headers["X-Cache"] == "HIT"
+        assert served(small, b).headers["X-Cache"] == "MISS"
+        assert x_cache_sequence(small, too_big, 2) == ["MISS", "MISS"]
+        stats = edge_stats(small)
+        assert stats["bytes"] <= 4000 and stats["evictions"] >= 2
+        assert stats["not_stored_too_large"] == 2
+
+
+# --- faults: the origin slow or gone --------------------------------------------------
+
+
+def test_origin_down_serves_stale_only_where_allowed_else_502_504():
+    with ServerProcess(ORIGIN, "--latency-ms", "0") as doomed:
+        with ServerProcess(EDGE, "--origin", doomed.url, "--origin-timeout", "2") as edge:
+            forgiving = url_for(cc="max-age=1, stale-if-error=600", age=5, etag="sie")
+            strict = url_for(cc="max-age=1, must-revalidate, stale-if-error=600", age=5, etag="mr")
+            plain = url_for(cc="max-age=1", age=5, etag="plain")
+            never_seen = url_for(cc="max-age=600")
+            for target in (forgiving, strict, plain):
+                assert served(edge, target).status_code == 200
+            doomed.kill()  # the origin crashes; the stored copies are all stale
+
+            stale = served(edge, forgiving)
+            assert (stale.status_code, stale.headers["X-Cache"], stale.text) == (
+                200,
+                "STALE",
+                "ok\n",
+            )
+            assert served(edge, strict).status_code == 504  # must-revalidate beats stale-if-error
+            assert served(edge, plain).status_code == 504  # stale, and nobody allowed it
+            allowed = served(edge, plain, headers={"Cache-Control": "stale-if-error=600"})
+            assert allowed.headers["X-Cache"] == "STALE"
+            assert served(edge, never_seen).status_code == 502
+
+
+def test_slow_origin_times_out_with_504_unless_a_stale_copy_may_be_served():
+    with ServerProcess(ORIGIN, "--latency-ms", "0") as slowable:
+        with ServerProcess(EDGE, "--origin", slowable.url, "--origin-timeout", "0.5") as edge:
+            target = url_for(cc="max-age=1, stale-if-error=60", age=5, etag="slow")
+            assert served(edge, target).headers["X-Cache"] == "MISS"  # stored, already stale
+            requests.put(slowable.url + "/__origin/latency?ms=3000", timeout=TIMEOUT)
+            stale = served(edge, target)  # stale-if-error covers a timeout too
+            assert (stale.status_code, stale.headers["X-Cache"]) == (200, "STALE")
+            assert served(edge, url_for(cc="max-age=60")).status_code == 504
+
+
+def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(edge, origin):
+    target = url_for(
+        etag="swr",
+        h200=["Cache-Control: max-age=1, stale-while-revalidate=60", "Age: 5"],
+        h304="Cache-Control: max-age=600",
+    )
+    served(edge, target)
+    assert served(edge, target).headers["X-Cache"] == "STALE"
+    deadline = time.monotonic() + 5
+    while served(edge, target).headers["X-Cache"] != "HIT":
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        time.sleep(0.05)
+    assert origin_count(origin, target) == 2
+
+
+# --- operating it: stats and purge ---------------------------------------------------
+
+
+def test_purge_needs_the_token_and_drops_every_variant(origin):
+    with ServerProcess(EDGE, "--origin", origin.url, "--purge-token", "s3cret") as edge:
+        target = url_for(cc="max-age=600")
+        served(edge, target)
+        assert served(edge, target, method="PURGE").status_code == 403
+        wrong = served(edge, target, method="PURGE", headers={"X-Purge-Token": "guess"})
+        assert wrong.status_code == 403
+        assert served(edge, target).headers["X-Cache"] == "HIT"
+        right = served(edge, target, method="PURGE", headers={"X-Purge-Token": "s3cret"})
+        assert (right.status_code, right.json()["entries"]) == (200, 1)
+        assert served(edge, target).headers["X-Cache"] == "MISS"
+
+
+def test_purge_is_refused_when_no_token_is_configured(edge):
+    target = url_for(cc="max-age=600")
+    served(edge, target)
+    refused = served(edge, target, method="PURGE", headers={"X-Purge-Token": ""})
+    assert refused.status_code == 403
+    assert served(edge, target).headers["X-Cache"] == "HIT"
+
+
+def test_stats_count_hits_misses_and_origin_requests(origin):
+    with ServerProcess(EDGE, "--origin", origin.url) as edge:
+        target = url_for(cc="max-age=600", size=100)
+        x_cache_sequence(edge, target, 4)
+        stats = edge_stats(edge)
+        assert (stats["hits"], stats["misses"], stats["origin_requests"]) == (3, 1, 1)
+        assert stats["hit_ratio"] == 0.75
+        assert stats["bytes_from_cache"] == 300
+        assert stats["entries"] == 1
+
+
+# --- the scripts ----------------------------------------------------------------------
+
+
+def test_cdn_client_shows_a_miss_then_hits(edge):
+    result = run_script("SimpleCDN/cdn_client.py", edge.url + url_for(cc="max-age=600"), "-n", "3")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[2] for row in rows] == ["MISS", "HIT", "HIT"]
+
+
+@pytest.mark.parametrize(
+    "script, bad_args",
+    [
+        (EDGE, ["--origin", "ftp://example.com"]),
+        (EDGE, ["--cache-size", "lots"]),
+        (EDGE, ["--cache-size", "1KB", "--max-object-size", "2KB"]),
+        (ORIGIN, ["--latency-ms", "-5"]),
+        ("SimpleCDN/cdn_client.py", ["not-a-url"]),
+    ],
+)
+def test_scripts_reject_bad_arguments_with_exit_code_2(script, bad_args):
+    result = run_script(script, *bad_args)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the rules themselves, without a network ------------------------------------------
+
+
+def test_cache_control_parsing_follows_the_grammar():
+    freshness = load_module("SimpleCDN", "cdn_freshness")
+    parse = freshness.parse_cache_control
+    parsed = parse([("Cache-Control", 'Max-Age=60, private="Set-Cookie, X-A", foo')])
+    assert parsed == {"max-age": "60", "private": "Set-Cookie, X-A", "foo": None}
+    assert parse([("Cache-Control", 'ext="max-age=5", max-age=1')])["max-age"] == "1"
+    assert parse([("Cache-Control", "max-age=10"), ("Cache-Control", "max-age=99")]) == {
+        "max-age": "10"  # the first of two counts
+    }
+    assert "max-age" not in parse([("Cache-Control", "max-age =5, max-age= 5")])
+    assert freshness.delta_seconds("003600") == 3600
+    assert freshness.delta_seconds("99999999999") == 2**31
+    assert freshness.delta_seconds("1.5") is None
+
+
+def test_http_dates_in_all_three_formats_and_nothing_else():
+    parse = load_module("SimpleCDN", "cdn_freshness").parse_http_date
+    expected = 784111777.0
+    for text in (
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        "Sunday, 06-Nov-94 08:49:37 GMT",
+        "Sun Nov  6 08:49:37 1994",
+        "SUN, 06 NOV 1994 08:49:37 gmt",
+    ):
+        assert parse(text, now=1.7e9) == expected, text
+    for text in (
+        "0",
+        "Sun, 06 Nov 1994 08:49:37 UTC",
+        "Sun 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06-Nov-1994 08:49:37 GMT",
+        "Sun, 06 Nov 94 08:49:37 GMT",
+        "Sun, 06 Nov 1994 8:49:37 GMT",
+        "Sun, 31 Feb 1994 08:49:37 GMT",
+    ):
+        assert parse(text) is None, text
+
+
+def test_freshness_lifetime_precedence_and_age_arithmetic():
+    f = load_module("SimpleCDN", "cdn_freshness")
+    now = 1_700_000_000.0
+    date = [("Date", f.format_http_date(now))]
+
+    def lifetime(status: int, headers: list) -> float:
+        directives, use_expires = f.response_directives(headers)
+        return f.freshness_lifetime(status, headers + date, directives, use_expires, now)
+
+    expires = [("Expires", f.format_http_date(now + 300))]
+    modified = [("Last-Modified", f.format_http_date(now - 1000))]
+    assert lifetime(200, [("Cache-Control", "s-maxage=5, max-age=50")] + expires) == 5
+    assert lifetime(200, [("Cache-Control", "max-age=50")] + expires) == 50
+    assert lifetime(200, expires + modified) == 300
+    assert lifetime(200, modified) == pytest.approx(100)  # 10% of 1000 s
+    assert lifetime(201, modified) == 0  # 201 is not heuristically cacheable
+    assert lifetime(200, [("CDN-Cache-Control", "max-age=7"), ("Cache-Control", "max-age=50")]) == 7
+    # Age (RFC 9111 4.2.3): the larger of Date-based and Age-based estimates, plus transit
+    sent = [("Date", f.format_http_date(now - 10)), ("Age", "3")]
+    assert f.corrected_initial_age(sent, now - 2, now) == 10
+    assert f.corrected_initial_age([("Age", "30")], now - 2, now) == 32
+
+
+def test_help_is_available_for_every_script():
+    for script in (EDGE, ORIGIN, "SimpleCDN/cdn_client.py"):
+        result = run_script(script, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout
