@@ -23,6 +23,7 @@ MAX_REPEATS = 50
 DEFAULT_WORKERS = (1, 2, 4, 8)
 IO_ONE_PER_WAIT = 32  # the I/O table also runs one worker per wait: the target's case
 TASKS = {"cpu": 16, "io": 32}
+LABEL = {"cpu": "CPU", "io": "I/O"}
 RUNNERS = {
     "threads": MultiThreading.run_with_thread_pool,
     "processes": MultiProcessing.run_with_process_pool,
@@ -48,7 +49,7 @@ def bench_kind(
     times: dict[tuple[str, int], list[float]] = {}
     expected = workloads.run_sequentially(tasks)  # also warms up caches and the server
     for repeat in range(1, repeats + 1):
-        print(f"\r  {kind}: run {repeat} of {repeats}", end="", flush=True)
+        progress(f"{LABEL[kind]}-bound: run {repeat} of {repeats}")
         took, _ = workloads.timed(workloads.run_sequentially, tasks)
         times.setdefault(("sequential", 1), []).append(took)
         for how, run in RUNNERS.items():
@@ -57,18 +58,26 @@ def bench_kind(
                 if answers != expected:
                     sys.exit(f"{how} x{workers} gave different answers on {kind} tasks")
                 times.setdefault((how, workers), []).append(took)
-    print("\r" + " " * 40 + "\r", end="")
+    progress("")
     return times
+
+
+def progress(text: str) -> None:
+    """One updating line on a terminal (stderr, so a saved table stays clean)."""
+    if sys.stderr.isatty():
+        end = "\r" if not text else ""  # an empty text clears the line
+        sys.stderr.write(f"\r{text:<40}{end}")
+        sys.stderr.flush()
 
 
 def print_table(kind: str, times: dict, worker_counts: tuple[int, ...], repeats: int) -> None:
     baseline = statistics.median(times[("sequential", 1)])
     what = "counting primes" if kind == "cpu" else f"waits of {workloads.IO_DELAY} s"
     print(
-        f"{kind.upper()}-bound: {TASKS[kind]} tasks ({what}), median of {repeats} runs; "
+        f"{LABEL[kind]}-bound: {TASKS[kind]} tasks ({what}), median of {repeats} runs; "
         f"sequential {baseline:.3f} s"
     )
-    header = "".join(f"{f'{n} workers':>19}" for n in worker_counts)
+    header = "".join(f"{f'{n} worker' + 's' * (n > 1):>19}" for n in worker_counts)
     print(f"  {'how':<10}{header}")
     for how in RUNNERS:
         cells = []
@@ -114,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     for kind, how, workers, low, high in TARGETS:
         speedup = medians.get((kind, how, workers))
         if speedup is None:
-            print(f"  SKIP  {kind}-bound, {workers} {how}: not in --workers")
+            print(f"  SKIP  {LABEL[kind]}-bound, {workers} {how}: not in --workers")
             continue
         ok = (low is None or speedup >= low) and (high is None or speedup <= high)
         bound = f">= {low}x" if low is not None else f"<= {high}x"
-        print(
-            f"  {'PASS' if ok else 'FAIL'}  {kind}-bound, {workers} {how} {bound}: {speedup:.2f}x"
-        )
-    print(f"\nMachine after the run: {workloads.machine_summary()}")
+        label = f"{LABEL[kind]}-bound, {workers} {how} {bound}"
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}: {speedup:.2f}x")
+    # The figures are only as good as the machine was quiet.
+    print(f"\nLoad average after the run: {workloads.load_average()}")
     # A missed target is reported above, not by the exit code: `make bench` runs
     # every folder's bench in turn and stops at the first non-zero exit.
     return 0

@@ -129,6 +129,7 @@ class TransferRun:
     """What one run of `run_transfers` saw."""
 
     ordered: bool
+    timeout: float
     seconds: float
     balances: dict[str, int]
     completed: int
@@ -199,20 +200,21 @@ def run_transfers(ordered: bool, timeout: float = WAIT_TIMEOUT) -> TransferRun:
     for thread in threads:
         thread.join(timeout=MAX_WAIT * MAX_ATTEMPTS)
     seconds = time.perf_counter() - started
-    return TransferRun(ordered, seconds, accounts, sum(done), monitor.deadlocks)
+    return TransferRun(ordered, timeout, seconds, accounts, sum(done), monitor.deadlocks)
 
 
-def report(run: TransferRun) -> None:
-    order = "one global order (alphabetical)" if run.ordered else "each from its own side"
-    print(f"Locks taken {order}:")
+def report(run: TransferRun, indent: str = "") -> None:
+    """Print what happened in one run: each deadlock found, then the outcome."""
+    order = "in one global order (alphabetical)" if run.ordered else "each from its own side"
+    print(f"{indent}Locks taken {order}:")
     for deadlock in run.deadlocks:
-        print("  DEADLOCK detected:")
+        print(f"{indent}  DEADLOCK detected after waiting {run.timeout:g} s:")
         for line in deadlock.describe():
-            print(f"    {line}")
-        print(f"    {deadlock.victim} backs off: releases its lock and retries")
+            print(f"{indent}    {line}")
+        print(f"{indent}    {deadlock.victim} backs off: releases its lock and retries")
     balances = ", ".join(f"{name} {balance}" for name, balance in run.balances.items())
     print(
-        f"  {run.completed} of 2 transfers done in {run.seconds:.2f} s, "
+        f"{indent}  {run.completed} of 2 transfers done in {run.seconds:.2f} s, "
         f"{len(run.deadlocks)} deadlock(s); balances: {balances}"
     )
 

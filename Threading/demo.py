@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nStep 5: Break it: the deadlock (two transfers, two locks, opposite order)")
     broken = deadlock.run_transfers(ordered=False)
-    deadlock.report(broken)
+    deadlock.report(broken, indent="  ")
     fixed = deadlock.run_transfers(ordered=True)
-    deadlock.report(fixed)
+    deadlock.report(fixed, indent="  ")
 
     cpu, io = results["cpu"], results["io"]
     cpu_w, io_w = TABLE_WORKERS["cpu"], TABLE_WORKERS["io"]
@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
     failures = []
     if cores >= 2 and workloads.gil_enabled() and cpu_processes <= cpu_threads:
-        failures.append("processes were not faster than threads on CPU-bound work")
+        failures.append(
+            "processes were not faster than threads on CPU-bound work; is another program "
+            f"using the cores? (load average {workloads.load_average()} on {cores} cores)"
+        )
     if io_threads <= 1.0:
         failures.append("threads were not faster than sequential on I/O-bound work")
     if unlocked.lost == 0:

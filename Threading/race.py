@@ -10,9 +10,11 @@ as one. README.md, "Break it: the lost update", explains the run.
 Between the read and the write, `Account` pauses with `time.sleep(0)`. That
 stands for the real work that sits there in practice (a database round trip, a
 log line, a call into another function) and hands the GIL to another thread
-right where the damage is done. Without it (`--no-pause`) CPython 3.11 only
-switches threads between loop iterations, so the same bug almost never shows:
-which is how it survives testing.
+right where the damage is done. Without it (`--no-pause`), CPython 3.11 hands
+the GIL over only at a function call or a loop's jump back, and there is
+neither between this read and write, so the same bug stays hidden: which is
+how it survives testing, until a free-threaded Python or one added call
+between the two lines exposes it.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * result.lost / result.deposits:>6.1f}% {result.seconds:>8.2f}"
         )
     if args.no_pause:
-        print("Without the pause the threads rarely switch mid-deposit: the bug is still there.")
+        print("Without the pause, CPython 3.11 all but never switches mid-deposit: the bug hides.")
     # The lock must never lose a deposit; without a pause the unlocked run may be lucky.
     showed = results["no lock"].lost > 0 or args.no_pause
     return 0 if showed and results["with Lock"].lost == 0 else 1

@@ -242,14 +242,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def load_average() -> str:
+    """The 1-minute load average ("n/a" where the OS has none): how busy the cores were."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def machine_summary() -> str:
     """One line naming everything a reader needs to compare figures with their own."""
-    load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     return (
         f"{usable_cores()} cores ({cpu_model()}), Python {platform.python_version()} "
         f"({'GIL enabled' if gil_enabled() else 'free-threaded, GIL disabled'}), "
         f"{platform.system()} {platform.release()}, "
-        f"process start method {multiprocessing.get_start_method()}{load}"
+        f"process start method {multiprocessing.get_start_method()}, "
+        f"load average {load_average()}"
     )
 
 
