@@ -95,9 +95,14 @@ def _next_answer(
             return done.get(timeout=POLL_INTERVAL)
         except queue.Empty:
             dead = [c for c in children if c.exitcode not in (None, 0)]
-            if dead or all(c.exitcode is not None for c in children):
-                who = ", ".join(f"{c.name} (exit code {c.exitcode})" for c in dead) or "all"
-                raise WorkerDied(f"children exited before answering every task: {who}") from None
+            if dead:
+                who = ", ".join(f"{c.name} (exit code {c.exitcode})" for c in dead)
+                raise WorkerDied(f"children died before answering every task: {who}") from None
+            if all(c.exitcode is not None for c in children):
+                try:  # a child flushes its answers before it exits: they may be arriving now
+                    return done.get(timeout=POLL_INTERVAL)
+                except queue.Empty:
+                    raise WorkerDied("every child exited, yet answers are missing") from None
 
 
 def run_with_process_pool(tasks: list[Task], workers: int) -> list[int]:

@@ -96,7 +96,11 @@ def plot_speedups(results: dict[str, dict], cores: int, path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.set_xlabel("workers")
         ax.set_ylabel("speed-up over sequential")
-        title = "CPU-bound: counting primes" if kind == "cpu" else "I/O-bound: 32 waits of 0.1 s"
+        title = (
+            "CPU-bound: counting primes"
+            if kind == "cpu"
+            else f"I/O-bound: {IO_TASKS} waits of {IO_DELAY} s"
+        )
         ax.set_title(f"{title} ({cores} cores)")
         ax.grid(True, alpha=0.3)
         ax.legend()
@@ -191,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if not workloads.gil_enabled():
         print("Note: this Python runs without the GIL, so threads compute in parallel too.")
 
+    on_cores = f"{cores} core" + "s" * (cores != 1)
     print(
-        f"Lesson: on {cores} cores, CPU-bound work ran {cpu_processes:.2f}x faster in "
+        f"Lesson: on {on_cores}, CPU-bound work ran {cpu_processes:.2f}x faster in "
         f"{cpu_w} processes but {cpu_threads:.2f}x in {cpu_w} threads (the GIL); "
         f"{io_w} threads made {IO_TASKS} waits {io_threads:.0f}x faster; "
         f"unlocked deposits lost {unlocked.lost:,} of {unlocked.deposits:,}, locked ones "
