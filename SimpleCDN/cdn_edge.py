@@ -63,9 +63,10 @@ from cdn_http import (
 
 STATS_PATH = "/__cdn/stats"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
-# Request fields whose meaning a cache cannot evaluate from a stored full
-# response; such requests go straight to the origin and are never stored.
-BYPASS_FIELDS = ("range", "if-range", "if-match", "if-unmodified-since")
+# Request fields this cache does not evaluate itself; such requests go
+# straight to the origin and their answers are never stored.
+BYPASS_FIELDS = ("if-range", "if-match", "if-unmodified-since")
+BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")  # one range; a list of ranges is ignored
 CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 # Fields a 304 must carry when the 200 would have (RFC 9110 15.4.5).
 NOT_MODIFIED_FIELDS = frozenset(
@@ -286,7 +287,38 @@ class Edge:
             # The cache may not store the answer (no-store) or cannot evaluate
             # the request from a stored full response (ranges, If-Match...).
             return self.pass_through(request, target, send_interim)
+        if request.method == "GET" and get_all(request.headers, "range"):
+            return self.serve_range(request, target, request_cc, send_interim)
         return self.lookup(request, target, request_cc, send_interim)
+
+    def serve_range(
+        self, request: Request, target: str, request_cc: Directives, send_interim: InterimSender
+    ) -> Response:
+        """A byte range cut from a fresh stored response (how a video seek stays at the edge).
+
+        Without a fresh complete copy, the Range request goes to the origin
+        as it is, and its 206 is not stored.
+        """
+        entry = self.cache.select(target, request.headers)
+        if (
+            entry is None
+            or entry.status != 200
+            or self.assess(entry, request_cc, self.clock()) != FRESH
+        ):
+            return self.pass_through(request, target, send_interim)
+        whole = self.from_cache(entry, request, "HIT")
+        span = byte_range(request.header("range") or "", len(entry.body))
+        if span is None or whole.status != 200:
+            return whole  # a Range the edge does not understand may be ignored (RFC 9110 14.2)
+        if span == UNSATISFIABLE:
+            response = error_response(416, f"range not satisfiable: {len(entry.body)} bytes")
+            response.headers.append(("Content-Range", f"bytes */{len(entry.body)}"))
+            return self.label(response, "HIT")
+        start, end = span
+        whole.status, whole.reason = 206, "Partial Content"
+        whole.headers.append(("Content-Range", f"bytes {start}-{end}/{len(entry.body)}"))
+        whole.body = entry.body[start : end + 1]
+        return whole
 
     def lookup(
         self,
@@ -485,12 +517,6 @@ class Edge:
             response.status, response.headers, directives, use_expires, response_time
         )
         initial_age = corrected_initial_age(response.headers, request_time, response_time)
-        has_validator = bool(
-            get_all(response.headers, "etag") or get_all(response.headers, "last-modified")
-        )
-        may_serve_stale = any(d in directives for d in ("stale-while-revalidate", "stale-if-error"))
-        if lifetime <= initial_age and not has_validator and not may_serve_stale:
-            return None  # born stale and nothing to revalidate with: useless to keep
         dropped = FRAMING | {"age"} | fields_not_to_store(directives)
         entry = CacheEntry(
             key=target,
@@ -725,6 +751,30 @@ def not_modified(request_headers: Headers, response_headers: Headers, received: 
     if modified is None:
         modified = parse_http_date(get_first(response_headers, "date")) or received
     return modified <= since
+
+
+UNSATISFIABLE = (-1, -1)
+
+
+def byte_range(value: str, length: int) -> tuple[int, int] | None:
+    """First and last byte of a single `bytes=` range (RFC 9110 14.1.2).
+
+    None means "not a single byte range: ignore it and send everything";
+    UNSATISFIABLE means it asks only for bytes past the end.
+    """
+    match = BYTE_RANGE.match(value.replace(" ", ""))
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":  # the final N bytes
+        suffix = int(last)
+        return (max(0, length - suffix), length - 1) if suffix and length else UNSATISFIABLE
+    start = int(first)
+    if last and int(last) < start:
+        return None  # invalid: ignore the Range field
+    if start >= length:
+        return UNSATISFIABLE
+    return start, min(int(last), length - 1) if last else length - 1
 
 
 def _opaque(tag: str) -> str:

@@ -56,6 +56,7 @@ STATUS_LINE = re.compile(r"^HTTP/(\d)\.(\d) (\d{3})(?: (.*))?$")
 REASONS = {
     100: "Continue",
     200: "OK",
+    206: "Partial Content",
     304: "Not Modified",
     400: "Bad Request",
     403: "Forbidden",
@@ -64,6 +65,7 @@ REASONS = {
     408: "Request Timeout",
     413: "Content Too Large",
     414: "URI Too Long",
+    416: "Range Not Satisfiable",
     417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",

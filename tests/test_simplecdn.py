@@ -195,6 +195,28 @@ def test_head_is_answered_from_a_stored_get(edge, origin):
     assert origin_count(origin, target) == 1
 
 
+def test_byte_ranges_are_cut_from_a_stored_response(edge, origin):
+    target = url_for(cc="max-age=600", body="0123456789")
+    served(edge, target)
+    cases = {"bytes=0-1": "01", "bytes=7-": "789", "bytes=-3": "789", "bytes=8-100": "89"}
+    for spec, expected in cases.items():
+        part = served(edge, target, headers={"Range": spec})
+        assert (part.status_code, part.text, part.headers["X-Cache"]) == (206, expected, "HIT")
+    assert served(edge, target, headers={"Range": "bytes=0-1"}).headers["Content-Range"] == (
+        "bytes 0-1/10"
+    )
+    assert served(edge, target, headers={"Range": "bytes=50-"}).status_code == 416
+    assert origin_count(origin, target) == 1
+
+
+def test_interim_103_early_hints_are_relayed_before_the_final_response(edge):
+    target = url_for(cc="max-age=600", hint="</app.css>; rel=preload")
+    request = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    answer = raw_exchange(edge, request)
+    assert answer.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n")
+    assert b"\r\n\r\nHTTP/1.1 200 OK\r\n" in answer
+
+
 # --- request directives ------------------------------------------------------
 
 
@@ -235,6 +257,15 @@ def test_request_max_stale_accepts_a_stale_copy(edge, origin):
     assert (
         served(edge, target, headers={"Cache-Control": "max-stale"}).headers["X-Cache"] == "STALE"
     )
+
+
+@pytest.mark.parametrize("directive", ["must-revalidate", "proxy-revalidate", "s-maxage=1"])
+def test_must_revalidate_family_never_lets_a_stale_copy_out(edge, directive):
+    target = url_for(cc=f"max-age=1, {directive}, stale-while-revalidate=600", age=20, etag="mr")
+    served(edge, target)
+    for request_cc in ("max-stale=3600", "max-stale", "nothing-special"):
+        response = served(edge, target, headers={"Cache-Control": request_cc})
+        assert response.headers["X-Cache"] == "REVALIDATED", request_cc
 
 
 def test_request_no_store_bypasses_the_cache_entirely(edge, origin):
