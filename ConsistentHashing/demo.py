@@ -1,0 +1,254 @@
+"""The guided run: what moves when shards come and go, for the ring and its rivals.
+
+1. The brief's experiment: 1,000 shards, 10,000 keys, remove 50, add 50.
+2. The same change for modulo, jump, rendezvous and bounded-load hashing.
+3. Balance: how far the busiest node sits above the mean, by virtual nodes.
+
+Exits non-zero if the lesson did not show: the ring moved more than twice the
+theoretical share, modulo hashing moved less than 80%, or any key moved that
+consistent hashing says must stay.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import simulate_resharding as experiment
+from ConsistentHashRing import DEFAULT_VNODES, ConsistentHashRing
+from strategies import (
+    DEFAULT_BALANCE_FACTOR,
+    BoundedLoadHashing,
+    JumpHashing,
+    ModuloHashing,
+    RendezvousHashing,
+)
+
+SHARDS, KEYS, REMOVE, ADD = 1000, 10_000, 50, 50
+TRIALS = 3  # simulate_resharding.py runs more; three already show the spread
+BALANCE_NODES, BALANCE_KEYS = 100, 100_000
+BALANCE_VNODES = (1, 10, 100, 256)
+RING_LIMIT = 2.0  # the ring may move at most twice the theoretical share
+MODULO_FLOOR = 0.80  # modulo hashing must move at least this share to make the point
+
+
+PROGRESS_WIDTH = 60
+
+
+def heading(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def progress(text: str) -> None:
+    """One line that updates in place while long work runs (on a terminal only:
+    piped, e.g. through tour.py, the step headings are the progress)."""
+    if sys.stdout.isatty():
+        print(f"\r   {text}".ljust(PROGRESS_WIDTH), end="", flush=True)
+
+
+def clear_progress() -> None:
+    if sys.stdout.isatty():
+        print("\r" + " " * PROGRESS_WIDTH + "\r", end="", flush=True)
+
+
+def step_experiment() -> experiment.Trial:
+    heading(f"1. The brief's experiment: {SHARDS} shards, {KEYS} keys, remove {REMOVE}, add {ADD}")
+    trials = []
+    for number in range(TRIALS):
+        progress(f"trial {number + 1}/{TRIALS}")
+        trials.append(experiment.run_trial(SHARDS, KEYS, REMOVE, ADD, seed=number + 1))
+    clear_progress()
+    rows = experiment.summary_rows(trials, REMOVE, ADD, SHARDS)
+    print(experiment.format_table(experiment.SUMMARY_HEADER, rows))
+    paths = experiment.write_plots(trials[0], experiment.IMAGES, DEFAULT_VNODES)
+    print("plots of trial 1:")
+    for path in paths:
+        print(f"  images/{path.name}")
+    return trials[0]
+
+
+def three_placements(
+    strategy: Any, keys: list[str], leaving: list[str], joining: list[str]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Where `keys` live before, after `leaving` left, and after `joining` joined."""
+    if isinstance(strategy, BoundedLoadHashing):
+        strategy.add_keys(keys)  # in one go: the cap is set once for all of them
+    before = experiment.place(strategy.get_node, keys)
+    for shard in leaving:
+        strategy.remove_node(shard)
+    middle = experiment.place(strategy.get_node, keys)
+    for shard in joining:
+        strategy.add_node(shard)
+    return before, middle, experiment.place(strategy.get_node, keys)
+
+
+def renumbered_jump(
+    names: list[str], keys: list[str], leaving: list[str], joining: list[str]
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Jump hash told to drop shards from the middle: the survivors get renumbered."""
+    before = experiment.place(JumpHashing(names).get_node, keys)
+    survivors = JumpHashing([name for name in names if name not in set(leaving)])
+    middle = experiment.place(survivors.get_node, keys)
+    for shard in joining:
+        survivors.add_node(shard)
+    return before, middle, experiment.place(survivors.get_node, keys)
+
+
+def movement(
+    before: dict[str, str], middle: dict[str, str], after: dict[str, str]
+) -> dict[str, float]:
+    """Shares of keys moved at each step, needless moves, and the final balance."""
+    gone = set(before.values()) - set(middle.values())
+    new = set(after.values()) - set(middle.values())
+    moved_out = experiment.moved_keys(before, middle)
+    moved_in = experiment.moved_keys(middle, after)
+    return {
+        "removal": len(moved_out) / len(before),
+        "addition": len(moved_in) / len(before),
+        # Moved although its shard stayed (removal) or not onto a new shard (addition).
+        "strays": sum(before[key] not in gone for key in moved_out)
+        + sum(after[key] not in new for key in moved_in),
+        "max_over_mean": experiment.balance(list(Counter(after.values()).values()))[0],
+    }
+
+
+def step_strategies(trial: experiment.Trial) -> dict[str, dict[str, float]]:
+    heading("2. The same change for every strategy (the keys and shards of trial 1)")
+    keys, names = list(trial.initial), trial.shards
+    removed, added = trial.removed, trial.added
+    last = names[::-1][:REMOVE]  # jump hash can only drop buckets from the end
+    ring_label = f"ring, {DEFAULT_VNODES} vnodes"
+    plans: list[tuple[str, Callable[[], tuple]]] = [
+        (ring_label, lambda: three_placements(ConsistentHashRing(names), keys, removed, added)),
+        ("modulo", lambda: three_placements(ModuloHashing(names), keys, removed, added)),
+        (
+            f"jump (the last {REMOVE} removed)",
+            lambda: three_placements(JumpHashing(names), keys, last, added),
+        ),
+        (
+            f"jump (the same {REMOVE}, renumbered)",
+            lambda: renumbered_jump(names, keys, removed, added),
+        ),
+        ("rendezvous", lambda: three_placements(RendezvousHashing(names), keys, removed, added)),
+        (
+            f"bounded loads, c={DEFAULT_BALANCE_FACTOR}",
+            lambda: three_placements(BoundedLoadHashing(names), keys, removed, added),
+        ),
+    ]
+    results: dict[str, dict[str, float]] = {}
+    rows = []
+    for label, plan in plans:
+        progress(f"measuring {label} ...")
+        started = time.perf_counter()
+        result = results[label] = movement(*plan())
+        rows.append(
+            [
+                label,
+                experiment.percent(result["removal"]),
+                experiment.percent(result["addition"]),
+                str(result["strays"]),
+                f"{result['max_over_mean']:.2f}",
+                f"{time.perf_counter() - started:.2f}",
+            ]
+        )
+    clear_progress()
+    header = [
+        "strategy",
+        f"moved: remove {REMOVE}",
+        f"moved: add {ADD}",
+        "moved needlessly",
+        "busiest/mean",
+        "seconds",
+    ]
+    print(experiment.format_table(header, rows))
+    theory_out, theory_in = experiment.theoretical_shares(SHARDS, REMOVE, ADD)
+    print(
+        f"theory: {experiment.percent(theory_out)} on removal, "
+        f"{experiment.percent(theory_in)} on addition. Needlessly = moved although its shard\n"
+        f"stayed, or not onto a new shard. Busiest/mean is after both changes, at "
+        f"{KEYS // SHARDS} keys a shard."
+    )
+    return results
+
+
+def step_balance() -> dict[int, float]:
+    heading(f"3. Balance: {BALANCE_NODES} nodes, {BALANCE_KEYS:,} keys")
+    keys = experiment.make_keys(BALANCE_KEYS, random.Random(7))
+    names = [f"node-{i:03d}" for i in range(BALANCE_NODES)]
+    rows = []
+    ring_max: dict[int, float] = {}
+    for vnodes in BALANCE_VNODES:
+        ring = ConsistentHashRing(names, vnodes=vnodes)
+        ring_max[vnodes], ring_std = experiment.balance(
+            experiment.load_per_node(experiment.place(ring.get_node, keys), names)
+        )
+        bounded = BoundedLoadHashing(names, vnodes=vnodes)
+        bounded.add_keys(keys)
+        bounded_max, _ = experiment.balance(list(bounded.loads.values()))
+        rows.append(
+            [
+                str(vnodes),
+                f"{ring_max[vnodes]:.3f}",
+                f"{ring_std:.3f}",
+                f"{bounded_max:.3f}",
+            ]
+        )
+    print(
+        experiment.format_table(
+            [
+                "virtual nodes",
+                "ring busiest/mean",
+                "ring std/mean",
+                f"bounded loads (c={DEFAULT_BALANCE_FACTOR}) busiest/mean",
+            ],
+            rows,
+        )
+    )
+    for label, strategy in (
+        ("jump hash", JumpHashing(names)),
+        ("rendezvous", RendezvousHashing(names)),
+    ):
+        loads = experiment.load_per_node(experiment.place(strategy.get_node, keys), names)
+        top, spread = experiment.balance(loads)
+        print(f"{label} (no virtual nodes): busiest/mean {top:.3f}, std/mean {spread:.3f}")
+    return ring_max
+
+
+def main() -> int:
+    started = time.perf_counter()
+    trial = step_experiment()
+    results = step_strategies(trial)
+    ring_max = step_balance()
+
+    theory_out, _ = experiment.theoretical_shares(SHARDS, REMOVE, ADD)
+    ring = results[f"ring, {DEFAULT_VNODES} vnodes"]
+    modulo = results["modulo"]
+    problems = []
+    if ring["removal"] > RING_LIMIT * theory_out or ring["addition"] > RING_LIMIT * theory_out:
+        problems.append("the ring moved more than twice the theoretical share")
+    if modulo["removal"] < MODULO_FLOOR:
+        problems.append(f"modulo hashing moved less than {MODULO_FLOOR:.0%} of keys")
+    if ring["strays"] or results["rendezvous"]["strays"]:
+        problems.append("a key moved that consistent hashing says must stay")
+
+    print(f"\n(demo took {time.perf_counter() - started:.1f} s)")
+    print(
+        f"Lesson: removing {REMOVE} of {SHARDS} shards moved "
+        f"{experiment.percent(ring['removal'])} of keys on the ring "
+        f"(theory {experiment.percent(theory_out)}; modulo hashing: "
+        f"{experiment.percent(modulo['removal'])}), adding {ADD} moved "
+        f"{experiment.percent(ring['addition'])}; with {BALANCE_VNODES[-1]} virtual nodes the "
+        f"busiest of {BALANCE_NODES} nodes holds {ring_max[BALANCE_VNODES[-1]]:.2f}x the mean "
+        f"(1 virtual node: {ring_max[1]:.2f}x)"
+    )
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

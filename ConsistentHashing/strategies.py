@@ -1,0 +1,316 @@
+"""The other ways to map keys to nodes, with the ring's small interface.
+
+Each class has `get_node(key)`, `add_node(node)`, `remove_node(node)`, `nodes`
+and `len()`, so demo.py and bench.py can run the same experiment on all of
+them. README section "The alternatives" says when to pick which.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from fractions import Fraction
+
+import mmh3
+import numpy as np
+from ConsistentHashRing import (
+    DEFAULT_VNODES,
+    ConsistentHashRing,
+    DuplicateNodeError,
+    EmptyRingError,
+    UnknownNodeError,
+)
+
+MASK_64 = (1 << 64) - 1
+DEFAULT_BALANCE_FACTOR = 1.25  # c in the bounded-loads cap ceil(c * mean load)
+
+
+class UnsupportedChangeError(ValueError):
+    """A strategy was asked for a membership change it cannot make."""
+
+
+def key_hash_32(key: str | bytes) -> int:
+    """MurmurHash3 x86 32-bit, unsigned: the key hash modulo hashing uses."""
+    return mmh3.hash(key, 0, False)
+
+
+def key_hash_64(key: str | bytes) -> int:
+    """The low 64 bits of MurmurHash3 x64 128-bit, unsigned."""
+    return mmh3.hash64(key, signed=False)[0]
+
+
+def _check_new(nodes: Iterable[str], node: str) -> None:
+    if node in nodes:
+        raise DuplicateNodeError(f"node {node!r} is already there; remove_node() it first")
+
+
+def _check_lookup(nodes: list[str]) -> None:
+    if not nodes:
+        raise EmptyRingError("there are no nodes; add_node() one before looking keys up")
+
+
+class ModuloHashing:
+    """`nodes[hash(key) % N]`: perfectly simple, and N changing moves almost every key.
+
+    A key stays put only if its hash gives the same node under the old N and
+    the new one, which for N -> N+1 happens to about 1 key in N+1.
+    """
+
+    def __init__(self, nodes: Iterable[str] = ()) -> None:
+        self._nodes: list[str] = []
+        for node in nodes:
+            self.add_node(node)
+
+    def get_node(self, key: str | bytes) -> str:
+        _check_lookup(self._nodes)
+        return self._nodes[key_hash_32(key) % len(self._nodes)]
+
+    def add_node(self, node: str) -> None:
+        _check_new(self._nodes, node)
+        self._nodes.append(node)
+
+    def remove_node(self, node: str) -> None:
+        """Remove `node`; every node after it shifts down one slot."""
+        if node not in self._nodes:
+            raise UnknownNodeError(f"node {node!r} is not one of the {len(self._nodes)} nodes")
+        self._nodes.remove(node)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def jump_bucket(key: int, num_buckets: int) -> int:
+    """Lamping & Veach's jump consistent hash: the bucket in [0, num_buckets) of a 64-bit key.
+
+    Picture the key's bucket as the number of buckets grows from 1. With b+1
+    buckets the key sits in bucket b; when one more bucket is added it must
+    move to the new bucket with probability 1/(new count), and stay put
+    otherwise (which is what makes the hash consistent: keys only ever move to
+    the newest bucket). Rather than test every count one by one, the paper
+    jumps straight to the next count at which the key moves: with a uniform
+    random r in (0, 1], that count is floor((b + 1) / r). The key seeds a
+    64-bit linear congruential generator that supplies the r values, so the
+    same key always makes the same jumps. About ln(num_buckets) jumps.
+    """
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    bucket, next_bucket = -1, 0
+    while next_bucket < num_buckets:
+        bucket = next_bucket
+        key = (key * 2862933555777941757 + 1) & MASK_64  # the paper's LCG step
+        # r = ((key >> 33) + 1) / 2**31 is a uniform value in (0, 1].
+        next_bucket = int((bucket + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return bucket
+
+
+class JumpHashing:
+    """Jump consistent hash over an ordered list of nodes: no ring, no memory per node.
+
+    Balance is near perfect and a lookup is ~ln(N) multiplications, but nodes
+    are numbered buckets: you can only add a node at the end or remove the
+    last one. Removing one from the middle would renumber every node after it.
+    """
+
+    def __init__(self, nodes: Iterable[str] = ()) -> None:
+        self._nodes: list[str] = []
+        for node in nodes:
+            self.add_node(node)
+
+    def get_node(self, key: str | bytes) -> str:
+        _check_lookup(self._nodes)
+        return self._nodes[jump_bucket(key_hash_64(key), len(self._nodes))]
+
+    def add_node(self, node: str) -> None:
+        """Append `node` as the new highest bucket."""
+        _check_new(self._nodes, node)
+        self._nodes.append(node)
+
+    def remove_node(self, node: str) -> None:
+        """Remove `node`, which must be the last bucket (UnsupportedChangeError otherwise)."""
+        if node not in self._nodes:
+            raise UnknownNodeError(f"node {node!r} is not one of the {len(self._nodes)} buckets")
+        if node != self._nodes[-1]:
+            raise UnsupportedChangeError(
+                f"jump hash can only remove the last bucket ({self._nodes[-1]!r}), not {node!r}: "
+                "removing a middle bucket renumbers the rest; replace it in place instead"
+            )
+        self._nodes.pop()
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+def _fmix64(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser on an array: every input bit flips about half the output."""
+    values = values ^ (values >> np.uint64(33))
+    values = values * np.uint64(0xFF51AFD7ED558CCD)
+    values = values ^ (values >> np.uint64(33))
+    values = values * np.uint64(0xC4CEB9FE1A85EC53)
+    return values ^ (values >> np.uint64(33))
+
+
+class RendezvousHashing:
+    """Highest random weight: each node scores the key; the highest score wins.
+
+    The score of (node, key) is a 64-bit mix of the key's hash and the node's,
+    so it looks random but every client computes the same one. Removing a node
+    moves only the keys it won (their runner-up takes over), and a new node
+    takes only the keys it now outscores everyone on. No ring and no virtual
+    nodes, but each lookup scores all N nodes (numpy does it in one pass).
+    """
+
+    def __init__(self, nodes: Iterable[str] = ()) -> None:
+        self._nodes: list[str] = []  # kept sorted, so a (2**-64-rare) tie goes to the smaller name
+        self._node_hashes = np.zeros(0, dtype=np.uint64)
+        for node in nodes:
+            self.add_node(node)
+
+    def _scores(self, key: str | bytes) -> np.ndarray:
+        return _fmix64(self._node_hashes ^ np.uint64(key_hash_64(key)))
+
+    def get_node(self, key: str | bytes) -> str:
+        _check_lookup(self._nodes)
+        return self._nodes[int(np.argmax(self._scores(key)))]
+
+    def get_nodes(self, key: str | bytes, n: int) -> list[str]:
+        """The `n` highest-scoring nodes, best first: rendezvous hashing's replicas."""
+        _check_lookup(self._nodes)
+        if not 1 <= n <= len(self._nodes):
+            raise ValueError(f"n must be between 1 and {len(self._nodes)} (the nodes), got {n}")
+        # ~score sorts the highest score first; stable, so ties keep name order.
+        order = np.argsort(~self._scores(key), kind="stable")
+        return [self._nodes[i] for i in order[:n]]
+
+    def add_node(self, node: str) -> None:
+        _check_new(self._nodes, node)
+        self._nodes = sorted([*self._nodes, node])
+        self._node_hashes = np.array([key_hash_64(name) for name in self._nodes], dtype=np.uint64)
+
+    def remove_node(self, node: str) -> None:
+        if node not in self._nodes:
+            raise UnknownNodeError(f"node {node!r} is not one of the {len(self._nodes)} nodes")
+        index = self._nodes.index(node)
+        del self._nodes[index]
+        self._node_hashes = np.delete(self._node_hashes, index)
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+
+class BoundedLoadHashing:
+    """Consistent hashing with bounded loads (Mirrokni, Thorup & Zadimoghaddam).
+
+    Every node may hold at most cap = ceil(c * m / n) keys (m keys, n nodes).
+    Keys are placed in the order they arrived: each walks clockwise from its
+    ring position and takes the first node that is still below the cap. So no
+    node ever exceeds c times the mean, at the price of sending some keys past
+    their nearest node (and of moving more keys when nodes change).
+
+    The placement is always exactly what placing all keys afresh, in arrival
+    order, would give: a change of nodes, or a new key that raises the cap,
+    re-places everything; a new key under an unchanged cap is placed alone,
+    which gives the same result.
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[str] = (),
+        c: float = DEFAULT_BALANCE_FACTOR,
+        vnodes: int = DEFAULT_VNODES,
+    ) -> None:
+        if not c >= 1:
+            raise ValueError(f"c must be >= 1 (1 means perfectly even), got {c!r}")
+        # Exact arithmetic for the cap: with floats, ceil(1.1 * 100 / 10) is 12.
+        self.c = Fraction(str(c))
+        self._ring = ConsistentHashRing(nodes, vnodes=vnodes)
+        self._placement: dict[str | bytes, str] = {}  # key -> node, in arrival order
+        self._loads: Counter[str] = Counter()
+
+    def capacity(self, keys: int | None = None) -> int:
+        """ceil(c * keys / nodes), for the current number of keys by default."""
+        if not len(self._ring):
+            raise EmptyRingError("there are no nodes, so there is no capacity")
+        keys = len(self._placement) if keys is None else keys
+        return -(-self.c.numerator * keys // (self.c.denominator * len(self._ring)))
+
+    def get_node(self, key: str | bytes) -> str:
+        """The node holding `key`; a key seen for the first time is placed now."""
+        node = self._placement.get(key)
+        if node is None:
+            self.add_keys([key])
+            node = self._placement[key]
+        return node
+
+    def add_keys(self, keys: Iterable[str | bytes]) -> None:
+        """Place new keys (ones already placed are ignored), in the given order."""
+        new = [key for key in dict.fromkeys(keys) if key not in self._placement]
+        if not new:
+            return
+        if not len(self._ring):
+            raise EmptyRingError("there are no nodes; add_node() one before placing keys")
+        old_cap = self.capacity() if self._placement else None
+        cap = self.capacity(len(self._placement) + len(new))
+        if cap != old_cap:
+            self._replace_all(cap, [*self._placement, *new])
+        else:
+            for key in new:
+                self._place(key, cap)
+
+    def add_node(self, node: str) -> None:
+        self._ring.add_node(node)
+        self._replace_all()
+
+    def remove_node(self, node: str) -> None:
+        if len(self._ring) == 1 and node in self._ring and self._placement:
+            raise UnsupportedChangeError(
+                f"{node!r} is the last node and holds {len(self._placement)} keys; "
+                "add another node before removing it"
+            )
+        self._ring.remove_node(node)
+        self._replace_all()
+
+    @property
+    def loads(self) -> dict[str, int]:
+        """Keys held by each node (nodes holding none included)."""
+        return {node: self._loads[node] for node in self._ring.nodes}
+
+    @property
+    def placement(self) -> dict[str | bytes, str]:
+        """A copy of key -> node for every placed key, in arrival order."""
+        return dict(self._placement)
+
+    @property
+    def nodes(self) -> list[str]:
+        return self._ring.nodes
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def _place(self, key: str | bytes, cap: int) -> None:
+        node = self._ring.get_node(key)
+        if self._loads[node] >= cap:  # nearest node full: walk on clockwise
+            node = next(n for n in self._ring.walk(key) if self._loads[n] < cap)
+        self._placement[key] = node
+        self._loads[node] += 1
+
+    def _replace_all(self, cap: int | None = None, keys: list | None = None) -> None:
+        keys = list(self._placement) if keys is None else keys
+        self._placement = {}
+        self._loads = Counter()
+        if not keys:
+            return
+        cap = self.capacity(len(keys)) if cap is None else cap
+        for key in keys:
+            self._place(key, cap)
