@@ -72,6 +72,11 @@ CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 NOT_MODIFIED_FIELDS = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary"}
 )
+# How long to remember that a URL's answers could not be shared (e.g. no-store),
+# so that concurrent requests for it go straight to the origin instead of
+# queueing behind each other; and how many such URLs to remember at most.
+UNSHAREABLE_MEMORY_SECONDS = 30.0
+UNSHAREABLE_MEMORY_SIZE = 10_000
 ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
 
 # Defaults, each overridable on the command line.
@@ -117,6 +122,24 @@ class Flights:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight: dict[str, Flight] = {}  # guarded by _lock
+        # URL -> until when its answers are known not to be shareable (guarded
+        # by _lock); Varnish calls this "hit-for-pass".
+        self._unshareable: dict[str, float] = {}
+
+    def remember(self, key: str, shareable: bool, now: float) -> None:
+        """Record whether the origin's latest answer for `key` could serve other requests."""
+        with self._lock:
+            if shareable:
+                self._unshareable.pop(key, None)
+                return
+            if len(self._unshareable) >= UNSHAREABLE_MEMORY_SIZE:
+                self._unshareable = {k: t for k, t in self._unshareable.items() if t > now}
+            if len(self._unshareable) < UNSHAREABLE_MEMORY_SIZE:
+                self._unshareable[key] = now + UNSHAREABLE_MEMORY_SECONDS
+
+    def known_unshareable(self, key: str, now: float) -> bool:
+        with self._lock:
+            return self._unshareable.get(key, 0.0) > now
 
     def join(self, key: str) -> tuple[Flight, bool]:
         """The flight for `key` and whether the caller leads it (must `land` it)."""
@@ -346,7 +369,10 @@ class Edge:
             return self.copy_failure(waited_for.failure)
         if request.method == "HEAD":
             return self.forward_head(request, target, entry, send_interim)
-        if waited_for is not None:  # we waited once already: ask on our own
+        if waited_for is not None or self.flights.known_unshareable(target, self.clock()):
+            # We already waited once, or this URL's answers cannot be shared
+            # (no-store, private...): waiting for another request's answer
+            # would only add its round trip to ours. Ask on our own.
             return self.fetch(request, target, entry, request_cc, send_interim)
 
         flight, leader = self.flights.join(target)
@@ -442,7 +468,9 @@ class Edge:
                 return self.from_cache(stored, request, "STALE")
         # A miss is answered with the origin's own message (no Age: nothing
         # aged in a cache), whether or not a copy of it was stored.
-        self.store(request, target, response, request_time, response_time)
+        entry = self.store(request, target, response, request_time, response_time)
+        shareable = entry is not None and entry.is_fresh(response_time)
+        self.flights.remember(target, shareable, response_time)
         return self.relay(response, request, "MISS", answer_conditionals=stored is not None)
 
     def forward_head(

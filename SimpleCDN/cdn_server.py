@@ -19,6 +19,7 @@ import signal
 import socket
 import socketserver
 import sys
+import threading
 import time
 import traceback
 from urllib.parse import urlsplit
@@ -53,6 +54,7 @@ HEADER_TIMEOUT = 10.0  # a request's line and headers must arrive within this
 BODY_TIMEOUT = 30.0  # and its body within this
 SEND_TIMEOUT = 30.0  # a client that will not read its response is dropped
 LISTEN_BACKLOG = 1024  # connections the kernel queues before accept()
+MAX_CONNECTIONS = 2000  # open client connections (each is a thread) before 503s
 LINGER_SECONDS = 2.0  # after an error, how long to drain a client's unread input
 
 
@@ -70,13 +72,37 @@ class EdgeServer(socketserver.ThreadingTCPServer):
         edge: Edge,
         idle_timeout: float = IDLE_TIMEOUT,
         header_timeout: float = HEADER_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.edge = edge
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
+        # One slot per open connection: a flood of connections gets a quick
+        # 503 instead of a thread each, so the edge cannot be starved of memory.
+        self.slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, ConnectionHandler)
         host, port = self.server_address[:2]
         edge.same_site |= {(host, port), ("localhost", port), ("127.0.0.1", port)}
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(
+                    serialize_response(
+                        503, "Service Unavailable", [("Connection", "close")], b"edge busy\n"
+                    )
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 class ConnectionHandler(socketserver.BaseRequestHandler):
@@ -195,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-object-size",
         type=parse_size,
-        default=DEFAULT_MAX_OBJECT_SIZE,
-        help="largest response the cache stores, e.g. 8MB (default 8MB)",
+        default=None,
+        help="largest response the cache stores, e.g. 8MB (default 8MB, or the cache size)",
     )
     parser.add_argument(
         "--origin-timeout",
@@ -217,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=HEADER_TIMEOUT,
         help="seconds a client has to send a request's headers (default 10)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help=f"open client connections before new ones get 503 (default {MAX_CONNECTIONS})",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print a line per request")
     return parser
 
@@ -233,8 +265,12 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
         parser.error(f"--origin has an invalid port: {args.origin!r}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
+    if args.max_connections < 1:
+        parser.error("--max-connections must be at least 1")
     if args.origin_timeout <= 0 or args.idle_timeout <= 0 or args.header_timeout <= 0:
         parser.error("timeouts must be positive")
+    if args.max_object_size is None:
+        args.max_object_size = min(DEFAULT_MAX_OBJECT_SIZE, args.cache_size)
     if args.max_object_size > args.cache_size:
         parser.error("--max-object-size cannot exceed --cache-size")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
@@ -256,7 +292,11 @@ def main(argv: list[str] | None = None) -> None:
     args, config = config_from_args(argv)
     try:
         server = EdgeServer(
-            (args.host, args.port), Edge(config), args.idle_timeout, args.header_timeout
+            (args.host, args.port),
+            Edge(config),
+            args.idle_timeout,
+            args.header_timeout,
+            args.max_connections,
         )
     except OSError as exc:
         sys.exit(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
@@ -428,6 +429,34 @@ def test_concurrent_misses_for_one_url_make_one_origin_request(edge, origin):
         thread.join(TIMEOUT)
     assert results == [(200, "ok\n")] * clients
     assert origin_count(origin, target) == 1
+
+
+def test_unshareable_urls_are_not_coalesced_so_nobody_queues(edge, origin):
+    target = url_for(cc="no-store", sleep_ms=200)
+    served(edge, target)  # the edge learns that answers for this URL cannot be shared
+    coalesced_before = edge_stats(edge)["coalesced"]
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda _: served(edge, target).status_code, range(10)))
+    assert statuses == [200] * 10
+    assert edge_stats(edge)["coalesced"] == coalesced_before
+    assert origin_count(origin, target) == 11
+
+
+def test_connections_beyond_the_limit_get_503_and_the_edge_recovers(origin):
+    with ServerProcess(EDGE, "--origin", origin.url, "--max-connections", "3") as edge:
+        idle = [socket.create_connection((edge.host, edge.port), timeout=5) for _ in range(3)]
+        try:
+            time.sleep(0.2)  # let the edge accept all three
+            assert raw_exchange(edge, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
+                b"HTTP/1.1 503"
+            )
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while served(edge, "/echo").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 def test_malformed_requests_get_400_while_another_client_is_served(edge):
