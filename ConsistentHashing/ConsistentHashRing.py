@@ -93,6 +93,8 @@ class ConsistentHashRing:
         # the first virtual node, and bisect returns len(_positions) for it.
         self._owners: list[str] = []
 
+        if isinstance(nodes, str | bytes):
+            raise TypeError(f"nodes must be a list of names, e.g. [{nodes!r}], not {nodes!r}")
         named = nodes.items() if isinstance(nodes, Mapping) else ((node, 1) for node in nodes)
         points: list[tuple[int, str]] = []
         for node, weight in named:
@@ -111,6 +113,11 @@ class ConsistentHashRing:
         except IndexError:  # only an empty ring has no owner at index 0
             raise EmptyRingError(
                 "the ring has no nodes; add_node() one before looking keys up"
+            ) from None
+        except TypeError:  # the try costs nothing until something is raised
+            raise TypeError(
+                f"keys must be str or bytes, got {type(key).__name__} {key!r}; "
+                "convert it first, e.g. str(key)"
             ) from None
 
     def get_nodes(self, key: str | bytes, n: int) -> list[str]:

@@ -238,12 +238,11 @@ def main() -> int:
     print(f"\n(demo took {time.perf_counter() - started:.1f} s)")
     print(
         f"Lesson: removing {REMOVE} of {SHARDS} shards moved "
-        f"{experiment.percent(ring['removal'])} of keys on the ring "
-        f"(theory {experiment.percent(theory_out)}; modulo hashing: "
-        f"{experiment.percent(modulo['removal'])}), adding {ADD} moved "
-        f"{experiment.percent(ring['addition'])}; with {BALANCE_VNODES[-1]} virtual nodes the "
-        f"busiest of {BALANCE_NODES} nodes holds {ring_max[BALANCE_VNODES[-1]]:.2f}x the mean "
-        f"(1 virtual node: {ring_max[1]:.2f}x)"
+        f"{experiment.percent(ring['removal'])} of keys on the ring, adding {ADD} moved "
+        f"{experiment.percent(ring['addition'])} (theory {experiment.percent(theory_out)}; "
+        f"modulo hashing: {experiment.percent(modulo['removal'])}); "
+        f"{BALANCE_VNODES[-1]} virtual nodes keep the busiest node at "
+        f"{ring_max[BALANCE_VNODES[-1]]:.2f}x the mean (1 virtual node: {ring_max[1]:.2f}x)"
     )
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)

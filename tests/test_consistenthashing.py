@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -15,6 +16,7 @@ import pytest
 from conftest import ROOT, child_env, load_module, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from uhashring import HashRing
 
 FOLDER = "ConsistentHashing"
 ring_module = load_module(FOLDER, "ConsistentHashRing")
@@ -112,6 +114,27 @@ def test_ring_movement_is_minimal_for_any_node_set(nodes, data):
     after = placement(ring, SAMPLE_KEYS)
     assert_addition_moves_only_to_new_nodes(middle, after, set(joining))
     assert ring._positions == ConsistentHashRing(ring.nodes, vnodes=20)._positions
+
+
+def md5_int(value: str | bytes) -> int:
+    """uhashring's default hash: the md5 digest of str(key), as a 128-bit int."""
+    return int(hashlib.md5(str(value).encode()).hexdigest(), 16)
+
+
+def test_the_ring_agrees_with_uhashring_given_its_hash_and_labels(monkeypatch):
+    # An independent implementation: uhashring labels virtual nodes "node-i" and
+    # hashes them and the keys with md5. Configured the same way, our ring must
+    # place every key where uhashring does, before and after changes.
+    monkeypatch.setattr(ring_module, "vnode_label", lambda node, index: f"{node}-{index}")
+    ours = ConsistentHashRing(NODES[:20], vnodes=160, hash_function=md5_int)
+    theirs = HashRing(nodes=NODES[:20], vnodes=160)
+    assert placement(ours) == placement(theirs)
+    for node in NODES[3:6]:
+        ours.remove_node(node)
+        theirs.remove_node(node)
+    ours.add_node("newcomer")
+    theirs.add_node("newcomer")
+    assert placement(ours) == placement(theirs)
 
 
 # -- collisions between virtual nodes -------------------------------------------
@@ -475,6 +498,15 @@ def test_other_bad_arguments_raise_clear_errors():
     bounded.add_keys(["k"])
     with pytest.raises(strategies.UnsupportedChangeError, match="last node"):
         bounded.remove_node("a")
+
+
+def test_keys_and_node_lists_of_the_wrong_type_are_refused_clearly():
+    ring = ConsistentHashRing(["a"])
+    with pytest.raises(TypeError, match="keys must be str or bytes, got int"):
+        ring.get_node(42)
+    assert ring.get_node(b"42") == ring.get_node("42") == "a"
+    with pytest.raises(TypeError, match="list of names"):
+        ConsistentHashRing("node-1")  # would otherwise be six one-letter nodes
 
 
 def test_the_ring_reports_its_nodes():
