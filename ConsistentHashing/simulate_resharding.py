@@ -221,12 +221,12 @@ def _draw(
     title: str,
     shard_order: list[str],
     loads: dict[str, int],
-    earlier: dict[str, int],
+    earlier: dict[str, int] | None,
     marked: set[str],
     marked_label: str,
     marked_colour: str,
 ) -> None:
-    """Keys per shard (bars, with the change since the step before) and their histogram."""
+    """Keys per shard (bars, with the change since `earlier` if given) and their histogram."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,11 +237,12 @@ def _draw(
     )
     x = range(len(shard_order))
     now = [loads.get(shard, 0) for shard in shard_order]
-    before = [earlier.get(shard, 0) for shard in shard_order]
+    before = now if earlier is None else [earlier.get(shard, 0) for shard in shard_order]
     kept = [min(a, b) for a, b in zip(now, before, strict=True)]
     gained = [max(0, a - b) for a, b in zip(now, before, strict=True)]
     lost = [max(0, b - a) for a, b in zip(now, before, strict=True)]
-    bars.bar(x, kept, width=1.0, color="#8a9bb0", label="keys it kept")
+    label = "keys on the shard" if earlier is None else "keys it kept"
+    bars.bar(x, kept, width=1.0, color="#8a9bb0", label=label)
     if any(gained):
         bars.bar(x, gained, bottom=kept, width=1.0, color="#e08a2c", label="keys it gained")
     if any(lost):
@@ -293,7 +294,7 @@ def write_plots(trial: Trial, out_dir: Path, vnodes: int) -> tuple[Path, Path, P
         f"({vnodes} virtual nodes each)",
         trial.shards,
         {shard: initial[shard] for shard in trial.shards},
-        {shard: initial[shard] for shard in trial.shards},
+        None,
         set(),
         "",
         "red",
