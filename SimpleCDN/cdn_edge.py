@@ -223,7 +223,7 @@ class Edge:
     # --- entry point ------------------------------------------------------
 
     def handle(self, request: Request, send_interim: InterimSender = None) -> Response:
-        """The response for one request; `extra["send_body"]` is False for HEAD."""
+        """The response to one request, with `x_cache` saying where it came from."""
         if self.came_through_here(request):
             return self.finish(
                 request, error_response(508, "request loop: it already came via this edge")
@@ -240,7 +240,7 @@ class Edge:
             return self.finish(request, Response(200, "OK", headers, body))
         if request.method in ("GET", "HEAD"):
             response = self.serve_cacheable(request, target, send_interim)
-            self.stats.outcome(response.extra.get("x_cache", "MISS"))
+            self.stats.outcome(response.x_cache or "MISS")
         else:
             response = self.forward_other(request, target, send_interim)
             self.stats.add("other_methods")
@@ -285,10 +285,9 @@ class Edge:
         """Add what every answer carries: Date, Via, X-Cache."""
         if not get_all(response.headers, "date"):
             response.headers.append(("Date", format_http_date(self.clock())))
-        label = response.extra.get("x_cache")
-        send_body = request.method != "HEAD"
-        response.extra.setdefault("send_body", "yes" if send_body else "no")
-        if label in ("HIT", "STALE", "REVALIDATED") and send_body:
+        label = response.x_cache
+        response.send_body = request.method != "HEAD"
+        if label in ("HIT", "STALE", "REVALIDATED") and response.send_body:
             self.stats.add("bytes_from_cache", len(response.body))
         if label:
             response.headers.append(("Via", f"1.1 {self.config.name} (SimpleCDN)"))
@@ -307,8 +306,8 @@ class Edge:
     ) -> Response:
         request_cc = parse_cache_control(request.headers)
         if "no-store" in request_cc or any(get_all(request.headers, f) for f in BYPASS_FIELDS):
-            # The cache may not store the answer (no-store) or cannot evaluate
-            # the request from a stored full response (ranges, If-Match...).
+            # The cache may not store the answer (no-store), or the request
+            # has preconditions only the origin can evaluate (If-Match...).
             return self.pass_through(request, target, send_interim)
         if request.method == "GET" and get_all(request.headers, "range"):
             return self.serve_range(request, target, request_cc, send_interim)
@@ -385,7 +384,7 @@ class Edge:
             response = self.fetch(request, target, entry, request_cc, send_interim)
             return response
         finally:
-            failed = response is not None and "origin_failed" in response.extra
+            failed = response is not None and response.origin_failed
             self.flights.land(target, flight, failure=response if failed else None)
 
     def assess(self, entry: CacheEntry, request_cc: Directives, now: float) -> str:
@@ -404,11 +403,8 @@ class Edge:
         if must_revalidate_when_stale(entry.directives):
             return VALIDATE  # must-revalidate, proxy-revalidate, s-maxage: never stale
         staleness = age - entry.lifetime
-        if "max-stale" in request_cc:
-            limit = request_cc["max-stale"]
-            allowed = float("inf") if limit is None else delta_seconds(limit)
-            if allowed is not None and staleness <= allowed:
-                return STALE_ALLOWED
+        if max_stale_allows(request_cc, staleness):
+            return STALE_ALLOWED
         window = delta_seconds(entry.directives.get("stale-while-revalidate"))
         if window is not None and staleness <= window:
             return STALE_WHILE_REVALIDATE
@@ -423,11 +419,7 @@ class Edge:
             window = delta_seconds(directives.get("stale-if-error"))
             if window is not None and staleness <= window:
                 return True
-        if "max-stale" in request_cc:
-            limit = request_cc["max-stale"]
-            allowed = float("inf") if limit is None else delta_seconds(limit)
-            return allowed is not None and staleness <= allowed
-        return False
+        return max_stale_allows(request_cc, staleness)
 
     def fetch(
         self,
@@ -439,7 +431,7 @@ class Edge:
     ) -> Response:
         """Ask the origin for a GET: a plain miss, or a validation of `stored`."""
         headers = self.forward_headers(request)
-        validating = stored is not None and (
+        validating = stored is not None and bool(
             stored.header("etag") or stored.header("last-modified")
         )
         if stored is not None:
@@ -533,7 +525,7 @@ class Edge:
         response_time: float,
     ) -> CacheEntry | None:
         """Store `response` if RFC 9111 section 3 allows it and it can ever be reused."""
-        directives, use_expires = response_directives(response.headers)
+        directives, use_expires = response_directives(response.headers, self.config.name)
         reason = why_not_storable(
             "GET", request.headers, response.status, response.headers, directives, use_expires
         )
@@ -591,7 +583,7 @@ class Edge:
         replaced = {name.lower() for name, _ in update}
         kept = [(k, v) for k, v in stored.headers if k.lower() not in replaced]
         merged = kept + update
-        directives, use_expires = response_directives(merged)
+        directives, use_expires = response_directives(merged, self.config.name)
         merged = without(merged, fields_not_to_store(directives))
         fresh = CacheEntry(
             key=stored.key,
@@ -662,7 +654,7 @@ class Edge:
             )
         else:
             response = error_response(502, f"origin unreachable: {exc}")
-        response.extra["origin_failed"] = "yes"
+        response.origin_failed = True
         return self.label(response, "MISS")
 
     def copy_failure(self, failure: Response) -> Response:
@@ -672,7 +664,7 @@ class Edge:
 
     @staticmethod
     def label(response: Response, x_cache: str) -> Response:
-        response.extra["x_cache"] = x_cache
+        response.x_cache = x_cache
         return response
 
     # --- everything that is not GET or HEAD ----------------------------------
@@ -722,13 +714,16 @@ class Edge:
     # --- talking to the origin -------------------------------------------
 
     def forward_headers(self, request: Request) -> Headers:
-        """The client's end-to-end fields for the origin, with Host and Via set."""
+        """The client's end-to-end fields for the origin, with Host, Via and
+        Surrogate-Capability (which names this edge to Surrogate-Control) set."""
         headers = without(end_to_end(request.headers), {"host", "expect"} | FRAMING)
         version = f"{request.version[0]}.{request.version[1]}"
+        name = self.config.name
         return (
             [("Host", self.config.origin_authority)]
             + headers
-            + [("Via", f"{version} {self.config.name} (SimpleCDN)")]
+            + [("Via", f"{version} {name} (SimpleCDN)")]
+            + [("Surrogate-Capability", f'{name}="Surrogate/1.0"')]
         )
 
     def ask_origin(
@@ -779,6 +774,15 @@ def not_modified(request_headers: Headers, response_headers: Headers, received: 
     if modified is None:
         modified = parse_http_date(get_first(response_headers, "date")) or received
     return modified <= since
+
+
+def max_stale_allows(request_cc: Directives, staleness: float) -> bool:
+    """Did the client accept a copy this stale (`max-stale`, or `max-stale=N`)?"""
+    if "max-stale" not in request_cc:
+        return False
+    limit = request_cc["max-stale"]
+    allowed = float("inf") if limit is None else delta_seconds(limit)
+    return allowed is not None and staleness <= allowed
 
 
 UNSATISFIABLE = (-1, -1)

@@ -187,13 +187,32 @@ def parse_structured_dictionary(value: str) -> Directives:
     return {k: v for k, v in result.items() if v is not False}
 
 
-def response_directives(headers: Headers) -> tuple[Directives, bool]:
+def surrogate_directives(headers: Headers, device: str) -> Directives:
+    """`Surrogate-Control` directives meant for this edge (W3C Edge Architecture 1.0).
+
+    A directive may name its target (`max-age=60;eu-west`); only untargeted
+    ones and those naming `device` (what the edge sends in
+    `Surrogate-Capability`) apply here.
+    """
+    value = get_combined(headers, "surrogate-control")
+    if value is None:
+        return {}
+    kept = []
+    for member in _split_members(value):
+        directive, _, target = member.partition(";")
+        if not target.strip() or target.strip() == device:
+            kept.append(directive)
+    return parse_cache_control([("Surrogate-Control", ", ".join(kept))], "surrogate-control")
+
+
+def response_directives(headers: Headers, device: str = "") -> tuple[Directives, bool]:
     """The directives this shared cache obeys, and whether `Expires` still counts.
 
-    A valid `CDN-Cache-Control` (RFC 9213) is addressed to CDNs only: when it
-    is present it replaces both `Cache-Control` and `Expires` for the edge,
-    while browsers downstream still obey `Cache-Control`. An invalid one is
-    ignored as if absent.
+    Origins can tell a CDN something different from browsers. A valid
+    `CDN-Cache-Control` (RFC 9213), or else `Surrogate-Control` directives
+    aimed at this edge, replace both `Cache-Control` and `Expires` for the
+    edge, while browsers downstream still obey `Cache-Control`. An invalid
+    `CDN-Cache-Control` is ignored as if absent.
     """
     targeted = get_combined(headers, "cdn-cache-control")
     if targeted is not None:
@@ -201,6 +220,9 @@ def response_directives(headers: Headers) -> tuple[Directives, bool]:
             return parse_structured_dictionary(targeted), False
         except ValueError:
             pass
+    surrogate = surrogate_directives(headers, device)
+    if surrogate:
+        return surrogate, False
     return parse_cache_control(headers), True
 
 

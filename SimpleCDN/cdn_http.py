@@ -21,7 +21,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Headers = list[tuple[str, str]]  # in arrival order; names keep their case
 
@@ -180,7 +180,10 @@ class Response:
     headers: Headers
     body: bytes = b""
     version: tuple[int, int] = (1, 1)
-    extra: dict[str, str] = field(default_factory=dict)  # edge-only notes, never sent
+    # What the edge notes about an answer; never sent as such.
+    x_cache: str = ""  # HIT, MISS, REVALIDATED or STALE; "" for the edge's own pages
+    send_body: bool = True  # False for the answer to a HEAD
+    origin_failed: bool = False  # a 502/504 the edge made because the origin failed
 
     def header(self, name: str) -> str | None:
         return get_combined(self.headers, name)

@@ -84,7 +84,7 @@ class EdgeServer(socketserver.ThreadingTCPServer):
         host, port = self.server_address[:2]
         edge.same_site |= {(host, port), ("localhost", port), ("127.0.0.1", port)}
 
-    def process_request(self, request, client_address) -> None:  # type: ignore[override]
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
         if not self.slots.acquire(blocking=False):
             try:
                 request.sendall(
@@ -98,7 +98,7 @@ class EdgeServer(socketserver.ThreadingTCPServer):
             return
         super().process_request(request, client_address)
 
-    def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -160,9 +160,12 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         return send_interim
 
     def send_response(self, sock: socket.socket, response: Response) -> None:
-        send_body = response.extra.get("send_body", "yes") == "yes"
         payload = serialize_response(
-            response.status, response.reason, response.headers, response.body, send_body=send_body
+            response.status,
+            response.reason,
+            response.headers,
+            response.body,
+            send_body=response.send_body,
         )
         self.send(sock, payload)
 

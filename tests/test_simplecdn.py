@@ -318,6 +318,19 @@ def test_cdn_cache_control_overrides_cache_control_for_the_edge(edge):
     assert served(edge, cdn_only).headers["Cache-Control"] == "no-store"
 
 
+def test_surrogate_control_aimed_at_this_edge_overrides_cache_control(edge):
+    for_us = url_for(cc="no-store", h="Surrogate-Control: max-age=600;test-edge")
+    for_all = url_for(cc="max-age=600", h="Surrogate-Control: no-store")
+    for_another = url_for(h="Surrogate-Control: max-age=600;some-other-edge")
+    assert x_cache_sequence(edge, for_us, 2) == ["MISS", "HIT"]
+    assert x_cache_sequence(edge, for_all, 2) == ["MISS", "MISS"]
+    assert x_cache_sequence(edge, for_another, 2) == ["MISS", "MISS"]
+    seen = echo(edge, "GET")
+    assert {k.lower(): v for k, v in seen["headers"]}["surrogate-capability"] == (
+        'test-edge="Surrogate/1.0"'
+    )
+
+
 # --- Vary ----------------------------------------------------------------------
 
 
