@@ -35,9 +35,7 @@ BALANCE_NODES, BALANCE_KEYS = 100, 100_000
 BALANCE_VNODES = (1, 10, 100, 256)
 RING_LIMIT = 2.0  # the ring may move at most twice the theoretical share
 MODULO_FLOOR = 0.80  # modulo hashing must move at least this share to make the point
-
-
-PROGRESS_WIDTH = 60
+PROGRESS_WIDTH = 60  # characters the updating progress line may take
 
 
 def heading(text: str) -> None:
