@@ -1,0 +1,226 @@
+// RealTimeChat's page: plain JavaScript on the Socket.IO client, no build step.
+//
+// Rule of the page: whatever a person typed (names, messages, room names) is put
+// on the page with textContent, never innerHTML, so a message such as
+// <img src=x onerror=alert(1)> shows as those characters and runs nothing.
+"use strict";
+
+const ACK_TIMEOUT_MS = 5000; // an unacknowledged message stays in the input box
+const TYPING_IDLE_MS = 2000; // stop "typing" after this long without a keystroke
+const TYPING_SHOWN_MS = 5000; // forget someone's "typing" if no update arrives
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  room: null, // the room we sit in, once the server said yes
+  name: null,
+  shown: new Set(), // ids of the messages on screen: a rejoin never shows one twice
+  lastId: 0, // the newest id seen, so a rejoin asks only for what it missed
+  members: new Set(),
+  typing: new Map(), // name -> timer that forgets it
+};
+
+// The client tries the HTTP long-polling transport first, then upgrades to a
+// WebSocket; after a disconnect it retries with a growing delay (up to 5 s).
+const socket = io({ reconnectionDelayMax: 5000 });
+
+// -- connection status -------------------------------------------------------
+
+function setStatus(text, kind) {
+  $("status").textContent = text;
+  $("status").className = `status ${kind}`;
+}
+
+function showTransport() {
+  setStatus(`connected · ${socket.io.engine.transport.name}`, "ok");
+}
+
+socket.on("connect", () => {
+  showTransport();
+  socket.io.engine.once("upgrade", showTransport);
+  if (state.room) join(state.room, state.name); // back after a reconnect: sit down again
+});
+socket.on("disconnect", (reason) => setStatus(`disconnected (${reason})`, "bad"));
+socket.io.on("reconnect_attempt", (n) => setStatus(`reconnecting… attempt ${n}`, "wait"));
+socket.on("connect_error", () => setStatus("server unreachable, retrying…", "bad"));
+
+// -- building the page (textContent only) -------------------------------------
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function clock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+}
+
+function scrollToEnd() {
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+}
+
+function addMessage(message) {
+  if (message.room !== state.room || state.shown.has(message.id)) return;
+  state.shown.add(message.id);
+  state.lastId = Math.max(state.lastId, message.id);
+  const item = element("li", undefined, message.name === state.name ? "mine" : "");
+  item.dataset.id = message.id;
+  const time = element("time", clock(message.ts));
+  time.dateTime = new Date(message.ts).toISOString();
+  item.append(time, element("span", message.name, "author"), element("span", message.text, "text"));
+  // Keep the list in id order: with several server processes, broadcasts can cross.
+  const later = [...$("messages").querySelectorAll("li[data-id]")].find(
+    (li) => Number(li.dataset.id) > message.id,
+  );
+  $("messages").insertBefore(item, later || null);
+  stopShowingTyping(message.name);
+  scrollToEnd();
+}
+
+function addSystemLine(text) {
+  $("messages").append(element("li", text, "system"));
+  scrollToEnd();
+}
+
+function renderMembers() {
+  const list = $("members");
+  list.replaceChildren(
+    ...[...state.members]
+      .sort((a, b) => a.localeCompare(b))
+      .map((name) => element("li", name, name === state.name ? "me" : "")),
+  );
+}
+
+function renderRooms(rooms) {
+  $("rooms").replaceChildren(
+    ...rooms.map(({ room, members }) => {
+      const item = element("li", undefined, room === state.room ? "current" : "");
+      const button = element("button", room);
+      button.type = "button";
+      button.addEventListener("click", () => {
+        $("room").value = room;
+        $("join-form").requestSubmit();
+      });
+      item.append(button, element("span", String(members), "count"));
+      return item;
+    }),
+  );
+}
+
+function renderTyping() {
+  const names = [...state.typing.keys()];
+  $("typing").textContent =
+    names.length === 0 ? "" :
+    names.length === 1 ? `${names[0]} is typing…` :
+    names.length <= 3 ? `${names.join(" and ")} are typing…` :
+    `${names.length} people are typing…`;
+}
+
+function stopShowingTyping(name) {
+  clearTimeout(state.typing.get(name));
+  if (state.typing.delete(name)) renderTyping();
+}
+
+let noticeTimer;
+function showNotice(text) {
+  $("notice").textContent = text;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => ($("notice").textContent = ""), 6000);
+}
+
+// -- what the server sends -----------------------------------------------------
+
+socket.on("message", addMessage);
+socket.on("rooms", renderRooms);
+socket.on("error", (error) => showNotice(`${error.event}: ${error.reason}`));
+
+socket.on("presence", ({ room, name, online }) => {
+  if (room !== state.room) return;
+  if (online) state.members.add(name);
+  else {
+    state.members.delete(name);
+    stopShowingTyping(name);
+  }
+  renderMembers();
+  addSystemLine(`${name} ${online ? "joined" : "left"}`);
+});
+
+socket.on("typing", ({ room, name, typing }) => {
+  if (room !== state.room) return;
+  stopShowingTyping(name);
+  if (typing) {
+    state.typing.set(name, setTimeout(() => stopShowingTyping(name), TYPING_SHOWN_MS));
+    renderTyping();
+  }
+});
+
+// -- what the user does ------------------------------------------------------------
+
+function join(room, name) {
+  const switching = room !== state.room;
+  const request = { room, name, after_id: switching ? 0 : state.lastId };
+  socket.timeout(ACK_TIMEOUT_MS).emit("join", request, (timedOut, reply) => {
+    if (timedOut) return showNotice("join: no answer from the server");
+    if (reply.error) return showNotice(`join: ${reply.error}`);
+    if (reply.room !== state.room) {
+      $("messages").replaceChildren();
+      state.shown.clear();
+      state.lastId = 0;
+    }
+    state.room = reply.room;
+    state.name = reply.name;
+    state.members = new Set(reply.members);
+    reply.history.forEach(addMessage);
+    renderMembers();
+    $("room-title").textContent = `# ${reply.room} · you are ${reply.name}`;
+    for (const li of $("rooms").children) {
+      li.classList.toggle("current", li.firstChild.textContent === reply.room);
+    }
+    $("text").disabled = $("send").disabled = false;
+    $("text").placeholder = `message #${reply.room}`;
+    $("text").focus();
+    localStorage.setItem("chat-name", reply.name);
+    history.replaceState(null, "", `#${reply.room}`);
+  });
+}
+
+$("join-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  join($("room").value.trim(), $("name").value.trim());
+});
+
+let typingSent = false;
+let typingIdle;
+function stopTyping() {
+  clearTimeout(typingIdle);
+  if (typingSent) socket.emit("typing", { typing: false });
+  typingSent = false;
+}
+
+$("text").addEventListener("input", () => {
+  if (!typingSent && $("text").value) {
+    socket.emit("typing", { typing: true });
+    typingSent = true;
+  }
+  clearTimeout(typingIdle);
+  typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
+});
+
+$("send-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("text").value;
+  if (!text.trim()) return;
+  stopTyping();
+  // The text leaves the box only when the server acknowledges it, which it does
+  // after storing it: no ack (server down, rate limit) and it is still there to resend.
+  socket.timeout(ACK_TIMEOUT_MS).emit("message", { text }, (timedOut, reply) => {
+    if (timedOut) return showNotice("message: not acknowledged, press Send to retry");
+    if (reply.error) return; // the `error` event already shows why
+    if ($("text").value === text) $("text").value = "";
+  });
+});
+
+$("name").value = localStorage.getItem("chat-name") || "";
+if (location.hash.length > 1) $("room").value = decodeURIComponent(location.hash.slice(1));

@@ -1,0 +1,728 @@
+"""RealTimeChat: the real server process, real Socket.IO clients, a real browser, a real Redis.
+
+Most tests share one server (each in its own room, so they cannot see each
+other); the ones that crash, restart or scale it out start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+import socketio
+from conftest import ROOT, ServerProcess, child_env, load_module, run_script, script_path
+
+APP = "RealTimeChat/app.py"
+CLI = "RealTimeChat/cli_client.py"
+WAIT = 10.0  # s: the bound on every wait for an event
+XSS = "<img src=x onerror=alert(1)>"
+REDIS_NO_DISK = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")  # throwaway
+
+rules = load_module("RealTimeChat", "chat_rules")
+store_module = load_module("RealTimeChat", "chat_store")
+rooms_module = load_module("RealTimeChat", "chat_rooms")
+
+
+def new_room() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+def needs(tool: str) -> str:
+    """The path of a system tool `make setup` installs; in CI its absence is a failure."""
+    path = shutil.which(tool)
+    if path:
+        return path
+    message = f"{tool} is not installed: run `make setup` (it installs it with apt-get)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+class Member:
+    """A python-socketio client that records every event the server sends it."""
+
+    EVENTS = ("message", "presence", "typing", "rooms", "error")
+
+    def __init__(self, url: str, transports: list[str] | None = None) -> None:
+        self.events: dict[str, list] = defaultdict(list)
+        self._changed = threading.Condition()
+        self.client = socketio.Client(reconnection=False)
+        for event in self.EVENTS:
+            self.client.on(event, partial(self._record, event))
+        self.client.connect(url, transports=transports or ["websocket"], wait_timeout=WAIT)
+
+    def _record(self, event: str, data: object) -> None:
+        with self._changed:
+            self.events[event].append(data)
+            self._changed.notify_all()
+
+    def call(self, event: str, data: object = None) -> object:
+        return self.client.call(event, data, timeout=WAIT)
+
+    def join(self, room: str, name: str, **extra: object) -> dict:
+        return self.call("join", {"room": room, "name": name, **extra})
+
+    def send(self, text: object) -> dict:
+        return self.call("message", {"text": text})
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+        with self._changed:
+            return self._changed.wait_for(condition, timeout)
+
+    def texts(self) -> list[str]:
+        with self._changed:
+            return [message["text"] for message in self.events["message"]]
+
+    def error_codes(self) -> list[str]:
+        with self._changed:
+            return [error["code"] for error in self.events["error"]]
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory) -> Iterator[ServerProcess]:
+    """One server for the tests that only need it running."""
+    with ServerProcess(APP, "--db", str(tmp_path_factory.mktemp("chat") / "chat.db")) as server:
+        yield server
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., Member]]:
+    """Factory of connected members; every one is disconnected at teardown."""
+    made: list[Member] = []
+
+    def _connect(server: ServerProcess, **kwargs: object) -> Member:
+        member = Member(server.url, **kwargs)
+        made.append(member)
+        return member
+
+    yield _connect
+    for member in made:
+        member.close()
+
+
+# -- the rules, the store and the presence registry, in-process ------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_allows_a_burst_then_exactly_the_rate():
+    clock = FakeClock()
+    bucket = rules.TokenBucket(rate=5, burst=5, clock=clock)
+    assert [bucket.take() for _ in range(7)] == [True] * 5 + [False] * 2
+    clock.now += 0.2  # one token's worth
+    assert [bucket.take(), bucket.take()] == [True, False]
+    allowed = 0
+    for _ in range(100):  # ten seconds of trying every 0.1 s
+        clock.now += 0.1
+        allowed += bucket.take()
+    assert allowed == 50
+    clock.now += 60  # a long quiet spell refills only up to the burst
+    assert sum(bucket.take() for _ in range(20)) == 5
+
+
+def test_token_bucket_refuses_nonsense_settings():
+    with pytest.raises(ValueError, match="rate > 0"):
+        rules.TokenBucket(rate=0, burst=5)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"text": "x" * 2001}, "too_long"),
+        ({"text": ""}, "empty"),
+        ({"text": " \n\t "}, "empty"),
+        ({"text": 42}, "wrong_type"),
+        ({"body": "hi"}, "wrong_type"),
+        ("hi", "wrong_type"),
+        (None, "wrong_type"),
+    ],
+)
+def test_check_message_rejects_with_a_code(payload, code):
+    with pytest.raises(rules.Rejected) as rejected:
+        rules.check_message(payload)
+    assert rejected.value.code == code
+
+
+def test_check_message_accepts_the_limit_and_keeps_html_as_is():
+    assert rules.check_message({"text": "x" * 2000}) == "x" * 2000
+    assert rules.check_message({"text": f"  {XSS}  "}) == XSS
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"room": "no spaces", "name": "a"}, "bad_room"),
+        ({"room": "r" * 33, "name": "a"}, "bad_room"),
+        ({"room": "r", "name": ""}, "bad_name"),
+        ({"room": "r", "name": "n" * 25}, "bad_name"),
+        ({"room": "r", "name": "two\nlines"}, "bad_name"),
+        ({"room": "r", "name": "a", "after_id": "7"}, "wrong_type"),
+        ({"room": "r", "name": "a", "after_id": True}, "wrong_type"),
+        ({"room": ["r"], "name": "a"}, "wrong_type"),
+        (["r", "a"], "wrong_type"),
+    ],
+)
+def test_check_join_rejects_with_a_code(payload, code):
+    with pytest.raises(rules.Rejected) as rejected:
+        rules.check_join(payload)
+    assert rejected.value.code == code
+
+
+def test_store_returns_the_last_50_oldest_first_and_survives_reopening(tmp_path):
+    store = store_module.ChatStore(tmp_path / "chat.db")
+    stored = [store.add("r", "alice", f"m{i}") for i in range(60)]
+    store.add("other", "bob", "elsewhere")
+    store.close()
+    reopened = store_module.ChatStore(tmp_path / "chat.db")
+    history = reopened.history("r")
+    assert [m.text for m in history] == [f"m{i}" for i in range(10, 60)]
+    assert [m.id for m in history] == sorted(m.id for m in history)
+    assert history[-1] == stored[-1]
+    assert [m.text for m in reopened.history("r", after_id=stored[57].id)] == ["m58", "m59"]
+    assert sorted(reopened.rooms()) == ["other", "r"]
+    reopened.close()
+
+
+def test_rooms_keep_names_unique_per_room_and_move_a_member_between_rooms():
+    rooms = rooms_module.Rooms()
+    assert rooms.join("s1", "a", "alice") is None
+    with pytest.raises(rooms_module.NameTaken, match="taken"):
+        rooms.join("s2", "a", "ALICE")
+    assert rooms.seat("s2") is None
+    rooms.join("s2", "b", "alice")  # the same name in another room is fine
+    old = rooms.join("s1", "b", "alice2")
+    assert old == rooms_module.Seat("a", "alice")
+    assert rooms.counts() == {"b": 2}
+    assert rooms.members("b") == ["alice", "alice2"]
+    assert rooms.leave("s1") == rooms_module.Seat("b", "alice2")
+    assert rooms.leave("s1") is None
+
+
+def test_create_app_builds_an_app_with_its_own_database(tmp_path):
+    app_module = load_module("RealTimeChat", "app")
+    app, sio = app_module.create_app({"DB_PATH": tmp_path / "own.db", "ASYNC_MODE": "threading"})
+    client = sio.test_client(app)
+    joined = client.emit("join", {"room": "r", "name": "alice"}, callback=True)
+    ack = client.emit("message", {"text": "hello"}, callback=True)
+    assert joined["members"] == ["alice"]
+    assert ack["id"] == 1
+    assert app.test_client().get("/").status_code == 200
+    client.disconnect()
+    app.extensions["chat"].close()
+    assert (tmp_path / "own.db").is_file()
+
+
+# -- the real server, over Socket.IO ------------------------------------------------
+
+
+def test_broadcast_reaches_every_member_of_the_room_exactly_once_and_no_one_else(chat, connect):
+    room, other_room = new_room(), new_room()
+    here = [connect(chat) for _ in range(4)]
+    there = [connect(chat) for _ in range(2)]
+    for i, member in enumerate(here):
+        member.join(room, f"here{i}")
+    for i, member in enumerate(there):
+        member.join(other_room, f"there{i}")
+    acks = [member.send(f"{i}-{n}") for i, member in enumerate(here) for n in range(3)]
+    there[0].send("only for there")
+    sent = {f"{i}-{n}" for i in range(4) for n in range(3)}
+    for member in here:
+        assert member.wait_until(lambda m=member: len(m.texts()) >= len(sent))
+    for member in there:
+        assert member.wait_until(lambda m=member: len(m.texts()) >= 1)
+    time.sleep(0.3)  # anything extra (a duplicate, a leak) would arrive by now
+    for member in here:
+        assert sorted(member.texts()) == sorted(sent)
+        assert {m["id"] for m in member.events["message"]} == {a["id"] for a in acks}
+    for member in there:
+        assert member.texts() == ["only for there"]
+
+
+def test_one_senders_messages_arrive_in_the_order_sent_with_increasing_ids(chat, connect):
+    room = new_room()
+    sender, receiver = connect(chat), connect(chat)
+    sender.join(room, "sender")
+    receiver.join(room, "receiver")
+    for n in range(5):  # without waiting for acks: the burst the bucket allows
+        sender.client.emit("message", {"text": f"m{n}"})
+    assert receiver.wait_until(lambda: len(receiver.texts()) == 5)
+    assert receiver.texts() == [f"m{n}" for n in range(5)]
+    ids = [m["id"] for m in receiver.events["message"]]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+def test_the_ack_carries_the_stored_id_and_time_that_everyone_and_history_see(chat, connect):
+    room = new_room()
+    alice, bob = connect(chat), connect(chat)
+    alice.join(room, "alice")
+    bob.join(room, "bob")
+    ack = alice.send("hello")
+    assert set(ack) == {"id", "ts"}
+    assert bob.wait_until(lambda: bob.texts() == ["hello"])
+    broadcast = bob.events["message"][0]
+    assert (broadcast["id"], broadcast["ts"], broadcast["name"]) == (ack["id"], ack["ts"], "alice")
+    history = connect(chat).join(room, "carol")["history"]
+    assert history == [broadcast]
+
+
+def test_a_taken_nickname_is_refused_with_an_error_and_changes_nothing(chat, connect):
+    room = new_room()
+    alice, impostor = connect(chat), connect(chat)
+    alice.join(room, "alice")
+    reply = impostor.join(room, "Alice")
+    assert reply["code"] == "name_taken"
+    assert impostor.wait_until(lambda: impostor.error_codes() == ["name_taken"])
+    assert "taken" in impostor.events["error"][0]["reason"]
+    assert impostor.send("am I in?")["code"] == "not_in_room"
+    assert alice.call("rooms") and alice.join(room, "alice")["members"] == ["alice"]
+    assert impostor.join(new_room(), "alice")["name"] == "alice"  # free in another room
+
+
+def test_presence_updates_live_on_join_leave_disconnect_and_crash(chat, connect):
+    room = new_room()
+    alice = connect(chat)
+    alice.join(room, "alice")
+
+    def presence() -> list[tuple[str, bool]]:
+        return [(p["name"], p["online"]) for p in alice.events["presence"]]
+
+    bob, carol = connect(chat), connect(chat)
+    assert bob.join(room, "bob")["members"] == ["alice", "bob"]
+    carol.join(room, "carol")
+    bob.call("leave")
+    carol.close()  # a clean disconnect
+    assert alice.wait_until(
+        lambda: presence() == [("bob", True), ("carol", True), ("bob", False), ("carol", False)]
+    )
+    # A crash: a terminal client killed with SIGKILL says nothing; its socket closes.
+    dave = subprocess.Popen(
+        [
+            sys.executable,
+            str(script_path(CLI)),
+            "--url",
+            chat.url,
+            "--room",
+            room,
+            "--name",
+            "dave",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(),
+    )
+    try:
+        assert alice.wait_until(lambda: ("dave", True) in presence(), timeout=20)
+        dave.kill()
+        assert alice.wait_until(lambda: presence()[-1] == ("dave", False))
+    finally:
+        dave.kill()
+        dave.wait(timeout=5)
+    assert alice.join(room, "alice")["members"] == ["alice"]
+
+
+def test_the_lobby_lists_rooms_with_member_counts(chat, connect):
+    busy, quiet = new_room(), new_room()
+    members = [connect(chat) for _ in range(3)]
+    for i, member in enumerate(members):
+        member.join(busy if i < 2 else quiet, f"m{i}")
+    lobby = {entry["room"]: entry["members"] for entry in members[0].call("rooms")}
+    assert lobby[busy] == 2 and lobby[quiet] == 1 and "general" in lobby
+    # ...and the lobby is pushed to everyone when it changes.
+    watcher = connect(chat)
+    members[2].call("leave")
+
+    def pushed_quiet_count() -> int | None:
+        latest = {e["room"]: e["members"] for e in watcher.events["rooms"][-1]}
+        return latest.get(quiet)
+
+    assert watcher.wait_until(lambda: len(watcher.events["rooms"]) >= 2)
+    assert watcher.wait_until(lambda: pushed_quiet_count() in (0, None))
+
+
+def test_typing_notices_reach_the_others_in_the_room_but_not_the_typist(chat, connect):
+    room = new_room()
+    typist, reader, outsider = connect(chat), connect(chat), connect(chat)
+    typist.join(room, "typist")
+    reader.join(room, "reader")
+    outsider.join(new_room(), "outsider")
+    typist.client.emit("typing", {"typing": True})
+    typist.client.emit("typing", {"typing": False})
+    assert reader.wait_until(lambda: len(reader.events["typing"]) == 2)
+    assert [t["typing"] for t in reader.events["typing"]] == [True, False]
+    assert reader.events["typing"][0]["name"] == "typist"
+    # The typist's own events are handled in order, so a notice meant for it would
+    # arrive before the broadcast of its next message.
+    typist.send("done")
+    assert typist.wait_until(lambda: typist.texts() == ["done"])
+    time.sleep(0.3)  # and a leak to the other room would have arrived by now
+    assert typist.events["typing"] == [] and outsider.events["typing"] == []
+
+
+BAD_INPUTS = [
+    # (event, payload, the error code expected)
+    ("message", {"text": "x" * 2001}, "too_long"),
+    ("message", {"text": ""}, "empty"),
+    ("message", {"text": "   "}, "empty"),
+    ("message", {"text": 7}, "wrong_type"),
+    ("message", "just a string", "wrong_type"),
+    ("message", ({"text": "a"}, "extra"), "wrong_type"),
+    ("typing", {"typing": "yes"}, "wrong_type"),
+    ("join", ["room", "name"], "wrong_type"),
+    ("join", {"room": "bad room!", "name": "x"}, "bad_room"),
+    ("no_such_event", {"text": "hi"}, "unknown_event"),
+    ("disconnect", None, "reserved_event"),
+    ("connect", None, "reserved_event"),
+]
+
+
+def test_every_bad_input_gets_an_error_event_changes_nothing_and_others_keep_chatting(
+    chat, connect
+):
+    room = new_room()
+    mallory, alice = connect(chat), connect(chat)
+    mallory.join(room, "mallory")
+    alice.join(room, "alice")
+    for event, payload, code in BAD_INPUTS:
+        reply = mallory.call(event, payload)
+        assert reply["code"] == code, (event, payload, reply)
+    expected = [code for _, _, code in BAD_INPUTS]
+    assert mallory.wait_until(lambda: mallory.error_codes() == expected)
+    assert all(error["reason"] for error in mallory.events["error"])
+    # Nothing changed: no message stored or sent, mallory still seated under her name.
+    assert alice.send("still here")["id"] > 0
+    assert mallory.wait_until(lambda: mallory.texts() == ["still here"])
+    assert [m["text"] for m in connect(chat).join(room, "auditor")["history"]] == ["still here"]
+    assert mallory.send("and me")["id"] > 0
+
+
+def test_more_than_5_messages_a_second_are_refused_by_the_token_bucket(chat, connect):
+    room = new_room()
+    flooder, reader = connect(chat), connect(chat)
+    flooder.join(room, "flooder")
+    reader.join(room, "reader")
+    started = time.monotonic()
+    replies = [flooder.send(f"flood {n}") for n in range(15)]
+    elapsed = time.monotonic() - started
+    accepted = [r for r in replies if "id" in r]
+    refused = [r for r in replies if r.get("code") == "rate_limited"]
+    assert len(accepted) + len(refused) == 15
+    # A burst of 5, plus what the bucket refilled (5/s) while the 15 were sent.
+    assert 5 <= len(accepted) <= 5 + int(elapsed * 5) + 1
+    assert refused and flooder.error_codes().count("rate_limited") == len(refused)
+    assert reader.wait_until(lambda: len(reader.texts()) == len(accepted))
+    time.sleep(1.0)  # refilled: the flooder may talk again
+    assert "id" in flooder.send("calm now")
+
+
+def test_a_packet_over_the_size_limit_closes_only_that_connection(chat, connect):
+    room = new_room()
+    bully, alice, bob = connect(chat), connect(chat), connect(chat)
+    for member, name in ((bully, "bully"), (alice, "alice"), (bob, "bob")):
+        member.join(room, name)
+    bully.client.emit("message", {"text": "x" * 100_000})  # > the 64 KB Engine.IO limit
+    assert alice.wait_until(
+        lambda: ("bully", False) in [(p["name"], p["online"]) for p in alice.events["presence"]]
+    )
+    alice.send("fine")
+    assert bob.wait_until(lambda: bob.texts() == ["fine"])
+
+
+def test_html_in_names_and_messages_is_stored_and_sent_unchanged(chat, connect):
+    room = new_room()
+    writer, reader = connect(chat), connect(chat)
+    writer.join(room, "<b>bold</b>")
+    reader.join(room, "reader")
+    writer.send(XSS)
+    assert reader.wait_until(lambda: reader.texts() == [XSS])
+    assert reader.events["message"][0]["name"] == "<b>bold</b>"
+
+
+def test_long_polling_clients_chat_with_websocket_clients(chat, connect):
+    room = new_room()
+    poller, socketeer = connect(chat, transports=["polling"]), connect(chat)
+    assert poller.client.transport() == "polling"
+    poller.join(room, "poller")
+    socketeer.join(room, "socketeer")
+    poller.send("over HTTP requests")
+    socketeer.send("over a WebSocket")
+    for member in (poller, socketeer):
+        assert member.wait_until(lambda m=member: len(m.texts()) == 2)
+        assert member.texts() == ["over HTTP requests", "over a WebSocket"]
+
+
+def test_many_senders_at_once_lose_and_duplicate_nothing(chat, connect):
+    room = new_room()
+    members = [connect(chat) for _ in range(20)]
+    for i, member in enumerate(members):
+        member.join(room, f"m{i}")
+    barrier = threading.Barrier(len(members))
+    acks: list[dict] = []
+
+    def talk(i: int, member: Member) -> None:
+        barrier.wait(timeout=WAIT)
+        for n in range(3):
+            acks.append(member.send(f"{i}.{n}"))
+
+    threads = [threading.Thread(target=talk, args=pair) for pair in enumerate(members)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(acks) == 60 and all("id" in ack for ack in acks)
+    assert len({ack["id"] for ack in acks}) == 60
+    for member in members:
+        assert member.wait_until(lambda m=member: len(m.texts()) >= 60)
+    time.sleep(0.3)
+    for member in members:
+        ids = [m["id"] for m in member.events["message"]]
+        assert len(ids) == 60 and set(ids) == {ack["id"] for ack in acks}
+
+
+def test_the_page_uses_the_socketio_client_from_our_own_static_folder(chat):
+    page = requests.get(chat.url + "/", timeout=WAIT)
+    assert page.status_code == 200
+    assert '<script src="/static/vendor/socket.io.min.js">' in page.text
+    assert "//cdn" not in page.text and "https://" not in page.text
+    client_js = requests.get(chat.url + "/static/vendor/socket.io.min.js", timeout=WAIT)
+    assert client_js.status_code == 200, "run `make setup`: it copies the client from npm"
+    assert "Socket.IO" in client_js.text[:300] or "socket.io" in client_js.text[:300]
+
+
+# -- restarts, crashes and the scripts' command lines ------------------------------
+
+
+def test_acknowledged_messages_survive_a_crash_and_the_last_50_come_back(
+    tmp_path, start_server, connect
+):
+    db = tmp_path / "chat.db"
+    seeded = store_module.ChatStore(db)
+    for n in range(52):
+        seeded.add("lobby", "old", f"old {n}")
+    seeded.close()
+    room = "lobby"
+    server = start_server(APP, "--db", str(db))
+    alice = connect(server)
+    alice.join(room, "alice")
+    acks = [alice.send(f"new {n}") for n in range(3)]
+    server.kill()  # SIGKILL: no chance to flush or close anything
+    restarted = start_server(APP, "--db", str(db))
+    history = connect(restarted).join(room, "bob")["history"]
+    assert len(history) == 50
+    assert [m["text"] for m in history] == [f"old {n}" for n in range(5, 52)] + [
+        f"new {n}" for n in range(3)
+    ]
+    assert [m["id"] for m in history[-3:]] == [ack["id"] for ack in acks]
+    catch_up = connect(restarted).join(room, "carol", after_id=acks[0]["id"])["history"]
+    assert [m["text"] for m in catch_up] == ["new 1", "new 2"]
+    assert restarted.stop() == 0  # SIGTERM: a clean exit
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path) -> Iterator[str]:
+    """A throwaway redis-server on a free local port: no disk, gone at teardown."""
+    executable = needs("redis-server")
+    for _attempt in range(3):  # the free port may be taken before redis binds it
+        port = free_port()
+        proc = subprocess.Popen(
+            [executable, "--port", str(port), *REDIS_NO_DISK, "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + WAIT
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail("redis-server did not start on a free port in 3 attempts")
+    try:
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_processes_behind_redis_share_a_room(tmp_path, redis_url, start_server, connect):
+    db = str(tmp_path / "chat.db")  # one database, as two replicas of one service would share
+    east = start_server(APP, "--db", db, "--message-queue", redis_url)
+    west = start_server(APP, "--db", db, "--message-queue", redis_url)
+    room = new_room()
+    alice, bob = connect(east), connect(west)
+    alice.join(room, "alice")
+    # Each process subscribes to Redis when its first client connects.
+    queue = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + WAIT
+    while dict(queue.pubsub_numsub("flask-socketio")).get(b"flask-socketio", 0) < 2:
+        assert time.monotonic() < deadline, "the two app processes never subscribed to Redis"
+        time.sleep(0.05)
+    bob.join(room, "bob")
+    assert alice.wait_until(lambda: [p["name"] for p in alice.events["presence"]] == ["bob"])
+    ack = alice.send("from east")
+    bob.send("from west")
+    for member in (alice, bob):
+        assert member.wait_until(lambda m=member: len(m.texts()) == 2)
+        assert sorted(member.texts()) == ["from east", "from west"]
+    assert bob.events["message"][0]["id"] == ack["id"]
+
+
+def test_app_and_client_refuse_bad_arguments_with_exit_code_2():
+    for script, args in [
+        (APP, ["--port", "70000"]),
+        (APP, ["--message-queue", "http://localhost:6379"]),
+        (CLI, ["--name", "a", "--url", "ws://x"]),
+        (CLI, []),
+    ]:
+        result = run_script(script, *args, timeout=30)
+        assert result.returncode == 2, (script, args, result.stderr)
+        assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_client_sends_one_message_and_reports_its_ack(chat, connect):
+    room = new_room()
+    reader = connect(chat)
+    reader.join(room, "reader")
+    result = run_script(CLI, "--url", chat.url, "--room", room, "--name", "cli", "--send", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("stored as message ")
+    assert reader.wait_until(lambda: reader.texts() == ["hi"])
+    refused = run_script(CLI, "--url", chat.url, "--room", room, "--name", "cli", "--send", " ")
+    assert refused.returncode == 1 and "empty" in refused.stderr
+
+
+def test_cli_client_says_so_when_no_server_is_there():
+    result = run_script(
+        CLI, "--url", f"http://127.0.0.1:{free_port()}", "--name", "a", "--send", "x"
+    )
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- a real browser ---------------------------------------------------------------
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # Chromium refuses to run as root with its sandbox
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "RealTimeChat" / "images" / "chat.png"
+
+
+def test_two_browser_pages_chat_show_html_as_text_and_survive_a_restart(
+    tmp_path, start_server, connect
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = needs("chromium")
+    db = tmp_path / "chat.db"
+    server = start_server(APP, "--db", str(db))
+    expect.set_options(timeout=WAIT * 1000)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            run_browser_scenario(browser, server, start_server, connect, db)
+        finally:
+            browser.close()
+
+
+def open_chat(browser, url: str, name: str, room: str):
+    page = browser.new_page(viewport={"width": 1100, "height": 620})
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.dialogs = dialogs
+    page.goto(url + "/")
+    page.fill("#name", name)
+    page.fill("#room", room)
+    page.click("#join")
+    return page
+
+
+def run_browser_scenario(browser, server, start_server, connect, db: Path) -> None:
+    from playwright.sync_api import expect
+
+    room = "general"
+    alice = open_chat(browser, server.url, "alice", room)
+    bob = open_chat(browser, server.url, "bob", room)
+    carol = connect(server)  # a terminal user in the same room
+    carol.join(room, "carol")
+    for page in (alice, bob):
+        expect(page.locator("#status")).to_contain_text("connected")
+        expect(page.locator("#members li")).to_have_text(["alice", "bob", "carol"])
+
+    alice.fill("#text", "hi bob, are you there?")
+    alice.press("#text", "Enter")
+    expect(bob.locator("#messages li[data-id] .text")).to_have_text(["hi bob, are you there?"])
+    expect(alice.locator("#text")).to_have_value("")  # cleared: the server acknowledged it
+
+    bob.locator("#text").press_sequentially("yes")
+    expect(alice.locator("#typing")).to_have_text("bob is typing…")
+    bob.press("#text", "Enter")
+    expect(alice.locator("#typing")).to_have_text("")
+    carol.send("hello from a terminal")
+    alice.fill("#text", XSS)
+    alice.press("#text", "Enter")
+
+    texts = ["hi bob, are you there?", "yes", "hello from a terminal", XSS]
+    for page in (alice, bob):
+        expect(page.locator("#messages li[data-id] .text")).to_have_text(texts)
+        expect(page.locator("#messages img")).to_have_count(0)
+        assert page.dialogs == []
+    expect(bob.locator("#messages li[data-id] .author")).to_have_text(
+        ["alice", "bob", "carol", "alice"]
+    )
+    expect(bob.locator("#rooms li.current .count")).to_have_text("3")
+    bob.fill("#text", "see you")  # something in the box, for the picture
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    bob.screenshot(path=str(SCREENSHOT))
+
+    # The server dies: the page says so; it comes back: the page rejoins by itself.
+    port = server.port
+    server.kill()
+    expect(alice.locator("#status")).not_to_contain_text("connected")
+    start_server(APP, "--db", str(db), port=port)
+    expect(alice.locator("#status")).to_contain_text("connected")
+    expect(alice.locator("#members li")).to_have_text(["alice", "bob"])
+    alice.fill("#text", "back again")
+    alice.press("#text", "Enter")
+    expect(bob.locator("#messages li[data-id] .text")).to_have_text([*texts, "back again"])
