@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 WAIT_TIMEOUT = 0.5  # seconds a thread waits for a lock before it looks for a deadlock
 MAX_WAIT = 30.0  # seconds any one lock may be waited for in total, deadlock or not
 MAX_ATTEMPTS = 5  # a transfer that backs off this often gives up
+BACK_OFF = 0.05  # seconds a victim waits before retrying, so the other thread gets in first
+BARRIER_TIMEOUT = 10.0  # seconds the two transfers wait for each other to hold one lock
 START_BALANCE = 100
 
 
@@ -160,12 +162,12 @@ def transfer(
             continue
         if both_hold_one is not None and attempt == 0:
             try:
-                both_hold_one.wait(timeout=monitor.timeout)
+                both_hold_one.wait(timeout=BARRIER_TIMEOUT)
             except threading.BrokenBarrierError:
                 pass  # the other transfer is waiting on our lock: it cannot come
         if not monitor.acquire(second):
             monitor.release(first)  # back off: let the other thread finish...
-            time.sleep(monitor.timeout / 10)  # ...before trying again
+            time.sleep(BACK_OFF)  # ...before trying again
             continue
         accounts[source] -= amount
         accounts[target] += amount

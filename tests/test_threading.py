@@ -143,13 +143,15 @@ def test_locked_account_is_exact_under_many_threads(threads):
 
 def test_opposite_lock_order_deadlock_is_reported_and_both_transfers_finish():
     run = deadlock.run_transfers(ordered=False, timeout=0.1)
-    assert len(run.deadlocks) == 1
-    found = run.deadlocks[0]
-    assert {w.thread for w in found.cycle} == {"transfer alice->bob", "transfer bob->alice"}
-    assert found.victim in {w.thread for w in found.cycle}
-    for waiter in found.cycle:  # each holds one account and waits for the other
-        assert len(waiter.holds) == 1 and waiter.waits_for not in waiter.holds
-    assert any("holds alice and waits for bob" in line for line in found.describe())
+    # One deadlock, unless a victim's retry happens to recreate it on a busy machine:
+    # then each one found must still be the real two-thread cycle.
+    assert run.deadlocks
+    for found in run.deadlocks:
+        assert {w.thread for w in found.cycle} == {"transfer alice->bob", "transfer bob->alice"}
+        assert found.victim in {w.thread for w in found.cycle}
+        for waiter in found.cycle:  # each holds one account and waits for the other
+            assert len(waiter.holds) == 1 and waiter.waits_for not in waiter.holds
+        assert any("holds alice and waits for bob" in line for line in found.describe())
     assert run.completed == 2
     assert run.balances == {"alice": 80, "bob": 120}
 
@@ -264,5 +266,5 @@ def test_race_script_prints_the_lost_deposits():
 def test_deadlock_script_reports_the_deadlock_and_exits():
     result = run_script("Threading/deadlock.py", "--timeout", "0.1", timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("DEADLOCK detected") == 1
+    assert result.stdout.count("DEADLOCK detected") >= 1
     assert "2 of 2 transfers done" in result.stdout
