@@ -371,6 +371,20 @@ def test_every_method_and_body_is_forwarded_unchanged(edge):
     assert big["body_length"] == 300_000
 
 
+def test_expect_100_continue_is_answered_before_the_body_is_sent(edge):
+    with socket.create_connection((edge.host, edge.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b'"body": "hello"' in answer
+
+
 def test_hop_by_hop_request_headers_are_stripped_and_via_added(edge):
     seen = echo(
         edge,
@@ -455,19 +469,21 @@ def test_unshareable_urls_are_not_coalesced_so_nobody_queues(edge, origin):
     assert origin_count(origin, target) == 11
 
 
-def test_connections_beyond_the_limit_get_503_and_the_edge_recovers(origin):
-    with ServerProcess(EDGE, "--origin", origin.url, "--max-connections", "3") as edge:
+def test_connections_beyond_the_limit_get_503_and_idle_ones_are_closed(origin):
+    args = ("--origin", origin.url, "--max-connections", "3", "--idle-timeout", "1")
+    with ServerProcess(EDGE, *args) as edge:
         idle = [socket.create_connection((edge.host, edge.port), timeout=5) for _ in range(3)]
         try:
             time.sleep(0.2)  # let the edge accept all three
-            assert raw_exchange(edge, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(
-                b"HTTP/1.1 503"
-            )
+            refused = raw_exchange(edge, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert refused.startswith(b"HTTP/1.1 503")
+            for sock in idle:  # --idle-timeout 1: the edge hangs up on each of them
+                assert sock.recv(100) == b""
         finally:
             for sock in idle:
                 sock.close()
         deadline = time.monotonic() + 5
-        while served(edge, "/echo").status_code != 200:
+        while served(edge, "/echo").status_code != 200:  # and the slots are free again
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
@@ -509,8 +525,12 @@ def test_refuses_to_be_an_open_proxy(edge, origin):
         edge,
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
     )
+    looped = raw_exchange(
+        edge, b"GET /echo HTTP/1.1\r\nHost: x\r\nVia: 1.1 test-edge\r\nConnection: close\r\n\r\n"
+    )
     assert foreign.startswith(b"HTTP/1.1 403")
     assert connect.startswith(b"HTTP/1.1 403")
+    assert looped.startswith(b"HTTP/1.1 508")  # it already came through this edge
     ours = raw_exchange(
         edge,
         f"GET {origin.url}/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
@@ -634,6 +654,14 @@ def test_cdn_client_shows_a_miss_then_hits(edge):
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert [row[2] for row in rows] == ["MISS", "HIT", "HIT"]
+
+
+def test_demo_shows_its_lesson(tmp_path):
+    plot = tmp_path / "hit_vs_miss.png"
+    result = run_script("SimpleCDN/demo.py", "--plot", str(plot), timeout=90)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1].startswith("Lesson: a hit answered in")
+    assert plot.stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(
