@@ -130,22 +130,28 @@ class HttpCache:
         if entry.size > self.max_object_size:
             return False
         with self._lock:
-            self._remove((entry.key, entry.variant))
-            while self.bytes + entry.size > self.capacity and self._entries:
-                victim_key = next(iter(self._entries))
-                self._remove(victim_key)
-                self.evictions += 1
-            self._entries[(entry.key, entry.variant)] = entry
-            self._variants.setdefault(entry.key, set()).add(entry.variant)
-            self.bytes += entry.size
+            self._insert(entry)
             return True
 
     def replace(self, old: CacheEntry, new: CacheEntry) -> bool:
         """Swap in a refreshed copy of `old`, unless `old` was evicted or replaced meanwhile."""
+        if new.size > self.max_object_size:
+            return False
         with self._lock:
             if self._entries.get((old.key, old.variant)) is not old:
                 return False
-        return self.store(new)
+            self._insert(new)
+            return True
+
+    def _insert(self, entry: CacheEntry) -> None:
+        """Add `entry` as the most recently used, evicting from the other end to make room."""
+        self._remove((entry.key, entry.variant))
+        while self.bytes + entry.size > self.capacity and self._entries:
+            self._remove(next(iter(self._entries)))
+            self.evictions += 1
+        self._entries[(entry.key, entry.variant)] = entry
+        self._variants.setdefault(entry.key, set()).add(entry.variant)
+        self.bytes += entry.size
 
     def invalidate(self, key: str) -> int:
         """Remove every variant stored for `key`; returns how many there were."""

@@ -11,12 +11,15 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 import pytest
 import requests
 from conftest import ServerProcess, load_module, run_script
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ORIGIN = "SimpleCDN/origin_server.py"
 EDGE = "SimpleCDN/cdn_server.py"
@@ -681,6 +684,80 @@ def test_scripts_reject_bad_arguments_with_exit_code_2(script, bad_args):
 
 
 # --- the rules themselves, without a network ------------------------------------------
+
+
+def make_entry(cache_module, key: str, body_size: int, variant: tuple = ()):
+    return cache_module.CacheEntry(
+        key=key,
+        variant=variant,
+        status=200,
+        reason="OK",
+        headers=[],
+        body=b"x" * body_size,
+        directives={},
+        request_time=0.0,
+        response_time=0.0,
+        initial_age=0.0,
+        lifetime=60.0,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["store", "select", "invalidate"]),
+            st.integers(0, 7),
+            st.integers(0, 600),
+        ),
+        max_size=60,
+    )
+)
+def test_cache_is_an_lru_under_its_byte_budget_for_any_sequence(operations):
+    cache_module = load_module("SimpleCDN", "cdn_cache")
+    cache = cache_module.HttpCache(capacity=2000, max_object_size=1000)
+    model: OrderedDict[str, int] = OrderedDict()  # key -> size, least recently used first
+    for operation, number, body_size in operations:
+        key = f"/k{number}"
+        if operation == "store":
+            entry = make_entry(cache_module, key, body_size)
+            stored = cache.store(entry)
+            assert stored == (entry.size <= 1000)
+            if stored:
+                model.pop(key, None)
+                while sum(model.values()) + entry.size > 2000:
+                    model.popitem(last=False)
+                model[key] = entry.size
+        elif operation == "select":
+            found = cache.select(key, [])
+            assert (found is not None) == (key in model)
+            if found is not None:
+                model.move_to_end(key)
+        else:
+            assert cache.invalidate(key) == (1 if model.pop(key, None) else 0)
+        assert cache.bytes == sum(model.values()) <= 2000
+        assert len(cache) == len(model)
+
+
+def test_cache_byte_accounting_survives_concurrent_writers():
+    cache_module = load_module("SimpleCDN", "cdn_cache")
+    cache = cache_module.HttpCache(capacity=50_000, max_object_size=5_000)
+
+    def writer(seed: int) -> None:
+        for i in range(400):
+            key = f"/k{(seed * 7 + i) % 40}"
+            cache.store(make_entry(cache_module, key, (seed * 131 + i * 17) % 4000))
+            cache.select(key, [])
+            if i % 9 == 0:
+                cache.invalidate(f"/k{i % 40}")
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = [cache.select(f"/k{n}", []) for n in range(40)]
+    assert cache.bytes == sum(e.size for e in entries if e is not None) <= 50_000
 
 
 def test_cache_control_parsing_follows_the_grammar():
