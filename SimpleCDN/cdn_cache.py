@@ -8,7 +8,7 @@ so the store keeps a separate entry per variant and picks the newest match.
 Entries are immutable: refreshing one (after a 304) stores a new entry in its
 place, so a thread that is still sending the old one is never disturbed.
 
-README sections: "Vary", "A cache bounded in bytes".
+README sections: "Vary: one URL, several answers" and "Staying up" (bounded memory).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ and the times it needs, so each rule can be read (and tested) on its own.
 The edge (`cdn_server.py`) calls these; the cache (`cdn_cache.py`) stores
 their results.
 
-README sections: "Freshness", "Age", "What may be stored".
+README sections: "Freshness", "Validation", "Age" and "What a shared cache must not store".
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ So the edge speaks HTTP/1.1 itself (RFC 9112), with these rules:
   carrying the status to answer with (400, 408, 413, 414, 431, 501, 505);
 - every read has a deadline, so one slow client only ever costs its own thread.
 
-README section: "How a request flows through the edge".
+README sections: "How a request flows through the edge" and "Staying up" (limits, timeouts).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MAX_HEADER_BYTES = 32 * 1024  # all header lines together; more -> 431
 MAX_HEADER_COUNT = 100  # more lines than this -> 431
 MAX_REQUEST_BODY = 16 * 1024 * 1024  # larger -> 413 Content Too Large
 MAX_RESPONSE_BODY = 256 * 1024 * 1024  # an origin answer larger than this is refused (502)
+BODY_TIME_FACTOR = 10  # an origin gets 10x --origin-timeout to finish sending a body
 
 # Hop-by-hop fields describe one connection, not the message: a proxy never
 # forwards them (RFC 9110 section 7.6.1), nor any field that Connection names.
@@ -492,7 +493,7 @@ def _read_response(
             continue
         break
     version = (int(match.group(1)), int(match.group(2)))
-    body_deadline = time.monotonic() + max(timeout, 1.0) * 10
+    body_deadline = time.monotonic() + max(timeout, 1.0) * BODY_TIME_FACTOR
     if has_no_body(status, method):
         body = b""
     elif "chunked" in (get_combined(headers, "transfer-encoding") or "").lower():
