@@ -7,6 +7,7 @@ every assertion about caching is a count at the origin, not a timing.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -820,6 +821,16 @@ def test_freshness_lifetime_precedence_and_age_arithmetic():
     sent = [("Date", f.format_http_date(now - 10)), ("Age", "3")]
     assert f.corrected_initial_age(sent, now - 2, now) == 10
     assert f.corrected_initial_age([("Age", "30")], now - 2, now) == 32
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_servers_stop_cleanly_on_a_signal(origin, signum):
+    with ServerProcess(EDGE, "--origin", origin.url) as edge:
+        with ServerProcess(ORIGIN, "--latency-ms", "0") as other_origin:
+            assert served(edge, "/echo").status_code == 200
+            for server in (edge, other_origin):
+                server.signal(signum)
+                assert server.proc.wait(timeout=10) == 0, server.text
 
 
 def test_help_is_available_for_every_script():
