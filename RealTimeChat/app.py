@@ -53,6 +53,7 @@ DEFAULT_ROOMS = ("general", "random")  # listed in the lobby even when empty
 EVENTS = ("join", "leave", "message", "typing", "rooms")  # what a client may send
 
 LOBBY_INTERVAL = 0.5  # s: membership changes within this window make one lobby update
+LOBBY_ROOMS = 50  # rooms the lobby lists, busiest first: it goes to every client
 MAX_PACKET_BYTES = 64 * 1024  # Engine.IO closes a connection that sends a bigger packet
 PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence within 15 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
@@ -211,10 +212,11 @@ class ChatServer:
         self.lobby_changed()
 
     def lobby(self) -> list[dict]:
-        """Every known room with how many members it has on this process."""
+        """The busiest known rooms, with how many members each has on this process."""
         counts = self.rooms.counts()
         names = set(DEFAULT_ROOMS) | set(counts) | set(self.store.rooms())
-        return [{"room": room, "members": counts.get(room, 0)} for room in sorted(names)]
+        busiest = sorted(names, key=lambda room: (-counts.get(room, 0), room))[:LOBBY_ROOMS]
+        return [{"room": room, "members": counts.get(room, 0)} for room in busiest]
 
     def lobby_changed(self) -> None:
         """Schedule one lobby update for all changes in the next LOBBY_INTERVAL.
@@ -274,6 +276,9 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         # a sender's messages are stored and broadcast in the order they typed them.
         async_handlers=False,
         manage_session=False,  # the chat keeps no Flask session
+        # Answer a client's CONNECT before running on_connect, so the lobby it
+        # emits arrives after the connection is confirmed, as the protocol orders.
+        always_connect=True,
         max_http_buffer_size=MAX_PACKET_BYTES,
         ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT,

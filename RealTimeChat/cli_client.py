@@ -117,10 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if not interactive:
+            started = time.perf_counter()
             ack = chatter.send(args.send)
+            waited_ms = (time.perf_counter() - started) * 1000
             if "error" in ack:
                 return 1  # show_error has printed the reason
-            print(f"stored as message {ack['id']} at {clock(ack['ts'])}", flush=True)
+            print(
+                f"stored as message {ack['id']} at {clock(ack['ts'])}"
+                f" (acknowledged {waited_ms:.1f} ms after sending)",
+                flush=True,
+            )
             return 0
         print(f"* joined #{args.room} as {args.name}; here: {', '.join(reply['members'])}")
         for message in reply["history"]:

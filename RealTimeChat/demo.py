@@ -88,20 +88,27 @@ class Person:
         self.messages: list[dict] = []
         self.presence: list[str] = []
         self.errors: list[dict] = []
-        self._arrived = threading.Condition()
+        self._arrived = threading.Condition()  # handlers notify it; wait_for waits on it
         self.client = socketio.Client(reconnection=False)
         self.client.on("message", self._on_message)
-        self.client.on(
-            "presence",
-            lambda p: self.presence.append(f"{p['name']} {'joined' if p['online'] else 'left'}"),
-        )
-        self.client.on("error", self.errors.append)
+        self.client.on("presence", self._on_presence)
+        self.client.on("error", self._on_error)
         self.client.connect(url, transports=["websocket"], wait_timeout=WAIT)
 
     def _on_message(self, message: dict) -> None:
         with self._arrived:
             self.received.setdefault(message["id"], time.perf_counter())
             self.messages.append(message)
+            self._arrived.notify_all()
+
+    def _on_presence(self, notice: dict) -> None:
+        with self._arrived:
+            self.presence.append(f"{notice['name']} {'joined' if notice['online'] else 'left'}")
+            self._arrived.notify_all()
+
+    def _on_error(self, error: dict) -> None:
+        with self._arrived:
+            self.errors.append(error)
             self._arrived.notify_all()
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = WAIT) -> bool:
@@ -202,10 +209,12 @@ def step_bad_input(url: str, people: list[Person]) -> bool:
     time.sleep(0.2)
     stored = len(people[0].messages) - before
     print(f"  messages the others received: {stored} (the {accepted} accepted ones)")
+    expected_errors = len(cases) + limited
+    mallory.wait_for(lambda: len(mallory.errors) >= expected_errors)
     errors_seen = len(mallory.errors)
     mallory.close()
     ok = refused == len(cases) and limited > 0 and stored == accepted
-    return ok and errors_seen == len(cases) + limited
+    return ok and errors_seen == expected_errors
 
 
 def step_xss(people: list[Person]) -> bool:

@@ -39,9 +39,16 @@ socket.on("connect", () => {
   socket.io.engine.once("upgrade", showTransport);
   if (state.room) join(state.room, state.name); // back after a reconnect: sit down again
 });
+let attempts = 0; // reconnection attempts since the connection was lost
 socket.on("disconnect", (reason) => setStatus(`disconnected (${reason})`, "bad"));
-socket.io.on("reconnect_attempt", (n) => setStatus(`reconnecting… attempt ${n}`, "wait"));
-socket.on("connect_error", () => setStatus("server unreachable, retrying…", "bad"));
+socket.io.on("reconnect_attempt", (n) => {
+  attempts = n;
+  setStatus(`reconnecting… attempt ${n}`, "wait");
+});
+socket.io.on("reconnect", () => (attempts = 0));
+socket.on("connect_error", () => {
+  if (attempts === 0) setStatus("server unreachable, retrying…", "bad");
+});
 
 // -- building the page (textContent only) -------------------------------------
 
@@ -53,7 +60,8 @@ function element(tag, text, className) {
 }
 
 function clock(ms) {
-  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  const parts = { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false };
+  return new Date(ms).toLocaleTimeString([], parts);
 }
 
 function scrollToEnd() {
@@ -212,6 +220,11 @@ $("send-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const text = $("text").value;
   if (!text.trim()) return;
+  if (!socket.connected) {
+    // Socket.IO would buffer it and send it on reconnect, before we are back in
+    // the room; better to keep it here, visibly unsent.
+    return showNotice("offline: your message stays here until you send it again");
+  }
   stopTyping();
   // The text leaves the box only when the server acknowledges it, which it does
   // after storing it: no ack (server down, rate limit) and it is still there to resend.
