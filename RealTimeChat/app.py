@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     try:
         app, _ = create_app(config)
-    except sqlite3.Error as error:
+    except (sqlite3.Error, OSError) as error:
         sys.exit(f"cannot open the message database {args.db}: {error}")
     if not CLIENT_JS.is_file():
         print(
