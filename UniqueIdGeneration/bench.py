@@ -1,0 +1,212 @@
+"""Unique ID generation, measured against its peers in one run.
+
+1. IDs per second from one thread: our generator, uuid.uuid4() and the
+   `snowflake-id` package (which takes no lock), beside the 4,096,000 IDs/s
+   ceiling that 12 bits of sequence allow one worker.
+2. Four threads sharing one generator vs four generators, one per thread.
+3. The B-tree claim: 1,000,000 rows into SQLite keyed by Snowflake ids,
+   uuid4 strings and random integers; writes images/btree_inserts.png.
+
+    python UniqueIdGeneration/bench.py            # about a minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import btree_experiment
+import IdGenerator
+from snowflake import SnowflakeGenerator
+
+CEILING = (IdGenerator.MAX_SEQUENCE + 1) * 1000  # 4,096,000 ids/s per worker
+IMAGES = Path(__file__).resolve().parent / "images"
+
+TARGET_VS_UUID4 = 3.0
+TARGET_VS_PACKAGE = 0.8
+TARGET_BTREE = 10.0
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}, load average {load:.2f}"
+    )
+
+
+def ids_per_second(make: Callable[[], object | None], count: int) -> float:
+    """The same loop for every generator: count only real ids (the package
+    returns None when its sequence runs out or its clock goes back)."""
+    got = 0
+    started = time.perf_counter()
+    while got < count:
+        if make() is not None:
+            got += 1
+    return count / (time.perf_counter() - started)
+
+
+def one_thread(rounds: int, count: int) -> dict[str, float]:
+    peers = {
+        "IdGenerator (ours, locked)": lambda: IdGenerator.IdGenerator(1).next_id,
+        "snowflake-id 1.0.2 (no lock)": lambda: SnowflakeGenerator(1).__next__,
+        "uuid.uuid4()": lambda: uuid.uuid4,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in peers}
+    for _ in range(rounds):  # interleaved, so a noisy moment hits every peer alike
+        for name, factory in peers.items():
+            samples[name].append(ids_per_second(factory(), count))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def four_threads(count_per_thread: int) -> dict[str, float]:
+    def run(generators: list[IdGenerator.IdGenerator]) -> float:
+        minted: list[list[int]] = [[] for _ in generators]
+
+        def work(generator: IdGenerator.IdGenerator, out: list[int]) -> None:
+            next_id = generator.next_id
+            for _ in range(count_per_thread):
+                out.append(next_id())
+
+        threads = [
+            threading.Thread(target=work, args=(g, out))
+            for g, out in zip(generators, minted, strict=True)
+        ]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+        every = [i for out in minted for i in out]
+        assert len(set(every)) == len(every), "duplicate ids: the bench is wrong"
+        return len(every) / elapsed
+
+    shared = IdGenerator.IdGenerator(1)
+    return {
+        "4 threads, one shared generator": run([shared] * 4),
+        "4 threads, 4 generators (workers 1-4)": run(
+            [IdGenerator.IdGenerator(w) for w in range(1, 5)]
+        ),
+    }
+
+
+def btree(rows: int) -> list[btree_experiment.BtreeResult]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in btree_experiment.KINDS:
+
+            def progress(done: int, kind: str = kind) -> None:
+                if sys.stdout.isatty():  # one updating line; nothing in a log file
+                    print(f"\r  {kind:<9} {done:>9,} / {rows:,} rows", end="", flush=True)
+
+            results.append(
+                btree_experiment.insert_rows(
+                    kind, rows, Path(tmp) / f"{kind}.db", progress=progress
+                )
+            )
+            if sys.stdout.isatty():
+                print()  # end the progress line
+    return results
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per peer (median taken)")
+    parser.add_argument("--ids", type=int, default=1_000_000, help="ids per round")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per B-tree run")
+    parser.add_argument("--skip-btree", action="store_true", help="only the generator benches")
+    args = parser.parse_args(argv)
+    for name in ("rounds", "ids"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.rows < btree_experiment.BATCH_ROWS or args.rows % btree_experiment.BATCH_ROWS:
+        parser.error(f"--rows must be a positive multiple of {btree_experiment.BATCH_ROWS:,}")
+
+    print(f"Machine: {machine()}")
+    print(f"\n1. IDs/s from one thread (median of {args.rounds} rounds of {args.ids:,})")
+    rates = one_thread(args.rounds, args.ids)
+    ours = rates["IdGenerator (ours, locked)"]
+    print(f"  {'generator':<30} {'IDs/s':>11}  {'ours is':>7}  {'of ceiling':>10}")
+    for name, rate in rates.items():
+        print(f"  {name:<30} {rate:>11,.0f}  {ours / rate:>6.2f}x  {rate / CEILING:>10.0%}")
+    print(f"  {'ceiling: 4,096 ids/ms/worker':<30} {CEILING:>11,}")
+    vs_uuid = ours / rates["uuid.uuid4()"]
+    vs_package = ours / rates["snowflake-id 1.0.2 (no lock)"]
+
+    print(f"\n2. Four threads ({args.ids // 4:,} ids each)")
+    for name, rate in four_threads(args.ids // 4).items():
+        print(f"  {name:<40} {rate:>11,.0f} IDs/s")
+
+    btree_ratio = None
+    if not args.skip_btree:
+        print(f"\n3. The B-tree claim: {args.rows:,} rows into SQLite per key kind")
+        print(
+            f"  settings: on-disk file, WAL, synchronous=NORMAL, "
+            f"cache_size {btree_experiment.CACHE_KIB:,} KiB (SQLite's default), "
+            f"a commit every {btree_experiment.ROWS_PER_TRANSACTION:,} rows"
+        )
+        results = btree(args.rows)
+        header = "  ".join(f"{(i + 1) * 100}k" for i in range(len(results[0].batch_seconds)))
+        print(f"  seconds per 100,000-row batch: {header}")
+        for r in results:
+            print(f"  {r.kind:<9} " + " ".join(f"{s:5.2f}" for s in r.batch_seconds))
+        print(
+            f"\n  {'key':<9} {'total s':>8} {'rows/s':>9} {'pages':>8} {'MB':>5} "
+            f"{'pages/commit':>12} {'vs snowflake':>12}"
+        )
+        for r in results:
+            print(
+                f"  {r.kind:<9} {r.seconds:>8.1f} {r.rows_per_second:>9,.0f} {r.pages:>8,} "
+                f"{r.file_bytes / 1e6:>5.0f} {r.pages_per_commit:>12,} "
+                f"{r.seconds / results[0].seconds:>11.1f}x"
+            )
+        print(
+            f"  (pages/commit: pages one more {btree_experiment.ROWS_PER_TRANSACTION:,}-row "
+            f"commit wrote to the WAL once the table was full)"
+        )
+        btree_ratio = results[1].seconds / results[0].seconds
+        IMAGES.mkdir(exist_ok=True)
+        btree_experiment.plot(results, IMAGES / "btree_inserts.png")
+        print(f"  plot: {IMAGES / 'btree_inserts.png'}")
+
+    print("\nTargets")
+    print(
+        f"  {verdict(vs_uuid >= TARGET_VS_UUID4)}  one thread >= {TARGET_VS_UUID4}x uuid4: "
+        f"{vs_uuid:.2f}x"
+    )
+    print(
+        f"  {verdict(vs_package >= TARGET_VS_PACKAGE)}  one thread >= {TARGET_VS_PACKAGE}x "
+        f"snowflake-id: {vs_package:.2f}x ({ours / CEILING:.0%} of the ceiling)"
+    )
+    if btree_ratio is not None:
+        print(
+            f"  {verdict(btree_ratio >= TARGET_BTREE)}  {args.rows:,} Snowflake-keyed inserts "
+            f">= {TARGET_BTREE:.0f}x faster than uuid4-keyed: {btree_ratio:.1f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

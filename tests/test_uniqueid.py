@@ -1,0 +1,502 @@
+"""UniqueIdGeneration: the Snowflake layout, its guarantees under threads,
+processes, clock steps and bursts, and the sharded BlogService built on it."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import ROOT, load_module, run_script
+
+ids = load_module("UniqueIdGeneration", "IdGenerator")
+blog_service = load_module("UniqueIdGeneration", "BlogService")
+break_it = load_module("UniqueIdGeneration", "break_it")
+btree = load_module("UniqueIdGeneration", "btree_experiment")
+
+NS_PER_MS = 1_000_000
+EPOCH_MS = ids.epoch_ms(ids.EPOCH)
+
+
+class ScriptedClock:
+    """Reads out milliseconds from a script; the last value repeats forever.
+
+    The generator reads the clock once when it is made (to refuse a future
+    epoch), so every script starts with that reading.
+    """
+
+    def __init__(self, *ms: int) -> None:
+        self.script = list(ms)
+        self.reads = 0
+
+    def __call__(self) -> int:
+        value = self.script[min(self.reads, len(self.script) - 1)]
+        self.reads += 1
+        return value * NS_PER_MS
+
+
+class OffsetClock:
+    """The real clock plus an offset a test can step backwards."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+
+    def __call__(self) -> int:
+        return time.time_ns() + self.offset_ns
+
+
+def now_ms() -> int:
+    return time.time_ns() // NS_PER_MS
+
+
+# -- the layout ---------------------------------------------------------------
+
+
+def test_layout_constants_are_the_briefs():
+    assert (ids.UNUSED_BITS, ids.TIMESTAMP_BITS, ids.WORKER_ID_BITS, ids.SEQUENCE_BITS) == (
+        6,
+        41,
+        5,
+        12,
+    )
+    assert ids.MAX_ID == 2**58 - 1
+
+
+@pytest.mark.parametrize(
+    "timestamp, worker, sequence",
+    [
+        (0, 0, 0),
+        (ids.MAX_TIMESTAMP, 31, 4095),
+        (ids.MAX_TIMESTAMP, 0, 0),
+        (12345, 31, 0),
+        (1, 0, 4095),
+    ],
+)
+def test_encode_decode_round_trip_at_the_field_limits(timestamp, worker, sequence):
+    snowflake = ids.encode(timestamp, worker, sequence)
+    assert snowflake >> 58 == 0, "bits 63-58 must be zero"
+    parts = ids.decode(snowflake)
+    assert parts.timestamp == ids.EPOCH + timedelta(milliseconds=timestamp)
+    assert (parts.worker_id, parts.sequence) == (worker, sequence)
+    assert parts.timestamp.tzinfo is not None
+
+
+def test_the_largest_id_has_every_field_at_its_maximum():
+    assert ids.encode(ids.MAX_TIMESTAMP, 31, 4095) == ids.MAX_ID
+    assert ids.decode(ids.MAX_ID).timestamp == ids.IDS_RUN_OUT - timedelta(milliseconds=1)
+
+
+@pytest.mark.parametrize("bad", [-1, ids.MAX_ID + 1, 2**63, 2**64 - 1])
+def test_decode_rejects_values_that_are_not_snowflake_ids(bad):
+    with pytest.raises(ValueError, match="not a Snowflake id"):
+        ids.decode(bad)
+
+
+@pytest.mark.parametrize(
+    "fields", [(-1, 0, 0), (ids.MAX_TIMESTAMP + 1, 0, 0), (0, 32, 0), (0, 0, 4096), (0, -1, 0)]
+)
+def test_encode_rejects_fields_out_of_range(fields):
+    with pytest.raises(ValueError, match="must be in"):
+        ids.encode(*fields)
+
+
+def test_the_41_bits_run_out_69_years_after_the_epoch():
+    assert ids.EPOCH == datetime(2025, 1, 1, tzinfo=UTC)
+    assert ids.IDS_RUN_OUT == datetime(2094, 9, 7, 15, 47, 35, 552000, tzinfo=UTC)
+
+
+def test_generator_works_up_to_the_last_millisecond_then_refuses():
+    last = EPOCH_MS + ids.MAX_TIMESTAMP
+    generator = ids.IdGenerator(31, clock=ScriptedClock(EPOCH_MS, EPOCH_MS, last, last, last + 1))
+    first = generator.next_id()
+    final = generator.next_id()
+    assert generator.decode(final) == (ids.IDS_RUN_OUT - timedelta(milliseconds=1), 31, 0)
+    assert generator.next_id() == final + 1  # same millisecond: sequence 1
+    assert first < final
+    with pytest.raises(ids.IdSpaceExhaustedError):
+        generator.next_id()
+
+
+# -- uniqueness and order -------------------------------------------------------
+
+
+def test_200000_ids_from_one_generator_are_unique_and_strictly_increasing():
+    generator = ids.IdGenerator(5)
+    minted = [generator.next_id() for _ in range(200_000)]
+    assert all(a < b for a, b in zip(minted, minted[1:], strict=False))
+    assert all(i >> 58 == 0 and generator.decode(i).worker_id == 5 for i in minted[::997])
+
+
+def python_level_clock() -> int:
+    # A Python function gives CPython a point to switch threads inside next_id
+    # (the builtin time.time_ns would not).
+    return time.time_ns()
+
+
+def test_eight_threads_sharing_one_generator_never_get_a_duplicate():
+    generator = ids.IdGenerator(9, clock=python_level_clock)
+    minted: list[list[int]] = [[] for _ in range(8)]
+
+    def work(out: list[int]) -> None:
+        for _ in range(25_000):
+            out.append(generator.next_id())
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as CPython allows
+    try:
+        threads = [threading.Thread(target=work, args=(out,)) for out in minted]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    every = [i for out in minted for i in out]
+    assert len(every) == 200_000
+    assert len(set(every)) == 200_000
+    assert all(all(a < b for a, b in zip(out, out[1:], strict=False)) for out in minted)
+
+
+def test_next_id_reads_the_clock_and_updates_its_state_under_the_lock():
+    # With the GIL, CPython 3.11 rarely switches threads inside next_id, so the
+    # stress test above could pass without the lock; a free-threaded build
+    # (3.13t) would not. This checks the discipline itself: the clock is read,
+    # and so the state is updated, only while the lock is held.
+    held = []
+    generator = None
+
+    def clock() -> int:
+        if generator is not None:
+            held.append(generator._lock.locked())
+        return time.time_ns()
+
+    generator = ids.IdGenerator(1, clock=clock)
+    for _ in range(1000):
+        generator.next_id()
+    assert held and all(held)
+    assert not generator._lock.locked()
+
+
+def test_four_processes_with_distinct_worker_ids_never_collide():
+    code = (
+        "import sys, IdGenerator\n"
+        "g = IdGenerator.IdGenerator(int(sys.argv[1]))\n"
+        "print('\\n'.join(str(g.next_id()) for _ in range(50_000)))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(worker)],
+            cwd=ROOT / "UniqueIdGeneration",
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for worker in range(4)
+    ]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0]
+    per_process = [[int(line) for line in out.split()] for out in outputs]
+    every = [i for minted in per_process for i in minted]
+    assert len(every) == 200_000 and len(set(every)) == 200_000
+    assert [{ids.decode(i).worker_id for i in minted} for minted in per_process] == [
+        {0},
+        {1},
+        {2},
+        {3},
+    ]
+
+
+def test_two_generators_with_the_same_worker_id_do_collide():
+    # The guarantee is per worker id: this is why ids must be assigned, not guessed.
+    result = break_it.shared_worker_id(count=2_000)
+    assert result["duplicates_same_worker"] > 1_000
+    assert result["duplicates_distinct_workers"] == 0
+
+
+# -- the clock ------------------------------------------------------------------
+
+
+def test_sequence_overflow_waits_for_the_next_millisecond():
+    t = now_ms()
+    clock = ScriptedClock(*([t] * 4099), t + 1)
+    generator = ids.IdGenerator(2, clock=clock)
+    minted = [generator.next_id() for _ in range(4097)]
+    parts = [generator.decode(i) for i in minted]
+    assert [p.sequence for p in parts[:4096]] == list(range(4096))
+    assert {p.timestamp for p in parts[:4096]} == {parts[0].timestamp}
+    assert parts[4096].timestamp == parts[0].timestamp + timedelta(milliseconds=1)
+    assert parts[4096].sequence == 0
+    assert len(set(minted)) == 4097 and minted == sorted(minted)
+    assert clock.reads > 4097, "it must have re-read the clock while waiting"
+
+
+def test_a_small_backwards_step_is_waited_out():
+    clock = OffsetClock()
+    generator = ids.IdGenerator(3, clock=clock)
+    before = generator.next_id()
+    last_ms = generator.decode(before).timestamp
+    clock.offset_ns = -5 * NS_PER_MS  # NTP stepped the clock back 5 ms
+    after = [generator.next_id() for _ in range(100)]
+    assert all(i > before for i in after)
+    assert generator.decode(after[0]).timestamp >= last_ms
+    assert len(set(after)) == 100
+
+
+def test_a_large_backwards_step_raises_and_the_generator_recovers_with_the_clock():
+    t = now_ms()
+    back = t - (ids.MAX_BACKWARDS_WAIT_MS + 40)
+    generator = ids.IdGenerator(4, clock=ScriptedClock(t, t, back, t, t + 1, t + 2))
+    first = generator.next_id()
+    with pytest.raises(ids.ClockMovedBackwardsError, match=r"\d+ ms earlier"):
+        generator.next_id()
+    # Nothing was issued during the step; once the clock is back, ids go on rising.
+    assert first < generator.next_id() < generator.next_id() < generator.next_id()
+
+
+def test_a_step_just_over_the_bound_raises_without_sleeping_first():
+    t = now_ms()
+    clock = ScriptedClock(t, t, t - ids.MAX_BACKWARDS_WAIT_MS - 1)
+    generator = ids.IdGenerator(4, clock=clock)
+    generator.next_id()
+    with pytest.raises(ids.ClockMovedBackwardsError):
+        generator.next_id()
+    assert clock.reads == 3  # construction, first id, the refused read
+
+
+# -- arguments ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_id", [-1, 32, 1000, "3", 3.0, None, True])
+def test_worker_ids_outside_0_to_31_are_rejected(worker_id):
+    with pytest.raises(ValueError, match="worker_id"):
+        ids.IdGenerator(worker_id)
+
+
+def test_an_epoch_in_the_future_is_rejected():
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    with pytest.raises(ValueError, match="in the future"):
+        ids.IdGenerator(1, epoch=tomorrow)
+
+
+def test_an_epoch_without_a_timezone_is_rejected():
+    with pytest.raises(ValueError, match="no timezone"):
+        ids.IdGenerator(1, epoch=datetime(2020, 1, 1))
+
+
+def test_a_custom_epoch_is_used_for_encoding_and_decoding():
+    epoch = datetime(2020, 1, 1, tzinfo=UTC)
+    t = now_ms()
+    generator = ids.IdGenerator(1, epoch=epoch, clock=ScriptedClock(t))
+    snowflake = generator.next_id()
+    assert snowflake >> ids.TIMESTAMP_SHIFT == t - ids.epoch_ms(epoch)
+    assert generator.decode(snowflake).timestamp == datetime.fromtimestamp(t / 1000, UTC)
+
+
+def test_resume_after_continues_above_an_id_issued_before_a_restart():
+    t = now_ms()
+    earlier = ids.encode(t - EPOCH_MS, 6, 100)
+    generator = ids.IdGenerator(6, clock=ScriptedClock(t))
+    generator.resume_after(earlier)
+    assert generator.next_id() == earlier + 1
+    with pytest.raises(ValueError, match="worker 7"):
+        generator.resume_after(ids.encode(t - EPOCH_MS, 7, 0))
+
+
+# -- BlogService ------------------------------------------------------------------
+
+
+class TickingClock:
+    """Advances one millisecond per read, so creation order is unambiguous."""
+
+    def __init__(self) -> None:
+        self.ms = now_ms()
+
+    def __call__(self) -> int:
+        self.ms += 1
+        return self.ms * NS_PER_MS
+
+
+AUTHORS = [f"author-{i}" for i in range(40)]
+
+
+def test_get_post_finds_the_shard_from_the_id_alone(tmp_path):
+    with blog_service.BlogService(tmp_path, shards=4) as blog:
+        posts = [blog.create_post(a, f"title {a}", "body") for a in AUTHORS]
+        assert {p.shard for p in posts} == {0, 1, 2, 3}, "authors should spread over shards"
+        for post in posts:
+            assert ids.decode(post.id).worker_id == post.shard
+        target = posts[0]
+        # Close every other shard: a lookup that consulted them would now fail.
+        for shard in blog.shards:
+            if shard.index != target.shard:
+                shard.db.close()
+        assert blog.get_post(target.id) == target
+
+
+def test_an_authors_posts_always_land_on_the_same_shard(tmp_path):
+    with blog_service.BlogService(tmp_path, shards=8) as blog:
+        shards = {blog.create_post("ada", f"post {i}", "").shard for i in range(10)}
+    assert len(shards) == 1
+    # ...and in another process too (no salted hash()).
+    code = (
+        "import BlogService as b, sys; print(b.BlogService(sys.argv[1], 8).shard_for_author('ada'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=ROOT / "UniqueIdGeneration",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.stdout.strip() == str(shards.pop())
+
+
+def test_recent_posts_merges_every_shard_in_time_order(tmp_path):
+    with blog_service.BlogService(tmp_path, shards=4, clock=TickingClock()) as blog:
+        created = [blog.create_post(a, "t", "b") for a in AUTHORS]
+        recent = blog.recent_posts(15)
+        assert [p.id for p in recent] == [p.id for p in reversed(created)][:15]
+        assert len({p.shard for p in recent}) > 1
+        assert blog.recent_posts(0) == []
+        assert len(blog.recent_posts(1000)) == len(AUTHORS)
+
+
+def test_a_restarted_service_never_reuses_an_id_even_in_the_same_millisecond(tmp_path):
+    frozen = ScriptedClock(now_ms())
+    with blog_service.BlogService(tmp_path, shards=2, clock=frozen) as blog:
+        first = [blog.create_post("ada", f"p{i}", "") for i in range(5)]
+    with blog_service.BlogService(tmp_path, shards=2, clock=frozen) as blog:
+        again = [blog.create_post("ada", f"q{i}", "") for i in range(5)]
+        assert min(p.id for p in again) > max(p.id for p in first)
+        assert len(blog.recent_posts(100)) == 10
+
+
+def test_unknown_and_malformed_ids_raise_post_not_found(tmp_path):
+    with blog_service.BlogService(tmp_path, shards=4) as blog:
+        post = blog.create_post("ada", "t", "b")
+        for missing in (post.id + 1, ids.encode(1, 30, 0), -5, ids.MAX_ID + 1):
+            with pytest.raises(blog_service.PostNotFoundError):
+                blog.get_post(missing)
+
+
+def test_reopening_with_a_different_shard_count_is_refused(tmp_path):
+    blog_service.BlogService(tmp_path, shards=4).close()
+    with pytest.raises(blog_service.ShardLayoutError, match="--shards 4"):
+        blog_service.BlogService(tmp_path, shards=8)
+
+
+@pytest.mark.parametrize("shards", [0, 33, -1])
+def test_shard_counts_outside_1_to_32_are_rejected(tmp_path, shards):
+    with pytest.raises(ValueError, match="shards"):
+        blog_service.BlogService(tmp_path, shards=shards)
+
+
+def test_posts_need_an_author_and_a_title(tmp_path):
+    with blog_service.BlogService(tmp_path, shards=2) as blog:
+        for author, title in (("", "t"), ("ada", "  "), (None, "t")):
+            with pytest.raises(ValueError):
+                blog.create_post(author, title, "")
+        assert blog.recent_posts(10) == []
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def cli(*args: str):
+    return run_script("UniqueIdGeneration/BlogService.py", *args, timeout=30)
+
+
+def test_cli_creates_gets_and_lists_posts(tmp_path):
+    db = ["--db-dir", str(tmp_path), "--shards", "4"]
+    made = [
+        cli(*db, "create", "--author", a, "--title", f"by {a}", "--body", "hello") for a in "xyz"
+    ]
+    assert [r.returncode for r in made] == [0, 0, 0]
+    post_ids = [int(r.stdout) for r in made]
+    got = cli(*db, "get", str(post_ids[1]))
+    assert got.returncode == 0
+    assert f"{post_ids[1]}  shard {ids.decode(post_ids[1]).worker_id}" in got.stdout
+    assert "y: by y" in got.stdout and "hello" in got.stdout
+    recent = cli(*db, "recent", "--limit", "2")
+    assert [int(line.split()[0]) for line in recent.stdout.splitlines()] == post_ids[:0:-1]
+
+
+def test_cli_reports_an_unknown_id_clearly(tmp_path):
+    result = cli("--db-dir", str(tmp_path), "get", "123456789")
+    assert result.returncode == 1
+    assert "error: no post 123456789" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["--shards", "0", "recent"], ["--shards", "x", "recent"], ["get", "abc"], []]
+)
+def test_cli_bad_arguments_exit_2_with_a_message(tmp_path, args):
+    result = cli("--db-dir", str(tmp_path), *args)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script", ["BlogService.py", "break_it.py", "demo.py", "bench.py"])
+def test_every_script_has_help(script):
+    result = run_script(f"UniqueIdGeneration/{script}", "--help", timeout=30)
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
+
+
+# -- break it and the B-tree experiment ------------------------------------------------
+
+
+def test_a_burst_past_4096_per_ms_duplicates_naively_but_not_with_ours():
+    result = break_it.sequence_exhausted(burst=9_000, reads_per_ms=5_000)
+    assert result["naive_duplicates"] > 0
+    assert result["ours_duplicates"] == 0 and result["ours_in_order"] == 1
+
+
+def test_a_clock_step_makes_the_naive_generator_go_backwards_and_ours_refuse():
+    result = break_it.clock_steps_back(50)
+    assert result["naive_went_down"] > 0
+    assert str(result["ours"]).startswith("raised ClockMovedBackwardsError")
+
+
+def test_a_naive_generator_shared_by_threads_duplicates_and_ours_does_not():
+    result = break_it.shared_without_lock(threads=8, per_thread=10_000)
+    assert result["naive_duplicates"] > 0
+    assert result["ours_duplicates"] == 0
+
+
+def test_uuid4_values_do_not_sort_in_creation_order():
+    result = break_it.sort_order(count=2_000)
+    assert result["snowflake"] == 1.0
+    assert 0.3 < result["uuid4"] < 0.7
+
+
+@pytest.mark.parametrize("kind", btree.KINDS)
+def test_btree_experiment_stores_every_row_under_its_kind_of_key(tmp_path, kind):
+    path = tmp_path / f"{kind}.db"
+    result = btree.insert_rows(kind, rows=20_000, db_path=path, batch_rows=10_000)
+    assert len(result.batch_seconds) == 2 and result.pages > 0
+    with sqlite3.connect(path) as db:
+        count, distinct, key_type = db.execute(
+            "SELECT count(*), count(DISTINCT id), typeof(min(id)) FROM posts"
+        ).fetchone()
+    # ...plus the one extra commit that counts pages written at the end.
+    assert count == distinct == 20_000 + btree.ROWS_PER_TRANSACTION
+    assert key_type == ("text" if kind == "uuid4" else "integer")
+
+
+def test_random_keys_dirty_far_more_pages_per_commit_than_rising_keys(tmp_path):
+    # The mechanism behind the B-tree claim, counted in pages rather than timed.
+    results = {
+        kind: btree.insert_rows(
+            kind, rows=30_000, db_path=tmp_path / f"{kind}.db", batch_rows=10_000
+        )
+        for kind in btree.KINDS
+    }
+    rising = results["snowflake"].pages_per_commit
+    assert 0 < rising < btree.ROWS_PER_TRANSACTION / 10
+    assert results["uuid4"].pages_per_commit > 5 * rising
+    assert results["random"].pages_per_commit > 5 * rising
