@@ -1,0 +1,198 @@
+"""An interactive WebSocket client: what you type is sent, what arrives is printed.
+
+Two tasks run at once on one connection (full duplex): one reads your lines
+and sends them, the other prints every message the server pushes the moment it
+arrives. If an established connection drops, the client reconnects with
+exponential backoff. See the README's "Client.py" section.
+
+    python WebSockets/Client.py --url ws://127.0.0.1:8765/broadcast     # interactive
+    python WebSockets/Client.py --url ws://127.0.0.1:8765/echo --send hello
+    python WebSockets/Client.py --url ws://127.0.0.1:8765/time --count 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+DEFAULT_URL = "ws://127.0.0.1:8765/echo"
+DEFAULT_TIMEOUT = 10.0  # seconds a non-interactive run waits for its messages
+BACKOFF_FIRST = 0.5  # seconds before the first reconnect attempt
+BACKOFF_MAX = 15.0  # never wait longer than this between attempts
+RECONNECT_ATTEMPTS = 8  # then give up: the server is not coming back soon
+
+
+class CannotConnect(Exception):
+    """The server is not there, or refused the WebSocket handshake."""
+
+
+def show(message: str | bytes) -> str:
+    if isinstance(message, bytes):
+        more = " ..." if len(message) > 32 else ""
+        return f"<binary {len(message)} bytes: {message[:32].hex(' ')}{more}>"
+    return message
+
+
+def describe_close(ws: ClientConnection) -> str:
+    code, reason = ws.close_code, ws.close_reason
+    return f"code {code}" + (f" ({reason})" if reason else "")
+
+
+async def open_connection(url: str, timeout: float) -> ClientConnection:
+    """Connect, turning the many ways it can fail into one clear message."""
+    try:
+        return await connect(url, open_timeout=timeout)
+    except InvalidURI as err:
+        raise CannotConnect(f"{url} is not a WebSocket URL: {err}") from None
+    except InvalidHandshake as err:
+        raise CannotConnect(f"{url} refused the WebSocket handshake: {err}") from None
+    except ConnectionRefusedError:
+        why = "connection refused (nothing is listening there)"
+    except TimeoutError:
+        why = f"no answer within {timeout:g} s"
+    except OSError as err:
+        why = err.strerror or str(err)
+    raise CannotConnect(f"cannot connect to {url}: {why}. Is Server.py running?")
+
+
+async def one_shot(url: str, send: str | None, count: int, timeout: float) -> int:
+    """Send one message (if any), print `count` messages, exit."""
+    ws = await open_connection(url, timeout)
+    try:
+        if send is not None:
+            await ws.send(send)
+        for _ in range(count):
+            print(show(await asyncio.wait_for(ws.recv(), timeout)), flush=True)
+    except TimeoutError:
+        print(f"error: no message from {url} within {timeout:g} s", file=sys.stderr)
+        return 1
+    except ConnectionClosed:
+        print(f"error: the server closed the connection: {describe_close(ws)}", file=sys.stderr)
+        return 1
+    finally:
+        await ws.close()
+    return 0
+
+
+async def read_lines(queue: asyncio.Queue[str | None]) -> None:
+    """Read stdin in a thread (it blocks) and hand each line to the event loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        await queue.put(line.rstrip("\n") if line else None)  # None: end of input
+        if not line:
+            return
+
+
+async def interactive(url: str, timeout: float) -> int:
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    reader = asyncio.create_task(read_lines(lines))
+    ws = await open_connection(url, timeout)
+    print(f"Connected to {url}. Type a line to send it; Ctrl-D to quit.", file=sys.stderr)
+    try:
+        while True:
+            outcome = await session(ws, lines)
+            if outcome == "done":
+                return 0
+            print(f"Connection lost ({describe_close(ws)}).", file=sys.stderr)
+            ws = await reconnect(url, timeout)
+    finally:
+        reader.cancel()
+        await ws.close()
+
+
+async def session(ws: ClientConnection, lines: asyncio.Queue[str | None]) -> str:
+    """Full duplex on one connection until the user quits ("done") or it drops ("lost")."""
+
+    async def send_typed() -> str:
+        while True:
+            line = await lines.get()
+            if line is None:
+                await ws.close()  # normal closure, 1000
+                return "done"
+            try:
+                await ws.send(line)
+            except ConnectionClosed:
+                await lines.put(line)  # keep it for the next connection
+                return "lost"
+
+    async def print_received() -> str:
+        try:
+            async for message in ws:
+                print(show(message), flush=True)
+        except ConnectionClosed:
+            pass
+        return "lost"
+
+    tasks = [asyncio.create_task(send_typed()), asyncio.create_task(print_received())]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    return "done" if any(t.result() == "done" for t in done) else "lost"
+
+
+async def reconnect(url: str, timeout: float) -> ClientConnection:
+    """Exponential backoff with jitter, so a thousand clients that lost the same
+    server do not all knock on it in the same instant when it comes back."""
+    delay = BACKOFF_FIRST
+    for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+        wait = random.uniform(delay / 2, delay)
+        print(f"Reconnecting in {wait:.1f} s (attempt {attempt})...", file=sys.stderr)
+        await asyncio.sleep(wait)
+        try:
+            ws = await open_connection(url, timeout)
+        except CannotConnect as err:
+            print(err, file=sys.stderr)
+            delay = min(delay * 2, BACKOFF_MAX)
+            continue
+        print(f"Reconnected to {url}.", file=sys.stderr)
+        return ws
+    raise CannotConnect(f"gave up after {RECONNECT_ATTEMPTS} attempts to reconnect to {url}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="WebSocket client: interactive by default; --send/--count for one shot."
+    )
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default {DEFAULT_URL})")
+    parser.add_argument("--send", metavar="TEXT", help="send TEXT, print the reply, exit")
+    parser.add_argument(
+        "--count", type=int, help="print this many messages, then exit (default 1 with --send)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for the connection and for each message",
+    )
+    args = parser.parse_args(argv)
+    if args.count is not None and args.count < 0:
+        parser.error(f"--count must be >= 0, got {args.count}")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    if not args.url.startswith(("ws://", "wss://")):
+        parser.error(f"--url must start with ws:// or wss://, got {args.url!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.send is not None or args.count is not None:
+            count = args.count if args.count is not None else 1
+            return asyncio.run(one_shot(args.url, args.send, count, args.timeout))
+        return asyncio.run(interactive(args.url, args.timeout))
+    except CannotConnect as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""A WebSocket server on the `websockets` library: echo, server push and broadcast.
+
+Three routes, chosen by the request path during the opening handshake:
+
+    /echo       sends every text or binary message straight back
+    /time       pushes a tick every --interval seconds without being asked
+    /broadcast  sends every message from one client to all connected clients
+
+    python WebSockets/Server.py --port 8765
+    python WebSockets/Client.py --url ws://127.0.0.1:8765/echo
+
+See the README's "Server.py" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+DEFAULT_PORT = 8765
+DEFAULT_MAX_SIZE = 64 * 1024  # bytes; a bigger message closes that connection with 1009
+DEFAULT_INTERVAL = 1.0  # seconds between /time ticks
+DEFAULT_PING_INTERVAL = 20.0  # seconds; a peer that misses a pong is dropped
+DEFAULT_MAX_BUFFER = 1024 * 1024  # bytes queued for one /broadcast member before we drop it
+SUPPORTED_VERSION = "13"  # RFC 6455 is version 13; nothing else is in use
+
+log = logging.getLogger("ws-server")
+
+
+def make_routes(
+    interval: float, max_buffer: int = DEFAULT_MAX_BUFFER
+) -> dict[str, Callable[[ServerConnection], Awaitable[None]]]:
+    """The three routes, sharing what they need: the tick interval and the room."""
+    room: set[ServerConnection] = set()
+
+    async def echo(ws: ServerConnection) -> None:
+        """Send each message back as it came: text as text, binary as binary."""
+        async for message in ws:
+            await ws.send(message)
+
+    async def time_push(ws: ServerConnection) -> None:
+        """Speak first: a tick every interval, whether or not the client says anything."""
+        tick = 0
+        while True:
+            tick += 1
+            now = datetime.now(UTC).isoformat(timespec="milliseconds")
+            await ws.send(json.dumps({"tick": tick, "server_time": now}))
+            await asyncio.sleep(interval)
+
+    def drop_stalled_members() -> None:
+        """Cut off members that have stopped reading.
+
+        `broadcast` queues a copy for every member without waiting, so a member
+        that reads nothing makes its queue grow without end. The keep-alive
+        does not save us: its ping waits behind the queued data for a drain
+        that never comes (slow_reader.py shows it). So past `max_buffer`
+        queued bytes we abort the TCP connection: a close frame would only
+        join the back of the same queue.
+        """
+        for member in list(room):
+            if member.transport.get_write_buffer_size() > max_buffer:
+                log.warning("dropping %s: it stopped reading", member.remote_address)
+                room.discard(member)
+                member.transport.abort()
+
+    async def broadcast_room(ws: ServerConnection) -> None:
+        """Every message from any member goes to every member, the sender included.
+
+        `broadcast` writes to each connection without waiting for it, so one
+        slow reader cannot hold up the others (see the README on backpressure).
+        """
+        room.add(ws)
+        try:
+            async for message in ws:
+                if max_buffer:
+                    drop_stalled_members()
+                broadcast(room, message)
+        finally:
+            room.discard(ws)
+
+    return {"/echo": echo, "/time": time_push, "/broadcast": broadcast_room}
+
+
+PATHS = ("/echo", "/time", "/broadcast")
+
+
+def route_path(request: Request) -> str:
+    return request.path.split("?", 1)[0]
+
+
+def check_request(connection: ServerConnection, request: Request) -> Response | None:
+    """Refuse, as plain HTTP, what is not a handshake we can finish.
+
+    Runs before the library validates the handshake, so an unknown path gets a
+    404 instead of an upgrade, and an unsupported protocol version gets the
+    426 that RFC 6455 section 4.4 asks for, telling the client which version
+    we speak. Anything else the library checks itself (a missing Upgrade
+    header gets 426, a malformed key 400).
+    """
+    if route_path(request) not in PATHS:
+        return connection.respond(
+            http.HTTPStatus.NOT_FOUND,
+            f"No WebSocket route at {route_path(request)}; try {', '.join(PATHS)}.\n",
+        )
+    versions = request.headers.get_all("Sec-WebSocket-Version")
+    if versions and versions != [SUPPORTED_VERSION]:
+        response = connection.respond(
+            http.HTTPStatus.UPGRADE_REQUIRED,
+            f"Unsupported Sec-WebSocket-Version {', '.join(versions)}; "
+            f"this server speaks {SUPPORTED_VERSION}.\n",
+        )
+        response.headers["Sec-WebSocket-Version"] = SUPPORTED_VERSION
+        return response
+    return None
+
+
+def serve_routes(
+    host: str,
+    port: int,
+    interval: float = DEFAULT_INTERVAL,
+    max_size: int = DEFAULT_MAX_SIZE,
+    ping_interval: float = DEFAULT_PING_INTERVAL,
+    max_buffer: int = DEFAULT_MAX_BUFFER,
+) -> serve:
+    """The server, not yet started: use it as `async with serve_routes(...) as server:`.
+
+    `max_buffer` = 0 lets a stalled /broadcast member's queue grow without limit.
+    """
+    routes = make_routes(interval, max_buffer)
+
+    async def handler(ws: ServerConnection) -> None:
+        path = route_path(ws.request)
+        log.info("open   %s %s", ws.remote_address, path)
+        try:
+            await routes[path](ws)
+        except ConnectionClosed:
+            pass  # the client went away while we were sending: nothing more to do
+        finally:
+            log.info("closed %s %s code=%s", ws.remote_address, path, ws.close_code)
+
+    return serve(
+        handler,
+        host,
+        port,
+        process_request=check_request,
+        max_size=max_size,
+        ping_interval=ping_interval,
+        ping_timeout=ping_interval,
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set_result, signum)
+
+    async with serve_routes(
+        args.host, args.port, args.interval, args.max_size, args.ping_interval, args.max_buffer
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"Listening on ws://{args.host}:{port}", flush=True)
+        await stop
+        # Leaving the `async with` closes the server: new handshakes get 503 and
+        # every open connection is closed with 1001 (going away).
+    print("Server stopped; open connections were closed with 1001 (going away).", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="WebSocket server with /echo, /time (server push) and /broadcast routes."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 picks a free one)")
+    parser.add_argument(
+        "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between /time ticks"
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=DEFAULT_MAX_SIZE,
+        help="largest message accepted, in bytes (default 64 KiB); bigger closes with 1009",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=DEFAULT_PING_INTERVAL,
+        help="seconds between keep-alive pings, and how long to wait for the pong",
+    )
+    parser.add_argument(
+        "--max-buffer",
+        type=int,
+        default=DEFAULT_MAX_BUFFER,
+        help="bytes queued for a /broadcast member that stopped reading before it is "
+        "dropped (default 1 MiB; 0: never drop)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in 0..65535, got {args.port}")
+    if args.interval <= 0:
+        parser.error("--interval must be positive")
+    if args.max_size < 1:
+        parser.error("--max-size must be at least 1 byte")
+    if args.max_buffer < 0:
+        parser.error("--max-buffer must be >= 0")
+    if args.ping_interval <= 0:
+        parser.error("--ping-interval must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    try:
+        asyncio.run(run(args))
+    except OSError as err:
+        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,458 @@
+"""WebSockets: Server.py's routes, limits and shutdown against a real client,
+Client.py end to end, the hand-made handshake and frames, and push vs polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+from conftest import ROOT, child_env, load_module, run_script
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+handshake = load_module("WebSockets", "handshake")
+polling_vs_websocket = load_module("WebSockets", "polling_vs_websocket")
+slow_reader = load_module("WebSockets", "slow_reader")
+
+SERVER = "WebSockets/Server.py"
+CLIENT = "WebSockets/Client.py"
+
+
+def run(coro, timeout: float = 20.0):
+    """Run a coroutine to completion, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def ws_url(server, path: str) -> str:
+    return f"{server.url}{path}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def raw_handshake(host: str, port: int, path: str, version: str = "13") -> bytes:
+    """Send an Upgrade request by hand; return the raw HTTP response head."""
+    request = handshake.upgrade_request(host, port, path, handshake.new_key(), version)
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def still_echoes(url: str) -> str:
+    async with connect(url) as ws:
+        await ws.send("still serving")
+        return await ws.recv()
+
+
+# -- Server.py ------------------------------------------------------------------
+
+
+def test_echo_returns_text_as_text_and_binary_as_binary(start_server):
+    server = start_server(SERVER)
+
+    async def exchange():
+        async with connect(ws_url(server, "/echo")) as ws:
+            replies = []
+            for message in ("héllo", b"\x00\xff\x10" * 100, "", b""):
+                await ws.send(message)
+                replies.append(await ws.recv())
+            return replies
+
+    assert run(exchange()) == ["héllo", b"\x00\xff\x10" * 100, "", b""]
+
+
+def test_time_route_pushes_ticks_without_being_asked(start_server):
+    server = start_server(SERVER, "--interval", "0.05")
+
+    async def listen():
+        async with connect(ws_url(server, "/time")) as ws:
+            return [json.loads(await ws.recv()) for _ in range(3)]
+
+    ticks = run(listen())
+    assert [t["tick"] for t in ticks] == [1, 2, 3]
+    times = [t["server_time"] for t in ticks]
+    assert times == sorted(times) and len(set(times)) == 3
+
+
+def test_broadcast_reaches_every_client_exactly_once(start_server):
+    server = start_server(SERVER)
+
+    async def room():
+        clients = [await connect(ws_url(server, "/broadcast")) for _ in range(4)]
+        await asyncio.sleep(0.2)  # every handler has joined the room
+        await clients[0].send("from 0")
+        await clients[3].send(b"from 3")
+        received = []
+        for ws in clients:
+            got = []
+            try:
+                while True:  # read until the line goes quiet, to catch duplicates
+                    got.append(await asyncio.wait_for(ws.recv(), 0.5))
+            except TimeoutError:
+                pass
+            received.append(got)
+        for ws in clients:
+            await ws.close()
+        return received
+
+    for got in run(room()):
+        assert sorted(got, key=repr) == sorted(["from 0", b"from 3"], key=repr)
+
+
+def test_oversized_message_closes_only_that_client_with_1009(start_server):
+    server = start_server(SERVER, "--max-size", "1024")
+
+    async def scenario():
+        bystander = await connect(ws_url(server, "/echo"))
+        offender = await connect(ws_url(server, "/echo"), max_size=None)
+        await offender.send("y" * 1024)  # exactly the limit: accepted
+        at_limit = await offender.recv()
+        await offender.send("x" * 1025)
+        with pytest.raises(ConnectionClosed):
+            await offender.recv()
+        await bystander.send("are you there?")
+        reply = await bystander.recv()
+        await bystander.close()
+        return len(at_limit), offender.close_code, reply
+
+    assert run(scenario()) == (1024, 1009, "are you there?")
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_plain_http_get_gets_an_http_error_not_a_crash(start_server):
+    server = start_server(SERVER)
+    response = requests.get(f"http://{server.host}:{server.port}/echo", timeout=5)
+    assert response.status_code == 426  # Upgrade Required
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_wrong_websocket_version_gets_426_naming_version_13(start_server):
+    server = start_server(SERVER)
+    answer = raw_handshake(server.host, server.port, "/echo", version="8")
+    head = answer.decode("latin-1")
+    assert head.startswith("HTTP/1.1 426 ")
+    assert "Sec-WebSocket-Version: 13" in head
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_unknown_path_gets_404(start_server):
+    server = start_server(SERVER)
+    answer = raw_handshake(server.host, server.port, "/nowhere")
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert b"/echo" in answer  # says where to go instead
+
+
+def test_garbage_instead_of_a_handshake_does_not_stop_the_server(start_server):
+    server = start_server(SERVER)
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(4096)  # whatever it answers, then it closes
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_server_sends_keepalive_pings(start_server):
+    server = start_server(SERVER, "--ping-interval", "0.2")
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        key = handshake.new_key()
+        sock.sendall(handshake.upgrade_request(server.host, server.port, "/echo", key))
+        handshake.read_http_response(sock)
+        _, frame = handshake.read_frame(sock)  # we say nothing; the server pings
+    assert frame.opcode == handshake.PING
+    assert not frame.masked
+
+
+def test_a_broadcast_member_that_stops_reading_is_dropped_and_others_get_everything(
+    start_server,
+):
+    server = start_server(SERVER, "--max-buffer", str(256 * 1024))
+    stalled = slow_reader.stalled_client(server.port)  # handshake done, never reads
+
+    async def talk():
+        async with connect(ws_url(server, "/broadcast")) as ws:
+            sent = received = 0
+            deadline = time.monotonic() + 20
+            while "stopped reading" not in server.text and time.monotonic() < deadline:
+                for _ in range(20):
+                    await ws.send(b"x" * 4096)
+                    sent += 1
+                while received < sent:  # this member keeps up with every message
+                    await ws.recv()
+                    received += 1
+            return sent, received
+
+    try:
+        sent, received = run(talk(), 30)
+    finally:
+        stalled.close()
+    assert server.wait_for_output("stopped reading", timeout=1), server.text
+    assert received == sent > 0
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_without_a_cap_the_keepalive_does_not_drop_a_stalled_member():
+    """The reason the cap exists: the ping waits behind the queued data."""
+    seen = run(slow_reader.one_round(max_buffer=0, seconds=2.5, out=lambda line: None), 30)
+    assert seen["dropped_after"] is None  # a 1 s keep-alive had 2.5 s to act
+    assert seen["peak_buffered"] > 1024 * 1024
+    assert seen["fast_received"] == seen["sent"]
+
+
+def test_sigterm_closes_every_client_with_1001(start_server):
+    server = start_server(SERVER)
+
+    async def connect_two():
+        return [await connect(ws_url(server, path)) for path in ("/echo", "/broadcast")]
+
+    async def wait_closed(clients):
+        for ws in clients:
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+        return [ws.close_code for ws in clients]
+
+    loop = asyncio.new_event_loop()
+    try:
+        clients = loop.run_until_complete(connect_two())
+        server.signal(signal.SIGTERM)
+        codes = loop.run_until_complete(asyncio.wait_for(wait_closed(clients), 10))
+    finally:
+        loop.close()
+    assert codes == [1001, 1001]
+    assert server.proc.wait(timeout=10) == 0
+
+
+def test_server_refuses_bad_options():
+    result = run_script(SERVER, "--max-size", "0")
+    assert result.returncode == 2 and "--max-size" in result.stderr
+
+
+# -- Client.py ------------------------------------------------------------------
+
+
+def test_client_send_prints_the_echo_and_exits_0(start_server):
+    server = start_server(SERVER)
+    result = run_script(CLIENT, "--url", ws_url(server, "/echo"), "--send", "hello there")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello there\n"
+
+
+def test_client_count_prints_pushed_messages(start_server):
+    server = start_server(SERVER, "--interval", "0.05")
+    result = run_script(CLIENT, "--url", ws_url(server, "/time"), "--count", "2")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["tick"] for line in result.stdout.splitlines()] == [1, 2]
+
+
+def test_client_without_a_server_exits_nonzero_with_a_clear_message():
+    port = free_port()  # nothing listens there any more
+    result = run_script(CLIENT, "--url", f"ws://127.0.0.1:{port}/echo", "--send", "hi")
+    assert result.returncode == 1
+    assert "connection refused" in result.stderr
+    assert "Is Server.py running?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_client_refuses_a_non_websocket_url():
+    result = run_script(CLIENT, "--url", "http://127.0.0.1:1/echo", "--send", "hi")
+    assert result.returncode == 2 and "ws://" in result.stderr
+
+
+class InteractiveClient:
+    """Client.py run interactively, its stdin a pipe we type into."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / CLIENT), "--url", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=child_env(),
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def type(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def quit(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # end of input: the client closes and exits
+            try:
+                return self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def test_interactive_client_prints_pushes_while_waiting_for_input(start_server):
+    server = start_server(SERVER)
+    client = InteractiveClient(ws_url(server, "/broadcast"))
+    try:
+        assert client.wait_for("Connected to")
+
+        async def other_member():
+            async with connect(ws_url(server, "/broadcast")) as ws:
+                await ws.send("pushed to you")  # the client has typed nothing
+                assert client.wait_for("pushed to you")
+                client.type("typed by you")
+                while (message := await ws.recv()) != "typed by you":
+                    pass
+                return message
+
+        assert run(other_member()) == "typed by you"
+    finally:
+        assert client.quit() == 0
+
+
+def test_interactive_client_reconnects_when_the_server_comes_back(start_server):
+    server = start_server(SERVER)
+    port = server.port
+    client = InteractiveClient(ws_url(server, "/echo"))
+    try:
+        assert client.wait_for("Connected to")
+        server.stop()
+        assert client.wait_for("Connection lost")
+        start_server(SERVER, port=port)
+        assert client.wait_for("Reconnected to", timeout=20)
+        client.type("after the restart")
+        assert client.wait_for("after the restart")
+    finally:
+        assert client.quit() == 0
+
+
+# -- handshake.py: the protocol by hand -----------------------------------------
+
+
+def test_accept_key_matches_rfc_6455_example():
+    assert handshake.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize(
+    ("size", "header_length"), [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)]
+)
+@pytest.mark.parametrize("mask", [None, b"\x01\x02\x03\x04"])
+def test_frame_round_trip(size, header_length, mask):
+    payload = bytes(i % 251 for i in range(size))
+    wire = handshake.encode_frame(payload, handshake.BINARY, mask=mask)
+    frame = handshake.decode_frame(wire)
+    assert frame.payload == payload
+    assert (frame.fin, frame.opcode, frame.masked) == (True, handshake.BINARY, mask is not None)
+    assert frame.header_length == header_length + (4 if mask else 0)
+    assert len(wire) == frame.header_length + size
+    if mask and size:
+        assert wire[frame.header_length :] != payload  # masked on the wire
+
+
+def test_decode_refuses_a_truncated_frame():
+    wire = handshake.encode_frame(b"x" * 200)
+    with pytest.raises(handshake.ProtocolError):
+        handshake.decode_frame(wire[:-1])
+
+
+def test_walk_through_talks_to_the_real_server(start_server):
+    server = start_server(SERVER)
+    lines: list[str] = []
+    seen = handshake.walk_through(ws_url(server, "/echo"), "héllo", out=lines.append)
+    assert seen == {
+        "accept_ok": True,
+        "echo": "héllo",
+        "echo_masked": False,
+        "sent_bytes": 2 + 4 + len("héllo".encode()),
+        "close_code": 1000,
+    }
+    assert any("101 Switching Protocols" in line for line in lines)
+
+
+def test_walk_through_script_reports_a_missing_server_clearly():
+    result = run_script("WebSockets/handshake.py", "--url", f"ws://127.0.0.1:{free_port()}/echo")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+# -- push vs polling --------------------------------------------------------------
+
+
+def test_polling_and_push_each_deliver_every_update_and_count_the_bytes():
+    polling, push = run(polling_vs_websocket.compare(updates=15, poll_ms=30, mean_gap_ms=20), 60)
+    assert len(polling.latencies_ms) == len(push.latencies_ms) == 15
+    assert push.exchanges == 15
+    assert polling.exchanges >= 2
+    assert all(latency >= 0 for latency in polling.latencies_ms + push.latencies_ms)
+    # What the relay counted downstream for push holds at least every update's
+    # JSON payload plus a 2-byte frame header each, and the handshake answer.
+    payloads = 15 * len(json.dumps({"seq": 1, "symbol": "ACME", "price": 9}))
+    assert push.traffic.down > payloads + 2 * 15 + len("HTTP/1.1 101 Switching Protocols")
+    assert push.traffic.up > len("GET / HTTP/1.1\r\n")
+    assert polling.traffic.up >= polling.exchanges * len("GET /updates?after=0 HTTP/1.1\r\n")
+
+
+# -- the scripts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "Server.py",
+        "Client.py",
+        "handshake.py",
+        "polling_vs_websocket.py",
+        "slow_reader.py",
+        "demo.py",
+        "bench.py",
+    ],
+)
+def test_every_script_has_help(script):
+    result = run_script(f"WebSockets/{script}", "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_demo_prints_the_lesson(tmp_path):
+    plot = tmp_path / "push.png"
+    result = run_script(
+        "WebSockets/demo.py",
+        "--updates",
+        "20",
+        "--mean-gap-ms",
+        "30",
+        "--poll-ms",
+        "60",
+        "--plot",
+        str(plot),
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lesson: push delivered updates in" in result.stdout
+    assert "code 1009" in result.stdout
+    assert plot.stat().st_size > 10_000
