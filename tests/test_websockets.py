@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -350,6 +352,116 @@ def test_interactive_client_reconnects_when_the_server_comes_back(start_server):
         assert client.wait_for("after the restart")
     finally:
         assert client.quit() == 0
+
+
+# -- interoperability: other RFC 6455 implementations ------------------------------
+
+
+def test_a_browser_websocket_talks_to_the_server(start_server):
+    """Chromium's own RFC 6455 client (the page's `WebSocket` API) on every route."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if not chromium:
+        message = "chromium is not installed: run `make setup` (it installs it with apt-get)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = start_server(SERVER, "--interval", "0.05")
+    script = """async (base) => {
+        const open = (path) => new Promise((resolve, reject) => {
+            const ws = new WebSocket(base + path);
+            ws.binaryType = "arraybuffer";
+            ws.onopen = () => resolve(ws);
+            ws.onerror = () => reject(new Error("could not open " + path));
+        });
+        const next = (ws) => new Promise((resolve) => {
+            ws.onmessage = (event) => resolve(event.data);
+        });
+        const echo = await open("/echo");
+        let reply = next(echo);
+        echo.send("héllo from the browser");
+        const text = await reply;
+        reply = next(echo);
+        echo.send(new Uint8Array([0, 1, 2, 255]));
+        const binary = Array.from(new Uint8Array(await reply));
+        const time = await open("/time");
+        const tick = JSON.parse(await next(time)).tick;
+        const room = await Promise.all([open("/broadcast"), open("/broadcast")]);
+        const heard = next(room[1]);
+        room[0].send("to the room");
+        const broadcast = await heard;
+        const closed = new Promise((resolve) => { echo.onclose = (e) => resolve(e.code); });
+        echo.close(1000);
+        const code = await closed;
+        return {text, binary, tick, broadcast, code};
+    }"""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            # A page from the server's own origin (its 426 answer to plain
+            # HTTP): from about:blank, Chromium's local-network rules refuse
+            # a connection to a loopback address.
+            page.goto(f"http://{server.host}:{server.port}/echo")
+            seen = page.evaluate(script, server.url)
+        finally:
+            browser.close()
+    assert seen == {
+        "text": "héllo from the browser",
+        "binary": [0, 1, 2, 255],
+        "tick": 1,
+        "broadcast": "to the room",
+        "code": 1000,
+    }
+
+
+class AiohttpEchoServer:
+    """Another implementation's WebSocket server (aiohttp), in a thread."""
+
+    def __enter__(self) -> str:
+        from aiohttp import WSMsgType, web
+
+        async def echo(request):
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await ws.send_str(f"aiohttp says: {message.data}")
+            return ws
+
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start():
+            app = web.Application()
+            app.router.add_get("/echo", echo)
+            self.runner = web.AppRunner(app)
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = self.runner.addresses[0][1]
+            ready.set()
+
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(start(), self.loop)
+        assert ready.wait(10)
+        return f"ws://127.0.0.1:{self.port}/echo"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_client_talks_to_another_implementations_server():
+    with AiohttpEchoServer() as url:
+        result = run_script(CLIENT, "--url", url, "--send", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "aiohttp says: hi\n"
 
 
 # -- handshake.py: the protocol by hand -----------------------------------------
