@@ -50,13 +50,27 @@ def make_routes(
             await ws.send(message)
 
     async def time_push(ws: ServerConnection) -> None:
-        """Speak first: a tick every interval, whether or not the client says anything."""
-        tick = 0
-        while True:
-            tick += 1
-            now = datetime.now(UTC).isoformat(timespec="milliseconds")
-            await ws.send(json.dumps({"tick": tick, "server_time": now}))
-            await asyncio.sleep(interval)
+        """Speak first: a tick every interval, whether or not the client says anything.
+
+        What the client sends is read and ignored: left unread, it would fill
+        the library's incoming queue, which then stops reading the socket, and
+        the pongs to our keep-alive pings would go unread with it.
+        """
+
+        async def ignore_incoming() -> None:
+            async for _ in ws:
+                pass
+
+        ignoring = asyncio.create_task(ignore_incoming())
+        try:
+            tick = 0
+            while True:
+                tick += 1
+                now = datetime.now(UTC).isoformat(timespec="milliseconds")
+                await ws.send(json.dumps({"tick": tick, "server_time": now}))
+                await asyncio.sleep(interval)
+        finally:
+            ignoring.cancel()
 
     def drop_stalled_members() -> None:
         """Cut off members that have stopped reading.

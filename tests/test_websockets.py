@@ -93,6 +93,25 @@ def test_time_route_pushes_ticks_without_being_asked(start_server):
     assert times == sorted(times) and len(set(times)) == 3
 
 
+def test_time_route_keeps_ticking_while_the_client_talks(start_server):
+    """Messages sent to /time are read and ignored, so they never stall the connection."""
+    server = start_server(SERVER, "--interval", "0.05", "--ping-interval", "0.3")
+
+    async def chatter():
+        async with connect(ws_url(server, "/time"), ping_interval=None) as ws:
+            for n in range(200):  # far more than the library's 16-message queue
+                await ws.send(f"noise {n}")
+            ticks = []
+            deadline = time.monotonic() + 1.5  # several keep-alive rounds
+            while time.monotonic() < deadline:
+                ticks.append(json.loads(await ws.recv())["tick"])
+            return ticks, ws.close_code
+
+    ticks, close_code = run(chatter())
+    assert close_code is None  # the keep-alive never gave up on us
+    assert ticks == list(range(1, len(ticks) + 1)) and len(ticks) > 5
+
+
 def test_broadcast_reaches_every_client_exactly_once(start_server):
     server = start_server(SERVER)
 
