@@ -1,0 +1,148 @@
+"""InventoryService: the restaurant's stock, a 2PC participant with its own SQLite database.
+
+    python TwoPhaseCommit/InventoryService.py --port 5001 --stock pizza=10,sushi=5
+
+A prepare sets food aside (available -> reserved); commit sells it
+(reserved -> sold); abort puts it back (reserved -> available). Reserved food
+is not available, so a prepared order's pizzas cannot be sold twice.
+For every item, available + reserved + sold never changes. GET /stock shows it.
+The protocol itself is in twopc_participant.py; see the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from pathlib import Path
+
+import twopc_participant
+from flask import jsonify
+from twopc_node import (
+    MAX_QUANTITY,
+    DurableStore,
+    Faults,
+    Messenger,
+    StoreError,
+    add_server_args,
+    check_server_args,
+)
+from twopc_participant import Participant, Refused
+
+DEFAULT_PORT = 5001
+DEFAULT_DB = Path(__file__).resolve().parent / "data" / "inventory.db"  # git-ignored
+DEFAULT_STOCK = "pizza=10,sushi=5,burger=8"
+
+STOCK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stock (
+    item      TEXT PRIMARY KEY,
+    available INTEGER NOT NULL CHECK (available >= 0),  -- free to reserve
+    reserved  INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),  -- held by PREPARED orders
+    sold      INTEGER NOT NULL DEFAULT 0 CHECK (sold >= 0)  -- taken by COMMITTED orders
+);
+"""
+
+
+class Stock:
+    """The Resource hooks: what reserving, selling and releasing food means."""
+
+    name = "inventory"
+
+    def reserve(self, db: sqlite3.Connection, txid: str, order: dict) -> dict:
+        item, quantity = order.get("item"), order.get("quantity")
+        if isinstance(quantity, bool) or not isinstance(quantity, int):
+            raise Refused(f"quantity must be a whole number, got {quantity!r}")
+        if not 1 <= quantity <= MAX_QUANTITY:
+            raise Refused(f"quantity must be 1..{MAX_QUANTITY}, got {quantity}")
+        row = db.execute("SELECT available FROM stock WHERE item = ?", (item,)).fetchone()
+        if row is None:
+            raise Refused(f"unknown item {item!r}")
+        if row["available"] < quantity:
+            raise Refused(f"out of stock: {quantity} {item} wanted, {row['available']} available")
+        db.execute(
+            "UPDATE stock SET available = available - ?, reserved = reserved + ? WHERE item = ?",
+            (quantity, quantity, item),
+        )
+        return {"item": item, "quantity": quantity}
+
+    def make_permanent(self, db: sqlite3.Connection, txid: str, detail: dict) -> None:
+        db.execute(
+            "UPDATE stock SET reserved = reserved - ?, sold = sold + ? WHERE item = ?",
+            (detail["quantity"], detail["quantity"], detail["item"]),
+        )
+
+    def release(self, db: sqlite3.Connection, txid: str, detail: dict) -> None:
+        db.execute(
+            "UPDATE stock SET reserved = reserved - ?, available = available + ? WHERE item = ?",
+            (detail["quantity"], detail["quantity"], detail["item"]),
+        )
+
+
+def parse_stock(text: str) -> dict[str, int]:
+    """ "pizza=10,sushi=5" -> {"pizza": 10, "sushi": 5}; ValueError says what is wrong."""
+    stock = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        item, sep, count = part.partition("=")
+        if not sep or not item.strip() or not count.strip().isdigit():
+            raise ValueError(f"expected item=count, got {part!r}")
+        stock[item.strip()] = int(count)
+    if not stock:
+        raise ValueError("no items given")
+    return stock
+
+
+def open_store(db: Path, stock: dict[str, int]) -> DurableStore:
+    """Open the database; a new one is filled with `stock`, an existing one keeps its own."""
+    store = DurableStore(db, twopc_participant.TRANSACTIONS_SCHEMA + STOCK_SCHEMA)
+    with store.transaction() as conn:
+        if conn.execute("SELECT count(*) FROM stock").fetchone()[0] == 0:
+            conn.executemany(
+                "INSERT INTO stock (item, available) VALUES (?, ?)", sorted(stock.items())
+            )
+    return store
+
+
+def create_app(participant: Participant):
+    app = twopc_participant.create_app(participant)
+
+    @app.get("/stock")
+    def stock():
+        rows = participant.store.read("SELECT * FROM stock ORDER BY item")
+        return jsonify(items={r.pop("item"): r for r in rows})
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The stock service: a 2PC participant.")
+    add_server_args(parser, DEFAULT_PORT, DEFAULT_DB)
+    parser.add_argument(
+        "--stock",
+        default=DEFAULT_STOCK,
+        help=f"initial stock of a new database, item=count,... (default {DEFAULT_STOCK})",
+    )
+    twopc_participant.add_participant_args(parser)
+    args = parser.parse_args(argv)
+    check_server_args(parser, args)
+    twopc_participant.check_participant_args(parser, args)
+    try:
+        stock = parse_stock(args.stock)
+    except ValueError as err:
+        parser.error(f"--stock: {err}")
+    try:
+        store = open_store(args.db, stock)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    faults = Faults(
+        twopc_participant.CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms
+    )
+    participant = Participant(
+        Stock(), store, faults, Messenger(), args.in_doubt_after, args.ask_max
+    )
+    twopc_participant.run(participant, create_app(participant), args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

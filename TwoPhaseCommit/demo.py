@@ -1,0 +1,286 @@
+"""Two-phase commit, the guided run: six food orders, three crashes, one order left hanging.
+
+    python TwoPhaseCommit/demo.py
+
+Starts InventoryService, DeliveryService and the Coordinator as three processes
+on free ports with fresh databases, then walks through: an order that commits;
+no free rider; out of stock; the coordinator crashing after its decision; a
+participant crashing after voting yes; and the blocking problem, where the
+coordinator dies before deciding and both services must hold the food and the
+rider until it comes back. After each step it prints both services' state.
+Exits non-zero if any order ended half done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twopc_cluster import Cluster, ServiceDown
+
+STOCK = "pizza=6,sushi=2"
+# Fast doubt resolution so the run is short; the coordinator's phase-2 retry
+# is slower, so in step 5 the participant asks before it is told.
+PARTICIPANT_ARGS = ("--in-doubt-after", "0.3", "--ask-max", "0.5")
+COORDINATOR_ARGS = ("--retry-interval", "2", "--retry-max", "2")
+BLOCKED_SECONDS = 1.5  # how long step 6 leaves the coordinator down
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    cells = [headers, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+class Walkthrough:
+    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.orders: dict[str, str] = {}  # txid -> "2 pizza"
+        self.failures: list[str] = []
+
+    # -- what the learner sees after each step -------------------------------------------
+
+    def coordinator_says(self, txid: str) -> str:
+        if self.cluster.coordinator is not None and self.cluster.coordinator.running:
+            reply = self.cluster.coordinator.get(f"/orders/{txid}")
+            return reply.get("outcome", "no record")
+        # It is down: read its log file straight off the disk.
+        with sqlite3.connect(self.workdir / "coordinator.db") as db:
+            row = db.execute("SELECT state FROM log WHERE txid = ?", (txid,)).fetchone()
+        return f"(down) log: {row[0] if row else 'nothing'}"
+
+    def participant_says(self, name: str, txid: str) -> str:
+        service = self.cluster.services[name]
+        if not service.running:
+            return "(down)"
+        tx = self.cluster.transactions(name).get(txid)
+        if tx is None:
+            return "no record"
+        text = tx["state"]
+        if tx["state"] == "PREPARED":
+            text += " (in doubt, holding it)"
+        elif tx["reason"]:
+            text += f": {tx['reason']}"
+        elif tx["resolved_by"]:
+            text += f" ({tx['resolved_by']})"
+        return text
+
+    def show(self, *txids: str) -> None:
+        rows = [
+            [
+                txid,
+                self.orders[txid],
+                self.coordinator_says(txid),
+                self.participant_says("inventory", txid),
+                self.participant_says("delivery", txid),
+            ]
+            for txid in txids
+        ]
+        print_table(["order", "what", "coordinator", "inventory", "delivery"], rows)
+        self.show_resources()
+
+    def show_resources(self) -> None:
+        parts = []
+        if self.cluster.inventory.running:
+            items = self.cluster.inventory.get("/stock")["items"]
+            parts.append(
+                "stock "
+                + ", ".join(
+                    f"{item} {s['available']} free/{s['reserved']} held/{s['sold']} sold"
+                    for item, s in items.items()
+                )
+            )
+        if self.cluster.delivery.running:
+            c = self.cluster.delivery.get("/riders")["counts"]
+            parts.append(f"riders {c['free']} free/{c['reserved']} held/{c['assigned']} assigned")
+        else:
+            parts.append("riders: delivery is down")
+        print("  " + ";  ".join(parts))
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def expect(self, what: str, actual: object, expected: object) -> None:
+        if actual != expected:
+            self.failures.append(f"{what}: expected {expected}, got {actual}")
+
+    def check_atomic(self) -> None:
+        half = self.cluster.half_done()
+        if half:
+            self.failures.append(f"half-done orders: {half}")
+
+    def order(self, item: str, quantity: int) -> dict:
+        result = self.cluster.order(item, quantity)
+        if "txid" in result:
+            self.orders[result["txid"]] = f"{quantity} {item}"
+        return result
+
+    def only_new_txid(self, item: str, quantity: int) -> str:
+        """The txid of an order whose coordinator died before answering: ask a participant."""
+        (txid,) = set(self.cluster.transactions("inventory")) - set(self.orders)
+        self.orders[txid] = f"{quantity} {item}"
+        return txid
+
+    def set_fault(self, name: str, **faults: object) -> None:
+        self.cluster.services[name].post("/admin/faults", faults)
+
+    # -- the six steps -----------------------------------------------------------------------
+
+    def step_commit(self) -> None:
+        print("\n1. A normal order: both vote yes, the coordinator logs COMMIT, both commit")
+        result = self.order("pizza", 2)
+        self.expect("step 1 outcome", result.get("outcome"), "committed")
+        self.show(result["txid"])
+
+    def step_no_rider(self) -> None:
+        print("\n2. No free rider: delivery votes no, inventory gives the food back")
+        result = self.order("pizza", 1)
+        self.expect("step 2 outcome", result.get("outcome"), "aborted")
+        self.show(result["txid"])
+        self.expect(
+            "step 2 pizza held",
+            self.cluster.inventory.get("/stock")["items"]["pizza"]["reserved"],
+            0,
+        )
+
+    def step_out_of_stock(self) -> None:
+        print("\n3. Three riders start their shift; an order for 5 sushi finds only 2")
+        self.cluster.delivery.post("/riders", {"count": 3})
+        result = self.order("sushi", 5)
+        self.expect("step 3 outcome", result.get("outcome"), "aborted")
+        self.show(result["txid"])
+        self.expect(
+            "step 3 riders held", self.cluster.delivery.get("/riders")["counts"]["reserved"], 0
+        )
+
+    def step_coordinator_crash_after_decision(self) -> None:
+        print("\n4. The coordinator crashes right after logging COMMIT, before telling anyone")
+        self.set_fault("coordinator", crash_at="after-decision")
+        result = self.order("pizza", 1)
+        self.expect("step 4 client sees", "error" in result, True)
+        self.cluster.coordinator.wait_exit()
+        txid = self.only_new_txid("pizza", 1)
+        self.show(txid)
+        print("  restarting the coordinator ...")
+        self.cluster.coordinator.start()
+        print("  coordinator: " + self.recovery_line(self.cluster.coordinator.lines))
+        self.settle()
+        self.show(txid)
+        self.expect("step 4 inventory", self.participant_state("inventory", txid), "COMMITTED")
+        self.expect("step 4 delivery", self.participant_state("delivery", txid), "COMMITTED")
+
+    def step_participant_crash_after_yes(self) -> None:
+        print("\n5. DeliveryService crashes right after voting yes")
+        self.set_fault("delivery", crash_at="after-vote")
+        result = self.order("pizza", 1)
+        self.expect("step 5 outcome", result.get("outcome"), "committed")
+        self.cluster.delivery.wait_exit()
+        txid = result["txid"]
+        print(f"  the client was told: {result['outcome']}, complete={result['complete']}")
+        self.show(txid)
+        print("  restarting delivery ...")
+        self.cluster.delivery.start()
+        print("  delivery: " + self.recovery_line(self.cluster.delivery.lines))
+        self.settle()
+        self.show(txid)
+        self.expect("step 5 delivery", self.participant_state("delivery", txid), "COMMITTED")
+
+    def step_blocking(self) -> float:
+        print("\n6. The blocking problem: both voted yes, the coordinator crashes before deciding")
+        self.set_fault("coordinator", crash_at="before-decision")
+        result = self.order("pizza", 2)
+        self.expect("step 6 client sees", "error" in result, True)
+        self.cluster.coordinator.wait_exit()
+        blocked_at = time.monotonic()
+        txid = self.only_new_txid("pizza", 2)
+        asks_before = self.asks()
+        time.sleep(BLOCKED_SECONDS)
+        print(
+            f"  {BLOCKED_SECONDS:g} s later: the services asked the coordinator "
+            f"{self.asks() - asks_before} times, no answer; they may not decide alone"
+        )
+        self.show(txid)
+        self.expect(
+            "step 6 inventory while down", self.participant_state("inventory", txid), "PREPARED"
+        )
+        self.expect(
+            "step 6 delivery while down", self.participant_state("delivery", txid), "PREPARED"
+        )
+        print("  restarting the coordinator ...")
+        self.cluster.coordinator.start()
+        print("  coordinator: " + self.recovery_line(self.cluster.coordinator.lines))
+        self.settle()
+        blocked = time.monotonic() - blocked_at
+        self.show(txid)
+        self.expect("step 6 inventory", self.participant_state("inventory", txid), "ABORTED")
+        self.expect("step 6 delivery", self.participant_state("delivery", txid), "ABORTED")
+        return blocked
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def participant_state(self, name: str, txid: str) -> str | None:
+        return self.cluster.transactions(name).get(txid, {}).get("state")
+
+    def asks(self) -> int:
+        return sum(
+            self.cluster.services[p].get("/stats")["messages_sent"]
+            for p in ("inventory", "delivery")
+        )
+
+    def settle(self) -> None:
+        if not self.cluster.wait_until_settled():
+            self.failures.append("a transaction stayed PREPARED after every process was back")
+
+    @staticmethod
+    def recovery_line(lines: list[str]) -> str:
+        return next((line for line in lines if line.startswith("recovered")), "nothing to recover")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        cluster = Cluster(
+            workdir,
+            STOCK,
+            riders=1,
+            participant_args=PARTICIPANT_ARGS,
+            coordinator_args=COORDINATOR_ARGS,
+        )
+        print(f"Starting InventoryService ({STOCK}), DeliveryService (1 rider), Coordinator ...")
+        try:
+            with cluster:
+                demo = Walkthrough(cluster, workdir)
+                demo.step_commit()
+                demo.step_no_rider()
+                demo.step_out_of_stock()
+                demo.step_coordinator_crash_after_decision()
+                demo.step_participant_crash_after_yes()
+                blocked = demo.step_blocking()
+                demo.check_atomic()
+                half_done = len(cluster.half_done())
+        except ServiceDown as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    for failure in demo.failures:
+        print(f"FAILED: {failure}")
+    print(f"\n({time.monotonic() - started:.1f} s)")
+    print(
+        f"\nLesson: {len(demo.orders)} orders through 3 crashes ended with {half_done} half done, "
+        f"but an undecided order held 2 pizzas and a rider for {blocked:.1f} s, "
+        "until its coordinator came back (the blocking problem)"
+    )
+    return 1 if demo.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""The participant's side of two-phase commit, shared by InventoryService and DeliveryService.
+
+A participant holds a resource (stock, riders). It is asked to *prepare*: it
+reserves what the order needs, writes the reservation durably as PREPARED, and
+votes yes. From then on it is *in doubt*: it may not give the reservation back
+on its own, not even after a crash, until it learns the coordinator's decision,
+either from the coordinator's phase 2 or by asking `GET /decisions/<txid>`.
+See the README's "The participant's promise" and "In doubt".
+
+What differs between the two services (what a reservation is) lives in a
+`Resource`: reserve / make_permanent / release, like queue.Queue's _put/_get.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from typing import Any, Protocol
+
+from flask import Flask, abort, jsonify, request
+from twopc_node import (
+    DurableStore,
+    Faults,
+    Messenger,
+    Unreachable,
+    bind,
+    check_txid,
+    crash_now,
+    json_object,
+    new_app,
+    serve_until_signalled,
+)
+
+PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
+CRASH_POINTS = ("before-vote", "after-vote")
+ASK_TIMEOUT = 2.0  # s for one GET /decisions to the coordinator
+
+TRANSACTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transactions (
+    txid        TEXT PRIMARY KEY,
+    state       TEXT NOT NULL CHECK (state IN ('PREPARED', 'COMMITTED', 'ABORTED')),
+    detail      TEXT NOT NULL DEFAULT '{}',  -- what this participant holds for it, as JSON
+    reason      TEXT NOT NULL DEFAULT '',    -- why it voted no or was aborted
+    coordinator TEXT NOT NULL DEFAULT '',    -- whom to ask for the decision when in doubt
+    resolved_by TEXT NOT NULL DEFAULT '',    -- how it learned the decision
+    updated_at  REAL NOT NULL
+);
+"""
+
+
+class Refused(Exception):
+    """The participant's reason to vote no (out of stock, no free rider, bad quantity)."""
+
+
+class Resource(Protocol):
+    """What a participant reserves. Each hook runs inside one durable transaction."""
+
+    name: str
+
+    def reserve(self, db: sqlite3.Connection, txid: str, order: dict) -> dict:
+        """Set aside what `order` needs so no other order can take it; return the detail
+        to remember (JSON-able). Raise Refused with a reason to vote no."""
+        ...
+
+    def make_permanent(self, db: sqlite3.Connection, txid: str, detail: dict) -> None: ...
+
+    def release(self, db: sqlite3.Connection, txid: str, detail: dict) -> None: ...
+
+
+class ProtocolConflict(Exception):
+    """A decision that contradicts what this participant already did (commit after abort)."""
+
+
+class Participant:
+    """The state machine: (none) -> PREPARED -> COMMITTED | ABORTED, or (none) -> ABORTED."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        store: DurableStore,
+        faults: Faults,
+        messenger: Messenger,
+        in_doubt_after: float,
+        ask_max: float,
+    ) -> None:
+        self.resource = resource
+        self.store = store
+        self.faults = faults
+        self.messenger = messenger
+        # Resolving doubt: a PREPARED transaction older than in_doubt_after
+        # seconds asks the coordinator, then again after 2x, 4x ... ask_max.
+        self.in_doubt_after = in_doubt_after
+        self.ask_max = ask_max
+
+    # -- phase 1 ---------------------------------------------------------------------
+
+    def prepare(self, txid: str, order: dict, coordinator: str) -> tuple[bool, str]:
+        """Reserve and vote. Returns (yes?, reason). Asking twice gets the same answer."""
+        self.faults.delay()
+        self.faults.crash_if("before-vote", txid)
+        with self.store.transaction() as db:
+            row = self._row(db, txid)
+            if row is not None:
+                # A repeated prepare, or one that arrives after the coordinator
+                # gave up on us and sent abort: the recorded state is the answer.
+                if row["state"] == ABORTED:
+                    return False, row["reason"] or "already aborted"
+                return True, ""
+            try:
+                if self.faults.vote_no:
+                    raise Refused("told to vote no (fault injection)")
+                detail = self.resource.reserve(db, txid, order)
+            except Refused as no:
+                # Voting no is a unilateral abort: nothing was reserved.
+                self._insert(db, txid, ABORTED, {}, str(no), coordinator, "voted no")
+                return False, str(no)
+            # The promise: once this COMMIT returns, the reservation survives a crash.
+            self._insert(db, txid, PREPARED, detail, "", coordinator, "")
+        return True, ""
+
+    # -- phase 2 ---------------------------------------------------------------------
+
+    def commit(self, txid: str, resolved_by: str) -> dict:
+        with self.store.transaction() as db:
+            row = self._row(db, txid)
+            if row is None:
+                raise KeyError(f"no transaction {txid}: commit without a yes vote")
+            if row["state"] == ABORTED:
+                raise ProtocolConflict(f"transaction {txid} is ABORTED here; cannot commit it")
+            if row["state"] == PREPARED:
+                self.resource.make_permanent(db, txid, json.loads(row["detail"]))
+                self._set_state(db, txid, COMMITTED, resolved_by)
+            return dict(self._row(db, txid))
+
+    def abort(self, txid: str, resolved_by: str) -> dict:
+        with self.store.transaction() as db:
+            row = self._row(db, txid)
+            if row is None:
+                # Abort before prepare (our vote was late): leave a tombstone,
+                # so the late prepare, when it comes, votes no instead of reserving.
+                self._insert(db, txid, ABORTED, {}, "aborted before it was prepared", "", "")
+            elif row["state"] == COMMITTED:
+                raise ProtocolConflict(f"transaction {txid} is COMMITTED here; cannot abort it")
+            elif row["state"] == PREPARED:
+                self.resource.release(db, txid, json.loads(row["detail"]))
+                self._set_state(db, txid, ABORTED, resolved_by)
+            return dict(self._row(db, txid))
+
+    # -- the baseline without 2PC (bench.py's peer) ----------------------------------------
+
+    def apply_now(self, txid: str, order: dict) -> tuple[bool, str]:
+        """Reserve and make permanent in one local transaction: no vote, no way back."""
+        with self.store.transaction() as db:
+            if self._row(db, txid) is not None:
+                return False, "txid already used"
+            try:
+                detail = self.resource.reserve(db, txid, order)
+            except Refused as no:
+                return False, str(no)
+            self.resource.make_permanent(db, txid, detail)
+            self._insert(db, txid, COMMITTED, detail, "", "", "applied at once (no 2PC)")
+        return True, ""
+
+    # -- in doubt: asking the coordinator ------------------------------------------------
+
+    def in_doubt(self) -> list[dict]:
+        return self.store.read(
+            "SELECT txid, coordinator, updated_at FROM transactions WHERE state = ? ORDER BY txid",
+            (PREPARED,),
+        )
+
+    def resolve_in_doubt_forever(self, stop: threading.Event) -> None:
+        """Background thread: ask the coordinator about every transaction stuck in PREPARED.
+
+        The answer is "commit", "abort" (presumed when the coordinator has no
+        record) or "pending". No answer at all (the coordinator is down) leaves
+        the reservation held: that is the blocking problem, and the back-off
+        only keeps us from hammering a coordinator that is restarting.
+        """
+        next_ask: dict[str, tuple[float, float]] = {}  # txid -> (when, current back-off)
+        while not stop.wait(min(self.in_doubt_after, 0.5) / 2):
+            now = time.time()
+            for tx in self.in_doubt():
+                if now - tx["updated_at"] < self.in_doubt_after:
+                    continue  # phase 2 is probably on its way
+                when, backoff = next_ask.get(tx["txid"], (0.0, self.in_doubt_after))
+                if now < when:
+                    continue
+                if self._ask_and_apply(tx["txid"], tx["coordinator"]):
+                    next_ask.pop(tx["txid"], None)
+                else:
+                    next_ask[tx["txid"]] = (now + backoff, min(backoff * 2, self.ask_max))
+
+    def _ask_and_apply(self, txid: str, coordinator: str) -> bool:
+        try:
+            status, answer = self.messenger.call(
+                "GET", f"{coordinator}/decisions/{txid}", ASK_TIMEOUT
+            )
+        except Unreachable:
+            return False
+        decision = answer.get("decision") if status == 200 else None
+        try:
+            if decision == "commit":
+                self.commit(txid, "asked the coordinator")
+            elif decision == "abort":
+                self.abort(txid, "asked the coordinator")
+            else:
+                return False  # "pending": the coordinator is still deciding
+        except ProtocolConflict:
+            pass  # phase 2 got here first with the same decision
+        return True
+
+    # -- rows -------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(db: sqlite3.Connection, txid: str) -> sqlite3.Row | None:
+        return db.execute("SELECT * FROM transactions WHERE txid = ?", (txid,)).fetchone()
+
+    @staticmethod
+    def _insert(
+        db: sqlite3.Connection,
+        txid: str,
+        state: str,
+        detail: dict,
+        reason: str,
+        coordinator: str,
+        resolved_by: str,
+    ) -> None:
+        db.execute(
+            "INSERT INTO transactions (txid, state, detail, reason, coordinator, resolved_by, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (txid, state, json.dumps(detail), reason, coordinator, resolved_by, time.time()),
+        )
+
+    @staticmethod
+    def _set_state(db: sqlite3.Connection, txid: str, state: str, resolved_by: str) -> None:
+        db.execute(
+            "UPDATE transactions SET state = ?, resolved_by = ?, updated_at = ? WHERE txid = ?",
+            (state, resolved_by, time.time(), txid),
+        )
+
+
+def transaction_json(row: dict) -> dict:
+    return {**row, "detail": json.loads(row["detail"])}
+
+
+def create_app(participant: Participant) -> Flask:
+    """The participant's HTTP API; the service adds its own read endpoint (stock, riders)."""
+    name = participant.resource.name
+    app = new_app(name, participant.store, participant.messenger, participant.faults)
+
+    @app.post("/prepare")
+    def prepare():
+        body = json_object()
+        txid = check_txid(body.get("txid"))
+        order, coordinator = body.get("order"), body.get("coordinator")
+        if not isinstance(order, dict):
+            abort(400, "order must be a JSON object")
+        if not isinstance(coordinator, str) or not coordinator.startswith("http"):
+            abort(400, "coordinator must be the coordinator's http:// URL")
+        yes, reason = participant.prepare(txid, order, coordinator)
+        reply = jsonify(txid=txid, vote="yes" if yes else "no", reason=reason)
+        if yes and participant.faults.crash_at == "after-vote":
+            # Die once the yes has gone out: the coordinator will count it, and
+            # we come back holding a PREPARED reservation.
+            reply.call_on_close(lambda: crash_now("after-vote", txid))
+        return reply
+
+    @app.post("/commit")
+    def commit():
+        return decide(participant.commit)
+
+    @app.post("/abort")
+    def abort_():
+        return decide(participant.abort)
+
+    def decide(action):
+        txid = check_txid(json_object().get("txid"))
+        try:
+            row = action(txid, "told in phase 2")
+        except KeyError as err:
+            abort(404, err.args[0])
+        except ProtocolConflict as err:
+            abort(409, str(err))
+        return jsonify(txid=txid, state=row["state"])
+
+    @app.post("/apply")
+    def apply():
+        body = json_object()
+        txid = check_txid(body.get("txid"))
+        if not isinstance(body.get("order"), dict):
+            abort(400, "order must be a JSON object")
+        applied, reason = participant.apply_now(txid, body["order"])
+        return jsonify(txid=txid, applied=applied, reason=reason)
+
+    @app.get("/transactions")
+    def transactions():
+        state = request.args.get("state")
+        if state is not None and state not in (PREPARED, COMMITTED, ABORTED):
+            abort(400, "state must be PREPARED, COMMITTED or ABORTED")
+        sql, params = "SELECT * FROM transactions", ()
+        if state:
+            sql, params = sql + " WHERE state = ?", (state,)
+        rows = participant.store.read(sql + " ORDER BY updated_at", params)
+        return jsonify(transactions=[transaction_json(r) for r in rows])
+
+    @app.get("/transactions/<txid>")
+    def transaction(txid: str):
+        rows = participant.store.read("SELECT * FROM transactions WHERE txid = ?", (txid,))
+        if not rows:
+            abort(404, f"no transaction {txid}")
+        return jsonify(transaction_json(rows[0]))
+
+    return app
+
+
+def run(participant: Participant, app: Flask, host: str, port: int) -> None:
+    """Report what survived the last run, then serve with the in-doubt resolver running."""
+    doubtful = participant.in_doubt()
+    if doubtful:
+        txids = ", ".join(tx["txid"] for tx in doubtful)
+        print(f"recovered {len(doubtful)} PREPARED transaction(s), in doubt: {txids}", flush=True)
+    server = bind(app, host, port)
+    stop = threading.Event()
+    resolver = threading.Thread(
+        target=participant.resolve_in_doubt_forever, args=(stop,), daemon=True
+    )
+    resolver.start()
+    try:
+        serve_until_signalled(server)
+    finally:
+        stop.set()
+        resolver.join(timeout=2)
+        participant.store.close()
+
+
+def add_participant_args(parser: Any) -> None:
+    faults = parser.add_argument_group("fault injection (also POST /admin/faults at run time)")
+    faults.add_argument("--vote-no", action="store_true", help="refuse every prepare")
+    faults.add_argument(
+        "--crash-at", choices=CRASH_POINTS, help="exit at once at this point of a prepare"
+    )
+    faults.add_argument(
+        "--delay-ms", type=int, default=0, help="wait this long before handling a prepare"
+    )
+    doubt = parser.add_argument_group("resolving doubt")
+    doubt.add_argument(
+        "--in-doubt-after",
+        type=float,
+        default=2.0,
+        help="seconds in PREPARED before asking the coordinator (default 2)",
+    )
+    doubt.add_argument(
+        "--ask-max", type=float, default=10.0, help="longest wait between asks (default 10 s)"
+    )
+
+
+def check_participant_args(parser: Any, args: Any) -> None:
+    if args.delay_ms < 0:
+        parser.error("--delay-ms cannot be negative")
+    if not args.in_doubt_after > 0 or not args.ask_max > 0:
+        parser.error("--in-doubt-after and --ask-max must be > 0")

@@ -1,0 +1,679 @@
+"""TwoPhaseCommit: three real processes, each with its own SQLite file, kept atomic through crashes.
+
+Every test drives the coordinator and the two participants over HTTP on
+loopback. After anything that crashes a process, the same invariant is
+checked once every process is back: for every transaction, both participants
+committed it or neither did; nothing is left PREPARED; stock + sold equals the
+initial stock; every assigned rider belongs to a committed order.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from conftest import ServerProcess, run_script
+
+INVENTORY = "TwoPhaseCommit/InventoryService.py"
+DELIVERY = "TwoPhaseCommit/DeliveryService.py"
+COORDINATOR = "TwoPhaseCommit/Coordinator.py"
+CRASH_EXIT_CODE = 75  # twopc_node.CRASH_EXIT_CODE
+TIMEOUT = 15  # s for one HTTP request
+SETTLE_TIMEOUT = 30  # s for every process to finish recovery
+# Short intervals so recovery takes fractions of a second, not the defaults' seconds.
+FAST_PARTICIPANT = ("--in-doubt-after", "0.2", "--ask-max", "0.5")
+FAST_COORDINATOR = ("--retry-interval", "0.1", "--retry-max", "0.5")
+
+
+class Shop:
+    """A coordinator and two participants with databases in tmp_path, restartable on their ports."""
+
+    def __init__(
+        self, tmp_path, stock: str = "pizza=10", riders: int = 10, vote_timeout: float = 5.0
+    ) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.stock = stock
+        self.initial = {item: int(n) for item, n in (part.split("=") for part in stock.split(","))}
+        self.riders = riders
+        self.args = {
+            "inventory": (INVENTORY, "--db", str(tmp_path / "inventory.db"), "--stock", stock),
+            "delivery": (DELIVERY, "--db", str(tmp_path / "delivery.db"), "--riders", str(riders)),
+        }
+        self.procs: dict[str, ServerProcess] = {}
+        with ThreadPoolExecutor(2) as pool:  # the participants start side by side
+            for name, proc in zip(
+                ("inventory", "delivery"),
+                pool.map(lambda n: self._spawn(n), ("inventory", "delivery")),
+                strict=True,
+            ):
+                self.procs[name] = proc
+        self.args["coordinator"] = (
+            COORDINATOR,
+            "--db",
+            str(tmp_path / "coordinator.db"),
+            "--inventory",
+            self.url("inventory"),
+            "--delivery",
+            self.url("delivery"),
+            "--vote-timeout",
+            str(vote_timeout),
+        )
+        self.procs["coordinator"] = self._spawn("coordinator")
+        self.ports = {name: proc.port for name, proc in self.procs.items()}
+
+    def _spawn(self, name: str, port: int = 0) -> ServerProcess:
+        script, *args = self.args[name]
+        fast = FAST_COORDINATOR if name == "coordinator" else FAST_PARTICIPANT
+        return ServerProcess(script, *args, *fast, port=port)
+
+    def url(self, name: str) -> str:
+        return self.procs[name].url
+
+    def restart(self, name: str) -> ServerProcess:
+        """Start it again on the same port with the same database (the others know that URL)."""
+        self.procs[name].stop()
+        self.procs[name] = self._spawn(name, self.ports[name])
+        return self.procs[name]
+
+    def kill(self, name: str) -> None:
+        self.procs[name].kill()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    # -- talking to it --------------------------------------------------------------------
+
+    def get(self, name: str, path: str) -> dict:
+        reply = requests.get(self.url(name) + path, timeout=TIMEOUT)
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def post(self, name: str, path: str, body: object) -> requests.Response:
+        return requests.post(self.url(name) + path, json=body, timeout=TIMEOUT)
+
+    def order(self, item: str = "pizza", quantity: int = 1, address: str = "1 Main St") -> dict:
+        reply = self.post(
+            "coordinator", "/orders", {"item": item, "quantity": quantity, "address": address}
+        )
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    def faults(self, name: str, **faults: object) -> None:
+        reply = self.post(name, "/admin/faults", faults)
+        assert reply.status_code == 200, reply.text
+
+    def transactions(self, name: str) -> dict[str, dict]:
+        return {t["txid"]: t for t in self.get(name, "/transactions")["transactions"]}
+
+    def state(self, name: str, txid: str) -> str | None:
+        return self.transactions(name).get(txid, {}).get("state")
+
+    def stock_of(self, item: str) -> dict:
+        return self.get("inventory", "/stock")["items"][item]
+
+    def rider_counts(self) -> dict:
+        return self.get("delivery", "/riders")["counts"]
+
+    # -- the invariant --------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Wait (bounded) until nothing is PREPARED and every decision has been delivered."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() < deadline:
+            prepared = [
+                t
+                for name in ("inventory", "delivery")
+                for t in self.transactions(name).values()
+                if t["state"] == "PREPARED"
+            ]
+            unfinished = [
+                o for o in self.get("coordinator", "/orders")["orders"] if not o["complete"]
+            ]
+            if not prepared and not unfinished:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"not settled after {SETTLE_TIMEOUT} s: {prepared} {unfinished}")
+
+    def atomicity_violations(self) -> list[str]:
+        """Everything that breaks all-or-nothing, as readable sentences (empty: all good)."""
+        inventory, delivery = self.transactions("inventory"), self.transactions("delivery")
+        orders = {o["txid"]: o for o in self.get("coordinator", "/orders")["orders"]}
+        problems = []
+        for txid in sorted(set(inventory) | set(delivery) | set(orders)):
+            i = inventory.get(txid, {}).get("state")
+            d = delivery.get(txid, {}).get("state")
+            if "PREPARED" in (i, d):
+                problems.append(f"{txid} still PREPARED (inventory {i}, delivery {d})")
+            if (i == "COMMITTED") != (d == "COMMITTED"):
+                problems.append(f"{txid} half done: inventory {i}, delivery {d}")
+            coordinator_says = orders.get(txid, {}).get("outcome")
+            if (coordinator_says == "committed") != (i == "COMMITTED"):
+                problems.append(f"{txid}: coordinator {coordinator_says}, inventory {i}")
+        stock = self.get("inventory", "/stock")["items"]
+        sold = {item: 0 for item in self.initial}
+        for t in inventory.values():
+            if t["state"] == "COMMITTED":
+                sold[t["detail"]["item"]] += t["detail"]["quantity"]
+        for item, initial in self.initial.items():
+            s = stock[item]
+            if s["reserved"] or s["available"] + s["sold"] != initial or s["sold"] != sold[item]:
+                problems.append(
+                    f"{item}: {s} does not add up to {initial} (committed {sold[item]})"
+                )
+        riders = self.get("delivery", "/riders")
+        committed = {txid for txid, t in delivery.items() if t["state"] == "COMMITTED"}
+        assigned = [r["txid"] for r in riders["riders"] if r["status"] == "assigned"]
+        if riders["counts"]["reserved"] or sorted(assigned) != sorted(committed):
+            problems.append(f"riders {riders['counts']} do not match {len(committed)} committed")
+        return problems
+
+
+@pytest.fixture
+def shop_factory(tmp_path):
+    shops: list[Shop] = []
+
+    def make(**kwargs) -> Shop:
+        shop = Shop(tmp_path / f"shop{len(shops)}", **kwargs)
+        shops.append(shop)
+        return shop
+
+    yield make
+    for shop in shops:
+        shop.stop()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """One long-lived shop for the tests that do not crash anything."""
+    shop = Shop(
+        tmp_path_factory.mktemp("shop"),
+        stock="pizza=100,sushi=3,burger=50",
+        riders=40,
+        vote_timeout=2.0,  # the slow-participant test waits this long; a prepare takes ms
+    )
+    yield shop
+    shop.stop()
+
+
+# -- the commit path and every way to say no ---------------------------------------------
+
+
+def test_an_order_commits_on_both_services(shop):
+    before_stock, before_riders = shop.stock_of("pizza"), shop.rider_counts()
+    result = shop.order("pizza", 2, "7 Elm Road")
+    assert result["outcome"] == "committed" and result["complete"]
+    assert result["votes"] == {
+        "inventory": {"vote": "yes", "reason": ""},
+        "delivery": {"vote": "yes", "reason": ""},
+    }
+    txid = result["txid"]
+    assert shop.state("inventory", txid) == shop.state("delivery", txid) == "COMMITTED"
+    after = shop.stock_of("pizza")
+    assert after["sold"] == before_stock["sold"] + 2
+    assert after["available"] == before_stock["available"] - 2
+    assert shop.rider_counts()["assigned"] == before_riders["assigned"] + 1
+    rider = next(r for r in shop.get("delivery", "/riders")["riders"] if r["txid"] == txid)
+    assert (rider["status"], rider["address"]) == ("assigned", "7 Elm Road")
+    assert shop.get("coordinator", f"/orders/{txid}")["outcome"] == "committed"
+    assert shop.get("coordinator", f"/decisions/{txid}")["decision"] == "commit"
+
+
+def test_out_of_stock_aborts_and_the_rider_is_released(shop):
+    before_riders = shop.rider_counts()
+    result = shop.order("sushi", 5)
+    assert result["outcome"] == "aborted"
+    assert "out of stock: 5 sushi wanted, 3 available" in result["reason"]
+    txid = result["txid"]
+    assert shop.state("inventory", txid) == "ABORTED"
+    assert shop.state("delivery", txid) == "ABORTED"  # it had voted yes; phase 2 released it
+    assert shop.rider_counts() == before_riders
+    assert shop.stock_of("sushi") == {"available": 3, "reserved": 0, "sold": 0}
+    assert shop.get("coordinator", f"/decisions/{txid}")["decision"] == "abort"
+
+
+def test_an_unknown_item_votes_no_with_a_reason(shop):
+    result = shop.order("caviar", 1)
+    assert result["outcome"] == "aborted"
+    assert result["votes"]["inventory"] == {"vote": "no", "reason": "unknown item 'caviar'"}
+    assert shop.transactions("inventory")[result["txid"]]["reason"] == "unknown item 'caviar'"
+
+
+def test_a_participant_told_to_vote_no_aborts_the_order_and_food_goes_back(shop):
+    before = shop.stock_of("burger")
+    shop.faults("delivery", vote_no=True)
+    try:
+        result = shop.order("burger", 4)
+    finally:
+        shop.faults("delivery", vote_no=False)
+    assert result["outcome"] == "aborted"
+    assert result["votes"]["delivery"]["vote"] == "no"
+    assert shop.state("inventory", result["txid"]) == "ABORTED"
+    assert shop.stock_of("burger") == before
+
+
+def test_a_participant_that_does_not_answer_in_time_counts_as_no(shop):
+    before = shop.stock_of("burger")
+    shop.faults("delivery", delay_ms=6000)  # three times the coordinator's 2 s vote timeout
+    try:
+        result = shop.order("burger", 1)
+    finally:
+        shop.faults("delivery", delay_ms=0)
+    assert result["outcome"] == "aborted"
+    assert result["votes"]["delivery"]["vote"] == "none"
+    assert "no vote" in result["votes"]["delivery"]["reason"]
+    assert shop.state("inventory", result["txid"]) == "ABORTED"
+    # The coordinator's abort reached delivery before its slow prepare did: a
+    # tombstone, so the late prepare will vote no instead of booking a rider.
+    assert shop.state("delivery", result["txid"]) == "ABORTED"
+    assert shop.stock_of("burger") == before
+
+
+def test_no_free_rider_aborts_and_the_food_is_released(shop_factory):
+    shop = shop_factory(stock="pizza=10", riders=1)
+    first = shop.order("pizza", 3)
+    second = shop.order("pizza", 3)
+    assert first["outcome"] == "committed"
+    assert second["outcome"] == "aborted"
+    assert second["votes"]["delivery"] == {"vote": "no", "reason": "no free rider"}
+    assert shop.state("inventory", second["txid"]) == "ABORTED"
+    assert shop.stock_of("pizza") == {"available": 7, "reserved": 0, "sold": 3}
+    assert shop.atomicity_violations() == []
+
+
+# -- the participant's promises, spoken to directly --------------------------------------
+
+
+def prepare(shop: Shop, name: str, txid: str, **order: object) -> dict:
+    order = {"item": "burger", "quantity": 1, "address": "1 Main St", **order}
+    body = {"txid": txid, "order": order, "coordinator": shop.url("coordinator")}
+    reply = shop.post(name, "/prepare", body)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_prepare_twice_reserves_once_and_commit_is_idempotent(shop):
+    txid = "direct-" + uuid.uuid4().hex[:8]
+    before = shop.stock_of("burger")
+    assert prepare(shop, "inventory", txid, quantity=2)["vote"] == "yes"
+    assert prepare(shop, "inventory", txid, quantity=2)["vote"] == "yes"
+    held = shop.stock_of("burger")
+    assert held["reserved"] == before["reserved"] + 2
+    assert held["available"] == before["available"] - 2
+    for _ in range(2):
+        reply = shop.post("inventory", "/commit", {"txid": txid})
+        assert (reply.status_code, reply.json()["state"]) == (200, "COMMITTED")
+    assert shop.stock_of("burger")["sold"] == before["sold"] + 2
+    reply = shop.post("inventory", "/abort", {"txid": txid})
+    assert reply.status_code == 409 and "COMMITTED" in reply.json()["error"]
+
+
+def test_abort_is_idempotent_and_a_prepare_after_abort_votes_no(shop):
+    txid = "direct-" + uuid.uuid4().hex[:8]
+    before = shop.rider_counts()
+    for _ in range(2):
+        reply = shop.post("delivery", "/abort", {"txid": txid})
+        assert (reply.status_code, reply.json()["state"]) == (200, "ABORTED")
+    late = prepare(shop, "delivery", txid)
+    assert late["vote"] == "no"
+    assert shop.rider_counts() == before  # the late prepare booked nobody
+    reply = shop.post("delivery", "/commit", {"txid": txid})
+    assert reply.status_code == 409
+
+
+def test_a_prepared_reservation_is_invisible_to_other_orders(shop):
+    txid = "direct-" + uuid.uuid4().hex[:8]
+    available = shop.stock_of("burger")["available"]
+    assert prepare(shop, "inventory", txid, quantity=available)["vote"] == "yes"
+    try:
+        other = prepare(shop, "inventory", "other-" + txid, quantity=1)
+        assert other["vote"] == "no" and "out of stock" in other["reason"]
+    finally:
+        shop.post("inventory", "/abort", {"txid": txid})
+    assert shop.stock_of("burger")["available"] == available
+
+
+@pytest.mark.parametrize(
+    ("order", "reason"),
+    [
+        ({"quantity": 0}, "quantity must be 1..100, got 0"),
+        ({"quantity": 10**9}, "quantity must be 1..100"),
+        ({"quantity": "2"}, "quantity must be a whole number"),
+        ({"item": "caviar"}, "unknown item 'caviar'"),
+    ],
+)
+def test_a_bad_prepare_votes_no_with_a_reason(shop, order, reason):
+    before = shop.get("inventory", "/stock")
+    vote = prepare(shop, "inventory", "bad-" + uuid.uuid4().hex[:8], **order)
+    assert vote["vote"] == "no" and reason in vote["reason"]
+    assert shop.get("inventory", "/stock") == before
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+def test_forty_orders_for_ten_pizzas_commit_exactly_ten(shop_factory):
+    shop = shop_factory(stock="pizza=10", riders=40)
+    start = threading.Barrier(40)
+
+    def one_order(_: int) -> dict:
+        start.wait()
+        return shop.order("pizza", 1)
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(one_order, range(40)))
+    outcomes = [r["outcome"] for r in results]
+    assert outcomes.count("committed") == 10
+    assert outcomes.count("aborted") == 30
+    assert all("out of stock" in r["reason"] for r in results if r["outcome"] == "aborted")
+    assert shop.stock_of("pizza") == {"available": 0, "reserved": 0, "sold": 10}
+    assert shop.rider_counts() == {"free": 30, "reserved": 0, "assigned": 10}
+    assert len(set(r["txid"] for r in results)) == 40
+    assert shop.atomicity_violations() == []
+
+
+# -- crash and recover at every injection point ---------------------------------------------
+
+
+def only_transaction(shop: Shop) -> str:
+    (txid,) = shop.transactions("inventory")
+    return txid
+
+
+def test_participant_crash_before_voting_aborts_and_recovers(shop_factory):
+    shop = shop_factory()
+    shop.faults("inventory", crash_at="before-vote")
+    result = shop.order("pizza", 2)
+    assert shop.procs["inventory"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    assert result["outcome"] == "aborted" and not result["complete"]
+    assert shop.state("delivery", result["txid"]) == "ABORTED"  # its rider is free again
+    shop.restart("inventory")
+    shop.settle()
+    assert shop.state("inventory", result["txid"]) == "ABORTED"  # phase 2 reached it
+    assert shop.atomicity_violations() == []
+
+
+@pytest.mark.parametrize("victim", ["inventory", "delivery"])
+def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_factory, victim):
+    shop = shop_factory()
+    shop.faults(victim, crash_at="after-vote")
+    result = shop.order("pizza", 2)
+    assert shop.procs[victim].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    # Its yes was counted before it died: the decision is commit.
+    assert result["outcome"] == "committed" and not result["complete"]
+    back = shop.restart(victim)
+    assert f"recovered 1 PREPARED transaction(s), in doubt: {result['txid']}" in back.text
+    shop.settle()
+    assert shop.state(victim, result["txid"]) == "COMMITTED"
+    assert shop.atomicity_violations() == []
+
+
+def test_coordinator_crash_before_deciding_blocks_until_it_returns_then_aborts(shop_factory):
+    shop = shop_factory(stock="pizza=2")
+    shop.faults("coordinator", crash_at="before-decision")
+    with pytest.raises(requests.ConnectionError):
+        shop.order("pizza", 2)
+    assert shop.procs["coordinator"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    txid = only_transaction(shop)
+    # The blocking problem: both voted yes and may not abort on their own. They
+    # keep asking a coordinator that is not there, holding the last two pizzas
+    # and a rider, across several ask cycles and even their own restart.
+    time.sleep(1.0)
+    shop.restart("delivery")
+    assert shop.state("inventory", txid) == shop.state("delivery", txid) == "PREPARED"
+    assert shop.stock_of("pizza") == {"available": 0, "reserved": 2, "sold": 0}
+    vote = prepare(shop, "inventory", "hungry-" + txid, item="pizza", quantity=1)
+    assert vote["vote"] == "no"  # nobody else can have them meanwhile
+    back = shop.restart("coordinator")
+    assert "1 undecided transaction(s) aborted" in back.text
+    shop.settle()
+    assert shop.get("coordinator", f"/orders/{txid}")["outcome"] == "aborted"
+    assert shop.state("inventory", txid) == shop.state("delivery", txid) == "ABORTED"
+    assert shop.atomicity_violations() == []
+
+
+@pytest.mark.parametrize("point", ["after-decision", "after-first-commit"])
+def test_coordinator_crash_after_deciding_commits_on_recovery(shop_factory, point):
+    shop = shop_factory()
+    shop.faults("coordinator", crash_at=point)
+    with pytest.raises(requests.ConnectionError):
+        shop.order("pizza", 2)
+    assert shop.procs["coordinator"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    txid = only_transaction(shop)
+    expected_inventory = "COMMITTED" if point == "after-first-commit" else "PREPARED"
+    assert shop.state("inventory", txid) == expected_inventory
+    assert shop.state("delivery", txid) == "PREPARED"
+    back = shop.restart("coordinator")
+    assert "1 decision(s) to deliver again" in back.text
+    shop.settle()
+    assert shop.get("coordinator", f"/orders/{txid}")["outcome"] == "committed"
+    assert shop.state("inventory", txid) == shop.state("delivery", txid) == "COMMITTED"
+    assert shop.atomicity_violations() == []
+
+
+def test_a_participant_in_doubt_learns_the_decision_by_asking(shop_factory):
+    shop = shop_factory()
+    shop.faults("coordinator", crash_at="after-first-commit")
+    with pytest.raises(requests.ConnectionError):
+        shop.order("pizza", 1)
+    shop.procs["coordinator"].proc.wait(timeout=TIMEOUT)
+    txid = only_transaction(shop)
+    shop.restart("coordinator")
+    shop.settle()
+    # Recovery re-sends phase 2 too; whichever came first, the record says how.
+    assert shop.transactions("delivery")[txid]["resolved_by"] in (
+        "asked the coordinator",
+        "told in phase 2",
+    )
+    # And the coordinator's answer to anyone who asks about an unknown id: abort.
+    assert shop.get("coordinator", "/decisions/never-seen")["decision"] == "abort"
+
+
+# -- chaos ---------------------------------------------------------------------------------
+
+CHAOS_SEED = 20240611
+CHAOS_ORDERS = 100
+CHAOS_KILLS = 5
+
+
+def test_random_kills_during_a_hundred_orders_never_break_atomicity(shop_factory):
+    shop = shop_factory(stock="pizza=120,sushi=60", riders=90)
+    rng = random.Random(CHAOS_SEED)
+    orders = [(rng.choice(["pizza", "sushi"]), rng.randint(1, 3)) for _ in range(CHAOS_ORDERS)]
+    answered: list[dict] = []
+
+    def customer(my_orders: list[tuple[str, int]]) -> None:
+        for item, quantity in my_orders:
+            body = {"item": item, "quantity": quantity, "address": "chaos"}
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while time.monotonic() < deadline:  # retry while the coordinator is down
+                try:
+                    reply = requests.post(
+                        shop.url("coordinator") + "/orders", json=body, timeout=TIMEOUT
+                    )
+                    answered.append(reply.json())
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.05)
+            time.sleep(0.02)  # pace the customers so the kills land mid-stream
+
+    customers = [threading.Thread(target=customer, args=(orders[i::4],)) for i in range(4)]
+    for c in customers:
+        c.start()
+    # Every process dies at least once; each kill waits for a seeded point in
+    # the stream of orders, so it lands while orders are in flight.
+    names = ["coordinator", "inventory", "delivery"]
+    victims = rng.sample(names, 3) + [rng.choice(names) for _ in range(CHAOS_KILLS - 3)]
+    kill_points = sorted(rng.sample(range(5, CHAOS_ORDERS - 5), CHAOS_KILLS))
+    kills = []
+    for victim, point in zip(victims, kill_points, strict=True):
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while len(answered) < point and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.02))  # anywhere inside an order, not just between two
+        shop.kill(victim)
+        kills.append((victim, len(answered)))
+        shop.restart(victim)
+    for c in customers:
+        c.join(timeout=SETTLE_TIMEOUT * 2)
+    assert len(answered) == CHAOS_ORDERS, f"{len(answered)} answered"
+    shop.settle()
+    assert shop.atomicity_violations() == [], f"kills: {kills}"
+    committed = sum(r["outcome"] == "committed" for r in answered)
+    assert committed > 0  # the run did real work between the kills
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+def snapshot(shop: Shop) -> tuple:
+    return (
+        shop.get("inventory", "/stock"),
+        shop.get("delivery", "/riders"),
+        shop.get("coordinator", "/orders"),
+        shop.transactions("inventory"),
+    )
+
+
+GOOD = {"item": "pizza", "quantity": 1, "address": "1 Main St"}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("{not json", "must be a JSON object"),
+        ([1, 2], "must be a JSON object"),
+        ({"item": "pizza", "quantity": 1}, "missing field 'address'"),
+        ({**GOOD, "quantity": -3}, "quantity must be 1..100, got -3"),
+        ({**GOOD, "quantity": 10**12}, "quantity must be 1..100"),
+        ({**GOOD, "quantity": 2.5}, "quantity must be a whole number"),
+        ({**GOOD, "quantity": True}, "quantity must be a whole number"),
+        ({**GOOD, "item": ""}, "item must be a non-empty string"),
+        ({**GOOD, "address": 7}, "address must be a non-empty string"),
+        ({**GOOD, "tip": 5}, "unknown field 'tip'"),
+    ],
+)
+def test_a_bad_order_gets_a_json_400_and_changes_nothing(shop, body, error):
+    before = snapshot(shop)
+    if isinstance(body, str):
+        reply = requests.post(
+            shop.url("coordinator") + "/orders",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
+    else:
+        reply = shop.post("coordinator", "/orders", body)
+    assert reply.status_code == 400
+    assert error in reply.json()["error"]
+    assert snapshot(shop) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "body", "status"),
+    [
+        ("coordinator", "GET", "/orders/no-such-tx", None, 404),
+        ("inventory", "GET", "/transactions/no-such-tx", None, 404),
+        ("delivery", "GET", "/transactions/no-such-tx", None, 404),
+        ("inventory", "POST", "/commit", {"txid": "no-such-tx"}, 404),
+        ("inventory", "POST", "/commit", {"txid": "bad id!"}, 400),
+        ("delivery", "POST", "/prepare", {"order": {}}, 400),
+        ("delivery", "POST", "/prepare", {"txid": "t1", "order": {}, "coordinator": 3}, 400),
+        ("inventory", "GET", "/transactions?state=MAYBE", None, 400),
+        ("coordinator", "POST", "/admin/faults", {"crash_at": "whenever"}, 400),
+        ("inventory", "POST", "/admin/faults", {"delay_ms": -1}, 400),
+        ("coordinator", "GET", "/no-such-page", None, 404),
+        ("coordinator", "DELETE", "/orders", None, 405),
+        ("coordinator", "POST", "/orders", {"item": "x" * 20_000}, 413),
+    ],
+)
+def test_bad_requests_get_a_json_4xx_and_change_nothing(shop, name, method, path, body, status):
+    before = snapshot(shop)
+    reply = requests.request(method, shop.url(name) + path, json=body, timeout=TIMEOUT)
+    assert reply.status_code == status
+    assert reply.json()["error"]
+    assert snapshot(shop) == before
+
+
+# -- the scripts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "InventoryService.py",
+        "DeliveryService.py",
+        "Coordinator.py",
+        "order_client.py",
+        "demo.py",
+    ],
+)
+def test_every_script_has_help(script):
+    result = run_script(f"TwoPhaseCommit/{script}", "--help", timeout=30)
+    assert result.returncode == 0 and "usage:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        (INVENTORY, ["--stock", "pizza:ten"], "--stock: expected item=count"),
+        (DELIVERY, ["--riders", "-2"], "--riders must be 0.."),
+        (COORDINATOR, ["--vote-timeout", "0"], "--vote-timeout must be > 0"),
+        (COORDINATOR, ["--db", "/no/such/dir/c.db"], "does not exist"),
+        (INVENTORY, ["--crash-at", "sometime"], "invalid choice"),
+        ("TwoPhaseCommit/order_client.py", ["--concurrent", "0"], "--concurrent must be"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(script, args, message):
+    result = run_script(script, *args, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_order_client_places_concurrent_orders_and_reports_each(shop):
+    result = run_script(
+        "TwoPhaseCommit/order_client.py",
+        "--coordinator",
+        shop.url("coordinator"),
+        "--item",
+        "pizza",
+        "--concurrent",
+        "3",
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("committed  ") == 3
+    assert "3 committed, 0 aborted, 0 errors" in result.stdout
+
+
+def test_order_client_says_when_the_coordinator_is_unreachable():
+    result = run_script(
+        "TwoPhaseCommit/order_client.py", "--coordinator", "http://127.0.0.1:9", timeout=30
+    )
+    assert result.returncode == 1
+    assert "cannot reach the coordinator" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_services_stop_cleanly_on_a_signal(tmp_path, signum):
+    server = ServerProcess(INVENTORY, "--db", str(tmp_path / "i.db"))
+    server.signal(signum)
+    assert server.proc.wait(timeout=TIMEOUT) == 0
+    server.stop()
+
+
+def test_demo_walks_through_every_scenario_and_keeps_atomicity():
+    result = run_script("TwoPhaseCommit/demo.py", timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for step in range(1, 7):
+        assert f"\n{step}. " in result.stdout
+    assert "(down) log: COMMITTED" in result.stdout  # the decision was on disk before phase 2
+    assert "recovered 1 PREPARED transaction(s)" in result.stdout
+    assert "ended with 0 half done" in result.stdout
+    assert "FAILED" not in result.stdout
