@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,25 +79,44 @@ class Shard:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.executescript(SCHEMA)
         self.lock = threading.Lock()  # one writer at a time on this connection
-        self._check_layout(path, count)
         self.ids = IdGenerator.IdGenerator(worker_id=index, clock=clock)
-        (last_id,) = self.db.execute("SELECT max(id) FROM posts").fetchone()
-        if last_id is not None:
-            # A restart within the same millisecond must not mint the same ids again.
-            self.ids.resume_after(last_id)
+        try:
+            self._check_layout(path, count)
+        except BaseException:
+            self.db.close()
+            raise
 
     def _check_layout(self, path: Path, count: int) -> None:
-        row = self.db.execute("SELECT shard_index, shard_count FROM shard").fetchone()
-        if row is None:
-            self.db.execute("INSERT INTO shard VALUES (?, ?)", (self.index, count))
-        elif row != (self.index, count):
+        with self._write_transaction():  # two processes opening a new shard at once
+            row = self.db.execute("SELECT shard_index, shard_count FROM shard").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO shard VALUES (?, ?)", (self.index, count))
+        if row is not None and row != (self.index, count):
             raise ShardLayoutError(
                 f"{path} is shard {row[0]} of {row[1]}, but this service was started with "
                 f"{count} shards; use --shards {row[1]} or a new --db-dir"
             )
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        # BEGIN IMMEDIATE takes SQLite's write lock now, so a second process on
+        # this file waits here (up to sqlite3's 5 s timeout) instead of racing.
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def insert(self, author: str, title: str, body: str) -> Post:
-        with self.lock:
+        with self.lock, self._write_transaction():
+            # Step past the newest stored id first. A restart within the same
+            # millisecond, or a second process writing this shard (two CLI
+            # commands at once share its worker id), must not mint it again.
+            (last_id,) = self.db.execute("SELECT max(id) FROM posts").fetchone()
+            if last_id is not None:
+                self.ids.resume_after(last_id)
             post_id = self.ids.next_id()
             self.db.execute(
                 "INSERT INTO posts (id, author, title, body) VALUES (?, ?, ?, ?)",
@@ -133,9 +154,13 @@ class BlogService:
             )
         self.db_dir = Path(db_dir)
         self.db_dir.mkdir(parents=True, exist_ok=True)
-        self.shards = [
-            Shard(self.db_dir / f"shard-{i:02d}.db", i, shards, clock) for i in range(shards)
-        ]
+        self.shards: list[Shard] = []
+        try:
+            for i in range(shards):
+                self.shards.append(Shard(self.db_dir / f"shard-{i:02d}.db", i, shards, clock))
+        except BaseException:
+            self.close()  # the shards opened before the one that failed
+            raise
 
     def shard_for_author(self, author: str) -> int:
         # crc32, not hash(): Python salts str hashes per process, and an author's
@@ -176,8 +201,8 @@ class BlogService:
         Ids sort by time, so a k-way merge of per-shard lists is all it takes;
         no shard needs to know about the others.
         """
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
         per_shard = [shard.newest_first(limit) for shard in self.shards]
         merged = heapq.merge(*per_shard, key=lambda post: post.id, reverse=True)
         return list(itertools.islice(merged, limit))
@@ -241,8 +266,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for post in blog.recent_posts(args.limit):
                     print(format_post(post))
-    except (PostNotFoundError, ShardLayoutError, ValueError) as err:
+    except (
+        PostNotFoundError,
+        ShardLayoutError,
+        ValueError,
+        IdGenerator.ClockMovedBackwardsError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.Error) as err:  # --db-dir is a file, unwritable, not SQLite
+        print(f"error: cannot use the shard databases in {args.db_dir}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -53,6 +53,8 @@ class SnowflakeParts(NamedTuple):
 
 def epoch_ms(epoch: datetime) -> int:
     """A timezone-aware datetime as milliseconds since the Unix epoch."""
+    if not isinstance(epoch, datetime):
+        raise ValueError(f"epoch must be a datetime with a timezone, got {epoch!r}")
     if epoch.tzinfo is None:
         raise ValueError(f"epoch {epoch} has no timezone; pass e.g. datetime(..., tzinfo=UTC)")
     return (epoch - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
@@ -65,13 +67,15 @@ def encode(timestamp_ms: int, worker_id: int, sequence: int) -> int:
         ("worker_id", worker_id, MAX_WORKER_ID),
         ("sequence", sequence, MAX_SEQUENCE),
     ):
-        if not 0 <= value <= limit:
-            raise ValueError(f"{name} must be in 0..{limit}, got {value}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise ValueError(f"{name} must be an int in 0..{limit}, got {value!r}")
     return (timestamp_ms << TIMESTAMP_SHIFT) | (worker_id << WORKER_ID_SHIFT) | sequence
 
 
 def decode(snowflake_id: int, epoch: datetime = EPOCH) -> SnowflakeParts:
     """Split an id back into when, where and which-in-that-millisecond."""
+    if isinstance(snowflake_id, bool) or not isinstance(snowflake_id, int):
+        raise ValueError(f"{snowflake_id!r} is not a Snowflake id: ids are ints")
     if not 0 <= snowflake_id <= MAX_ID:
         raise ValueError(
             f"{snowflake_id} is not a Snowflake id: it must be in 0..{MAX_ID} "
@@ -111,8 +115,9 @@ class IdGenerator:
                 f"epoch {epoch.isoformat()} is in the future: ids would have negative timestamps"
             )
         if now_ms - self._epoch_ms > MAX_TIMESTAMP:
-            raise IdSpaceExhaustedError(
-                f"the {TIMESTAMP_BITS}-bit timestamp ran out before now; choose a later epoch"
+            raise ValueError(
+                f"epoch {epoch.isoformat()} is too far in the past: its "
+                f"{TIMESTAMP_BITS}-bit timestamp has already run out; choose a later epoch"
             )
         self._worker_bits = worker_id << WORKER_ID_SHIFT
 

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import btree_experiment
@@ -34,6 +35,8 @@ IMAGES = Path(__file__).resolve().parent / "images"
 TARGET_VS_UUID4 = 3.0
 TARGET_VS_PACKAGE = 0.8
 TARGET_BTREE = 10.0
+
+PACKAGE = f"snowflake-id {version('snowflake-id')} (no lock)"  # the pin in requirements.txt
 
 
 def machine() -> str:
@@ -66,7 +69,7 @@ def ids_per_second(make: Callable[[], object | None], count: int) -> float:
 def one_thread(rounds: int, count: int) -> dict[str, float]:
     peers = {
         "IdGenerator (ours, locked)": lambda: IdGenerator.IdGenerator(1).next_id,
-        "snowflake-id 1.0.2 (no lock)": lambda: SnowflakeGenerator(1).__next__,
+        PACKAGE: lambda: SnowflakeGenerator(1).__next__,
         "uuid.uuid4()": lambda: uuid.uuid4,
     }
     samples: dict[str, list[float]] = {name: [] for name in peers}
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<30} {rate:>11,.0f}  {ours / rate:>6.2f}x  {rate / CEILING:>10.0%}")
     print(f"  {'ceiling: 4,096 ids/ms/worker':<30} {CEILING:>11,}")
     vs_uuid = ours / rates["uuid.uuid4()"]
-    vs_package = ours / rates["snowflake-id 1.0.2 (no lock)"]
+    vs_package = ours / rates[PACKAGE]
 
     print(f"\n2. Four threads ({args.ids // 4:,} ids each)")
     for name, rate in four_threads(args.ids // 4).items():

@@ -83,7 +83,12 @@ def shared_worker_id(count: int = 10_000) -> dict[str, int]:
 
 
 def clock_steps_back(step_ms: float) -> dict[str, object]:
-    """Mint a few ids, step the clock back by step_ms, mint again."""
+    """Mint a few ids, step the clock back by step_ms, mint again.
+
+    The step comes straight after the last id, so the clock then reads step_ms
+    earlier than that id's millisecond (give or take the part of a millisecond
+    that passed in between): our generator waits out 10 and refuses 12.
+    """
     results: dict[str, object] = {"step_ms": step_ms}
     for name in ("naive", "ours"):
         clock = SteppedClock()
@@ -91,8 +96,8 @@ def clock_steps_back(step_ms: float) -> dict[str, object]:
         generator = make(3, clock=clock)
         before = []
         for _ in range(5):  # one id in each of 5 milliseconds
-            before.append(generator.next_id())
             time.sleep(0.0011)
+            before.append(generator.next_id())
         clock.step_back(step_ms)
         try:
             after = [generator.next_id() for _ in range(5)]

@@ -108,10 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, BlogService.BlogService(tmp, shards=4) as blog:
         authors = ["ada", "grace", "linus", "barbara", "ken", "margaret", "dennis", "frances"]
         posts = [blog.create_post(a, f"Notes by {a}", "...") for a in authors]
+        found = [blog.get_post(p.id) for p in posts]
         print_table(
             ["author", "shard", "post id", "get_post(id) found it in shard"],
-            [[p.author, p.shard, p.id, blog.get_post(p.id).shard] for p in posts],
+            [[p.author, p.shard, p.id, f.shard] for p, f in zip(posts, found, strict=True)],
         )
+        if found != posts:
+            failures.append("get_post did not find every post in its own shard")
         recent = blog.recent_posts(4)
         print("  recent_posts(4), merged across shards:", ", ".join(p.author for p in recent))
         if [p.id for p in recent] != sorted((p.id for p in posts), reverse=True)[:4]:
@@ -147,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ],
     )
-    if burst["ours_duplicates"] or race["ours_duplicates"] or not shared["duplicates_same_worker"]:
+    # The thread race is left out of "the failure showed": whether the naive
+    # generator loses it depends on the scheduler. The other two always fail.
+    showed_failure = shared["duplicates_same_worker"] and burst["naive_duplicates"]
+    if not showed_failure or burst["ours_duplicates"] or race["ours_duplicates"]:
         failures.append("the break-it experiments did not show the failure and the fix")
 
     print(f"\n6. The B-tree claim, short version: {BTREE_ROWS:,} rows into SQLite per key kind")

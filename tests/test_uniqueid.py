@@ -100,8 +100,14 @@ def test_decode_rejects_values_that_are_not_snowflake_ids(bad):
     "fields", [(-1, 0, 0), (ids.MAX_TIMESTAMP + 1, 0, 0), (0, 32, 0), (0, 0, 4096), (0, -1, 0)]
 )
 def test_encode_rejects_fields_out_of_range(fields):
-    with pytest.raises(ValueError, match="must be in"):
+    with pytest.raises(ValueError, match="must be an int in"):
         ids.encode(*fields)
+
+
+@pytest.mark.parametrize("bad", [1.0, "12", None, True])
+def test_decode_rejects_values_that_are_not_ints(bad):
+    with pytest.raises(ValueError, match="not a Snowflake id"):
+        ids.decode(bad)
 
 
 def test_the_41_bits_run_out_69_years_after_the_epoch():
@@ -286,6 +292,17 @@ def test_an_epoch_without_a_timezone_is_rejected():
         ids.IdGenerator(1, epoch=datetime(2020, 1, 1))
 
 
+@pytest.mark.parametrize("epoch", ["2025-01-01", 1735689600000, None])
+def test_an_epoch_that_is_not_a_datetime_is_rejected(epoch):
+    with pytest.raises(ValueError, match="epoch must be a datetime"):
+        ids.IdGenerator(1, epoch=epoch)
+
+
+def test_an_epoch_whose_41_bits_already_ran_out_is_rejected():
+    with pytest.raises(ValueError, match="too far in the past"):
+        ids.IdGenerator(1, epoch=datetime(1950, 1, 1, tzinfo=UTC))
+
+
 def test_a_custom_epoch_is_used_for_encoding_and_decoding():
     epoch = datetime(2020, 1, 1, tzinfo=UTC)
     t = now_ms()
@@ -382,6 +399,23 @@ def test_unknown_and_malformed_ids_raise_post_not_found(tmp_path):
                 blog.get_post(missing)
 
 
+def test_two_services_writing_one_shard_never_mint_the_same_id(tmp_path):
+    # Two CLI commands at once are two processes on one shard file: same worker
+    # id. A frozen clock makes them want the very same ids; each insert must
+    # step past what the other already stored instead.
+    frozen = ScriptedClock(now_ms())
+    with (
+        blog_service.BlogService(tmp_path, shards=1, clock=frozen) as first,
+        blog_service.BlogService(tmp_path, shards=1, clock=frozen) as second,
+    ):
+        posts = [
+            blog.create_post("ada", f"p{i}", "") for i in range(50) for blog in (first, second)
+        ]
+        assert len({p.id for p in posts}) == 100
+        assert [p.id for p in posts] == sorted(p.id for p in posts)
+        assert len(first.recent_posts(1000)) == 100
+
+
 def test_reopening_with_a_different_shard_count_is_refused(tmp_path):
     blog_service.BlogService(tmp_path, shards=4).close()
     with pytest.raises(blog_service.ShardLayoutError, match="--shards 4"):
@@ -424,6 +458,38 @@ def test_cli_creates_gets_and_lists_posts(tmp_path):
     assert [int(line.split()[0]) for line in recent.stdout.splitlines()] == post_ids[:0:-1]
 
 
+def test_cli_runs_at_the_same_time_never_collide(tmp_path):
+    db = ["--db-dir", str(tmp_path), "--shards", "1"]
+    command = [sys.executable, str(ROOT / "UniqueIdGeneration/BlogService.py"), *db, "create"]
+    procs = [
+        subprocess.Popen(
+            [*command, "--author", "ada", "--title", f"t{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    results = [(p.communicate(timeout=60), p.returncode) for p in procs]
+    assert [(err, code) for (_, err), code in results] == [("", 0)] * 8
+    assert len({int(out) for (out, _), _ in results}) == 8
+
+
+@pytest.mark.parametrize("make_bad_dir", ["a file", "not a database"])
+def test_cli_reports_an_unusable_db_dir_clearly(tmp_path, make_bad_dir):
+    if make_bad_dir == "a file":
+        db_dir = tmp_path / "posts.txt"
+        db_dir.write_text("not a directory")
+    else:
+        db_dir = tmp_path / "shards"
+        db_dir.mkdir()
+        (db_dir / "shard-00.db").write_bytes(b"not SQLite " * 500)
+    result = cli("--db-dir", str(db_dir), "recent")
+    assert result.returncode == 1
+    assert "error: cannot use the shard databases" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_cli_reports_an_unknown_id_clearly(tmp_path):
     result = cli("--db-dir", str(tmp_path), "get", "123456789")
     assert result.returncode == 1
@@ -460,6 +526,12 @@ def test_a_clock_step_makes_the_naive_generator_go_backwards_and_ours_refuse():
     result = break_it.clock_steps_back(50)
     assert result["naive_went_down"] > 0
     assert str(result["ours"]).startswith("raised ClockMovedBackwardsError")
+
+
+def test_a_clock_step_within_the_bound_is_waited_out_by_ours():
+    result = break_it.clock_steps_back(ids.MAX_BACKWARDS_WAIT_MS)
+    assert result["naive_went_down"] > 0
+    assert result["ours_went_down"] == 0
 
 
 def test_a_naive_generator_shared_by_threads_duplicates_and_ours_does_not():
