@@ -308,34 +308,46 @@ class Edge:
         if "no-store" in request_cc or any(get_all(request.headers, f) for f in BYPASS_FIELDS):
             # The cache may not store the answer (no-store), or the request
             # has preconditions only the origin can evaluate (If-Match...).
+            if "only-if-cached" in request_cc:
+                return self.not_in_cache()
             return self.pass_through(request, target, send_interim)
         if request.method == "GET" and get_all(request.headers, "range"):
             return self.serve_range(request, target, request_cc, send_interim)
         return self.lookup(request, target, request_cc, send_interim)
 
+    def not_in_cache(self) -> Response:
+        """`only-if-cached` and nothing stored may answer: 504, without asking the origin."""
+        return self.label(
+            error_response(504, "only-if-cached, and no usable stored response"), "MISS"
+        )
+
     def serve_range(
         self, request: Request, target: str, request_cc: Directives, send_interim: InterimSender
     ) -> Response:
-        """A byte range cut from a fresh stored response (how a video seek stays at the edge).
+        """A byte range cut from a stored response (how a video seek stays at the edge).
 
-        Without a fresh complete copy, the Range request goes to the origin
-        as it is, and its 206 is not stored.
+        The stored copy must be usable as it is: fresh, or stale within the
+        client's `max-stale`. Otherwise the Range request goes to the origin
+        as it is (or gets a 504 under `only-if-cached`), and its 206 is not stored.
         """
         entry = self.cache.select(target, request.headers)
-        if (
-            entry is None
-            or entry.status != 200
-            or self.assess(entry, request_cc, self.clock()) != FRESH
-        ):
+        verdict = (
+            self.assess(entry, request_cc, self.clock())
+            if entry is not None and entry.status == 200
+            else None
+        )
+        if entry is None or verdict not in (FRESH, STALE_ALLOWED):
+            if "only-if-cached" in request_cc:
+                return self.not_in_cache()
             return self.pass_through(request, target, send_interim)
-        whole = self.from_cache(entry, request, "HIT")
+        whole = self.from_cache(entry, request, "HIT" if verdict == FRESH else "STALE")
         span = byte_range(request.header("range") or "", len(entry.body))
         if span is None or whole.status != 200:
             return whole  # a Range the edge does not understand may be ignored (RFC 9110 14.2)
         if span == UNSATISFIABLE:
             response = error_response(416, f"range not satisfiable: {len(entry.body)} bytes")
             response.headers.append(("Content-Range", f"bytes */{len(entry.body)}"))
-            return self.label(response, "HIT")
+            return self.label(response, whole.x_cache)
         start, end = span
         whole.status, whole.reason = 206, "Partial Content"
         whole.headers.append(("Content-Range", f"bytes {start}-{end}/{len(entry.body)}"))
@@ -361,9 +373,7 @@ class Edge:
                 self.revalidate_in_background(request, target, entry)
                 return self.from_cache(entry, request, "STALE")
         if "only-if-cached" in request_cc:
-            return self.label(
-                error_response(504, "only-if-cached, and no usable stored response"), "MISS"
-            )
+            return self.not_in_cache()
         if waited_for is not None and waited_for.failure is not None:
             return self.copy_failure(waited_for.failure)
         if request.method == "HEAD":

@@ -293,6 +293,25 @@ def test_only_if_cached_gives_504_without_a_stored_response(edge, origin):
     assert (present.status_code, present.headers["X-Cache"]) == (200, "HIT")
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [{"Range": "bytes=0-1"}, {"If-Match": '"v1"'}, {"Cache-Control": "only-if-cached, no-store"}],
+)
+def test_only_if_cached_never_reaches_the_origin_whatever_else_is_asked(edge, origin, extra):
+    target = url_for(cc="max-age=600")
+    answer = served(edge, target, headers={"Cache-Control": "only-if-cached", **extra})
+    assert answer.status_code == 504
+    assert origin_count(origin, target) == 0
+
+
+def test_a_range_is_cut_from_a_stale_copy_the_client_accepts_with_max_stale(edge, origin):
+    target = url_for(cc="max-age=1", age=100, body="0123456789")
+    served(edge, target)
+    part = served(edge, target, headers={"Range": "bytes=2-4", "Cache-Control": "max-stale"})
+    assert (part.status_code, part.text, part.headers["X-Cache"]) == (206, "234", "STALE")
+    assert origin_count(origin, target) == 1
+
+
 # --- what a shared cache must not store ----------------------------------------
 
 
