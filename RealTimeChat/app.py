@@ -55,9 +55,10 @@ EVENTS = ("join", "leave", "message", "typing", "rooms")  # what a client may se
 LOBBY_INTERVAL = 0.5  # s: membership changes within this window make one lobby update
 LOBBY_ROOMS = 50  # rooms the lobby lists, busiest first: it goes to every client
 MAX_PACKET_BYTES = 64 * 1024  # Engine.IO closes a connection that sends a bigger packet
-PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence within 15 s
+PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence in 15-20 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
 STOP_TIMEOUT = 2.0  # s: open connections get this long to close at shutdown
+QUEUE_TIMEOUT = 2.0  # s: how long app.py waits for --message-queue's Redis at start
 
 log = logging.getLogger("realtimechat")
 
@@ -144,6 +145,7 @@ class ChatServer:
         }
 
     def on_leave(self, *args: object) -> dict:
+        no_arguments("leave", args)
         seat = self.rooms.leave(request.sid)
         if seat is None:
             raise Rejected("not_in_room", "you are not in a room")
@@ -176,6 +178,7 @@ class ChatServer:
         emit("typing", notice, to=seat.room, include_self=False)
 
     def on_rooms(self, *args: object) -> list[dict]:
+        no_arguments("rooms", args)
         return self.lobby()
 
     def on_unknown(self, event: str, *args: object) -> None:
@@ -252,6 +255,11 @@ def no_extra_arguments(event: str, extra: tuple) -> None:
         raise Rejected("wrong_type", f"'{event}' takes one argument, got {1 + len(extra)}")
 
 
+def no_arguments(event: str, args: tuple) -> None:
+    if args:
+        raise Rejected("wrong_type", f"'{event}' takes no arguments, got {len(args)}")
+
+
 def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     """Build the chat: a Flask app serving the page and a SocketIO serving the events.
 
@@ -282,7 +290,10 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         max_http_buffer_size=MAX_PACKET_BYTES,
         ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT,
-        logger=app.config["LOG_EVENTS"],
+        # Our own loggers: the libraries' defaults add a handler of their own, which
+        # printed every error twice next to the one logging.basicConfig sets up.
+        logger=library_logger("socketio", verbose=app.config["LOG_EVENTS"]),
+        engineio_logger=library_logger("engineio", verbose=False),  # pings and polls: noise
     )
     store = ChatStore(app.config["DB_PATH"])
     chat = ChatServer(
@@ -294,6 +305,7 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         socketio.on(event)(getattr(chat, f"on_{event}"))
     socketio.on("*")(chat.on_unknown)
     socketio.on_error_default(chat.on_error)
+    close_on_unreadable_frames(socketio)
     app.extensions["chat"] = chat
 
     @app.get("/")
@@ -301,6 +313,34 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         return render_template("index.html", client_js_ready=CLIENT_JS.is_file())
 
     return app, socketio
+
+
+def close_on_unreadable_frames(socketio: SocketIO) -> None:
+    """Disconnect a client that sends a frame Socket.IO cannot decode.
+
+    Events with the wrong arguments reach our handlers and get an `error`
+    event. A frame that is not Socket.IO at all (broken JSON, an unknown packet
+    type) never becomes an event: python-socketio would log a traceback, drop it
+    and leave the connection open. There is no one to answer, so we close it.
+    """
+    engineio = socketio.server.eio
+    read_frame = engineio.handlers["message"]  # python-socketio's decoder and dispatcher
+
+    def read_or_close(eio_sid: str, data: object) -> None:
+        try:
+            read_frame(eio_sid, data)
+        except Exception as error:  # whatever the decoder tripped on, the frame is unusable
+            log.warning("closing %s: unreadable Socket.IO frame (%r)", eio_sid, error)
+            engineio.disconnect(eio_sid)
+
+    engineio.on("message", read_or_close)
+
+
+def library_logger(library: str, verbose: bool) -> logging.Logger:
+    """A logger for Socket.IO or Engine.IO: everything when `verbose`, otherwise errors only."""
+    logger = logging.getLogger(f"realtimechat.{library}")
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    return logger
 
 
 # -- serving -------------------------------------------------------------------
@@ -392,9 +432,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_message_queue(url: str) -> None:
+    """Refuse to start without the Redis: otherwise every broadcast would be lost, logged."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=QUEUE_TIMEOUT).ping()
+    except (redis.RedisError, ValueError) as error:
+        sys.exit(f"cannot reach the message queue {url}: {error}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.message_queue:
+        check_message_queue(args.message_queue)
     mode = "threading" if args.threading else "gevent"
     config = {
         "DB_PATH": args.db,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 MAX_MESSAGE_CHARS = 2_000  # longer messages are refused, not cut
 MAX_NAME_CHARS = 24  # fits a member list; any characters, they are shown as text
+MAX_ID = 2**63 - 1  # the largest integer SQLite stores: message ids never exceed it
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # room names appear in URLs and logs
 MESSAGES_PER_SECOND = 5.0  # the token bucket's refill rate, per connection
 MESSAGE_BURST = 5  # how many may arrive at once after a quiet spell
@@ -35,11 +36,22 @@ class Rejected(Exception):
         self.reason = reason
 
 
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type: clients speak JSON, not Python."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    names = {str: "string", list: "array", dict: "object", bytes: "binary data"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _payload(payload: object, event: str, example: str) -> dict:
     if not isinstance(payload, dict):
         raise Rejected(
-            "wrong_type",
-            f"'{event}' takes one object like {example}, got {type(payload).__name__}",
+            "wrong_type", f"'{event}' takes one object like {example}, got {json_type(payload)}"
         )
     return payload
 
@@ -47,10 +59,8 @@ def _payload(payload: object, event: str, example: str) -> dict:
 def _string(payload: dict, field: str, event: str) -> str:
     value = payload.get(field)
     if not isinstance(value, str):
-        raise Rejected(
-            "wrong_type",
-            f"'{event}' needs '{field}' to be a string, got {type(value).__name__}",
-        )
+        got = f"got {json_type(value)}" if field in payload else "but it is missing"
+        raise Rejected("wrong_type", f"'{event}' needs '{field}' to be a string, {got}")
     return value
 
 
@@ -71,8 +81,8 @@ def check_join(payload: object) -> tuple[str, str, int]:
             "bad_name", f"a name is 1-{MAX_NAME_CHARS} printable characters, without newlines"
         )
     after_id = data.get("after_id", 0)
-    if isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0:
-        raise Rejected("wrong_type", "'join' needs 'after_id' to be a whole number >= 0")
+    if isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id <= MAX_ID:
+        raise Rejected("wrong_type", "'join' needs 'after_id' to be a message id or 0")
     return room, name, after_id
 
 

@@ -28,6 +28,7 @@ import redis
 import requests
 import socketio
 from conftest import ROOT, ServerProcess, child_env, load_module, run_script, script_path
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
 
@@ -224,6 +225,19 @@ def test_check_message_rejects_with_a_code(payload, code):
     assert rejected.value.code == code
 
 
+def test_refusals_name_the_json_types_a_client_sent():
+    reasons = {}
+    for payload in ({"text": None}, {"text": {"a": 1}}, {"text": [1]}, 7, True, {"body": "hi"}):
+        with pytest.raises(rules.Rejected) as rejected:
+            rules.check_message(payload)
+        reasons[json.dumps(payload)] = rejected.value.reason
+    assert reasons['{"text": null}'].endswith("got null")
+    assert reasons['{"text": {"a": 1}}'].endswith("got object")
+    assert reasons['{"text": [1]}'].endswith("got array")
+    assert reasons["7"].endswith("got number") and reasons["true"].endswith("got boolean")
+    assert reasons['{"body": "hi"}'].endswith("but it is missing")
+
+
 def test_check_message_accepts_the_limit_and_keeps_html_as_is():
     assert rules.check_message({"text": "x" * 2000}) == "x" * 2000
     assert rules.check_message({"text": f"  {XSS}  "}) == XSS
@@ -239,6 +253,7 @@ def test_check_message_accepts_the_limit_and_keeps_html_as_is():
         ({"room": "r", "name": "two\nlines"}, "bad_name"),
         ({"room": "r", "name": "a", "after_id": "7"}, "wrong_type"),
         ({"room": "r", "name": "a", "after_id": True}, "wrong_type"),
+        ({"room": "r", "name": "a", "after_id": 2**63}, "wrong_type"),  # beyond SQLite's ids
         ({"room": ["r"], "name": "a"}, "wrong_type"),
         (["r", "a"], "wrong_type"),
     ],
@@ -454,6 +469,9 @@ BAD_INPUTS = [
     ("typing", {"typing": "yes"}, "wrong_type"),
     ("join", ["room", "name"], "wrong_type"),
     ("join", {"room": "bad room!", "name": "x"}, "bad_room"),
+    ("join", {"room": "elsewhere", "name": "x", "after_id": 2**64}, "wrong_type"),
+    ("leave", {"room": "elsewhere"}, "wrong_type"),
+    ("rooms", "all", "wrong_type"),
     ("no_such_event", {"text": "hi"}, "unknown_event"),
     ("disconnect", None, "reserved_event"),
     ("connect", None, "reserved_event"),
@@ -511,6 +529,24 @@ def test_a_packet_over_the_size_limit_closes_only_that_connection(chat, connect)
     )
     alice.send("fine")
     assert bob.wait_until(lambda: bob.texts() == ["fine"])
+
+
+def test_a_frame_that_is_not_socketio_closes_only_that_connection(chat, connect):
+    room = new_room()
+    alice, bob = connect(chat), connect(chat)
+    alice.join(room, "alice")
+    bob.join(room, "bob")
+    unreadable = ['42["message",{"text":', '42{"not": "a list"}', "49", "42" + "[" * 5000]
+    for frame in unreadable:
+        with frames(chat.url) as garbler:
+            garbler.call("join", {"room": room, "name": "garbler"})
+            garbler.ws.send(frame)
+            with pytest.raises(ConnectionClosed):  # Engine.IO's close packet, then the close
+                while True:
+                    garbler.ws.recv(timeout=WAIT)
+    alice.send("still fine")
+    assert bob.wait_until(lambda: bob.texts() == ["still fine"])
+    assert "closing" in chat.text and "Traceback" not in chat.text
 
 
 def test_html_in_names_and_messages_is_stored_and_sent_unchanged(chat, connect):
@@ -677,6 +713,14 @@ def test_app_and_client_refuse_bad_arguments_with_exit_code_2():
         result = run_script(script, *args, timeout=30)
         assert result.returncode == 2, (script, args, result.stderr)
         assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_app_refuses_to_start_without_its_message_queue():
+    nowhere = f"redis://127.0.0.1:{free_port()}"
+    result = run_script(APP, "--port", "0", "--message-queue", nowhere, timeout=30)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"cannot reach the message queue {nowhere}" in result.stderr
+    assert "Listening" not in result.stdout and "Traceback" not in result.stderr
 
 
 def test_cli_client_sends_one_message_and_reports_its_ack(chat, connect):
