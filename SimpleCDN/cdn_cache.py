@@ -143,6 +143,12 @@ class HttpCache:
             self._insert(new)
             return True
 
+    def discard(self, entry: CacheEntry) -> None:
+        """Remove `entry` itself, unless it was evicted or replaced meanwhile."""
+        with self._lock:
+            if self._entries.get((entry.key, entry.variant)) is entry:
+                self._remove((entry.key, entry.variant))
+
     def _insert(self, entry: CacheEntry) -> None:
         """Add `entry` as the most recently used, evicting from the other end to make room."""
         self._remove((entry.key, entry.variant))

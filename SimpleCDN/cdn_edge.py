@@ -461,7 +461,7 @@ class Edge:
 
         if response.status == 304 and validating and stored is not None:
             if self.validators_agree(stored, response):
-                entry = self.freshen(stored, response, request_time, response_time)
+                entry = self.freshen(stored, request, response, request_time, response_time)
                 return self.from_cache(entry, request, "REVALIDATED")
             self.cache.invalidate(target)  # a 304 about some other copy: start over
             return self.fetch(request, target, None, request_cc, send_interim)
@@ -493,7 +493,7 @@ class Edge:
             return self.origin_failed(exc, request, stored, parse_cache_control(request.headers))
         if stored is not None and response.status == 200:
             if self.validators_agree(stored, response, compare_length=True):
-                self.freshen(stored, response, request_time, self.clock())
+                self.freshen(stored, request, response, request_time, self.clock())
             else:
                 self.cache.invalidate(target)
         return self.relay(response, request, "MISS")
@@ -582,12 +582,20 @@ class Edge:
         return True
 
     def freshen(
-        self, stored: CacheEntry, response: Response, request_time: float, response_time: float
+        self,
+        stored: CacheEntry,
+        request: Request,
+        response: Response,
+        request_time: float,
+        response_time: float,
     ) -> CacheEntry:
         """Update a stored response from a 304 or HEAD answer (RFC 9111 3.2, 4.3.4).
 
         Every field the new answer carries replaces the stored one of that
         name, except framing; the freshness clock restarts from this exchange.
+        If the updated response may no longer be stored (the 304 says
+        `private`, `no-store` or `Vary: *`), it answers this request only
+        and the stored copy is dropped.
         """
         update = without(end_to_end(response.headers), FRAMING | {"age"})
         replaced = {name.lower() for name, _ in update}
@@ -610,7 +618,15 @@ class Edge:
                 stored.status, merged, directives, use_expires, response_time
             ),
         )
-        self.cache.replace(stored, fresh)
+        reason = why_not_storable(
+            "GET", request.headers, stored.status, merged, directives, use_expires
+        )
+        if reason is None:
+            self.cache.replace(stored, fresh)
+        else:
+            if self.config.verbose:
+                print(f"  dropped after revalidation: {reason}", flush=True)
+            self.cache.discard(stored)
         return fresh
 
     # --- answering ------------------------------------------------------

@@ -168,6 +168,15 @@ def test_stale_entry_is_revalidated_and_the_304_updates_stored_headers(edge, ori
     assert origin_count(origin, target) == 2
 
 
+@pytest.mark.parametrize("update", ["private, max-age=600", "no-store, max-age=600"])
+def test_a_304_that_forbids_storing_drops_the_stored_copy(edge, origin, update):
+    target = url_for(
+        etag="v1", h200=["Cache-Control: max-age=0"], h304=[f"Cache-Control: {update}"]
+    )
+    assert x_cache_sequence(edge, target, 3) == ["MISS", "REVALIDATED", "MISS"]
+    assert origin_count(origin, target) == 3
+
+
 def test_last_modified_alone_is_validated_with_if_modified_since(edge, origin):
     target = url_for(lm=3600, cc="max-age=0")
     assert x_cache_sequence(edge, target, 3) == ["MISS", "REVALIDATED", "REVALIDATED"]
