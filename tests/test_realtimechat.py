@@ -780,6 +780,8 @@ def open_chat(browser, url: str, name: str, room: str):
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.dialogs = dialogs
+    page.js_errors = []  # uncaught exceptions in chat.js
+    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
     page.goto(url + "/")
     page.fill("#name", name)
     page.fill("#room", room)
@@ -845,3 +847,4 @@ def run_browser_scenario(browser, server, start_server, connect, db: Path) -> No
         [*texts, "are you still there?"]
     )
     expect(alice.locator("#text")).to_have_value("")
+    assert alice.js_errors == [] and bob.js_errors == []
