@@ -347,6 +347,8 @@ def library_logger(library: str, verbose: bool) -> logging.Logger:
 
 
 def announce(host: str, port: int) -> None:
+    if ":" in host:  # an IPv6 address goes in brackets in a URL: http://[::1]:5000
+        host = f"[{host}]"
     print(f"Listening on http://{host}:{port}", flush=True)
 
 
