@@ -46,6 +46,7 @@ STATS_PATH = "/__origin/stats"
 LATENCY_PATH = "/__origin/latency"  # PUT ?ms=3000 makes every answer slower
 DEFAULT_LATENCY_MS = 80  # a user far from the origin: the round trip a CDN saves
 LARGE_FILE_BYTES = 2 * 1024 * 1024
+MAX_RESPOND_BYTES = 64 * 1024 * 1024  # /respond?size= beyond this is refused, not attempted
 STARTED = time.time()
 ABOUT_LAST_MODIFIED = STARTED - 10 * 24 * 3600  # "edited ten days ago"
 
@@ -204,7 +205,15 @@ class OriginHandler(BaseHTTPRequestHandler):
             return
         if path == LATENCY_PATH and self.command in ("PUT", "POST"):
             # fault injection: make the origin slow (or fast again) while it runs
-            self.state.latency = float(query["ms"][0]) / 1000
+            try:
+                latency_ms = float(query.get("ms", [""])[0])
+            except ValueError:
+                latency_ms = -1.0
+            if not 0 <= latency_ms <= 600_000:
+                message = b"give the delay as ?ms=<0..600000>, e.g. ?ms=3000\n"
+                self.reply(400, [("Content-Type", "text/plain")], message)
+                return
+            self.state.latency = latency_ms / 1000
             self.reply(200, [("Content-Type", "text/plain")], b"latency set\n")
             return
         self.state.count(self.path)
@@ -332,6 +341,11 @@ class OriginHandler(BaseHTTPRequestHandler):
         now = time.time()
         time.sleep(int(first.get("sleep_ms", "0")) / 1000)
         status = int(first.get("status", "200"))
+        if not 200 <= status <= 599:
+            raise ValueError(f"status={status}: give a final status, 200..599")
+        size = int(first.get("size", "0"))
+        if size > MAX_RESPOND_BYTES:
+            raise ValueError(f"size={size}: at most {MAX_RESPOND_BYTES} bytes")
         headers: list[tuple[str, str]] = [("Content-Type", "text/plain")]
         if "cc" in first:
             headers.append(("Cache-Control", first["cc"]))
@@ -350,7 +364,7 @@ class OriginHandler(BaseHTTPRequestHandler):
         if "hint" in first:  # 103 Early Hints before the real answer (RFC 8297)
             self.wfile.write(f"HTTP/1.1 103 Early Hints\r\nLink: {first['hint']}\r\n\r\n".encode())
         date = now + int(first.get("date", "0"))
-        body = first.get("body", "").encode() or b"x" * int(first.get("size", "0")) or b"ok\n"
+        body = first.get("body", "").encode() or b"x" * size or b"ok\n"
         if self.command in ("GET", "HEAD") and self.not_modified(etag, last_modified):
             self.reply(304, headers + fields(query.get("h304", [])), date=date)
         else:

@@ -699,6 +699,22 @@ def test_demo_shows_its_lesson(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "method, target",
+    [
+        ("GET", "/respond?status=99"),
+        ("GET", "/respond?size=999999999999"),
+        ("GET", "/respond?lm=yesterday"),
+        ("PUT", "/__origin/latency?ms=abc"),
+        ("PUT", "/__origin/latency"),
+    ],
+)
+def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, method, target):
+    answer = requests.request(method, origin.url + target, timeout=TIMEOUT)
+    assert answer.status_code == 400 and answer.text
+    assert requests.get(origin.url + "/index.html", timeout=TIMEOUT).status_code == 200
+
+
+@pytest.mark.parametrize(
     "script, bad_args",
     [
         (EDGE, ["--origin", "ftp://example.com"]),
