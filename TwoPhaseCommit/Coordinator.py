@@ -148,9 +148,10 @@ class Coordinator:
                     votes[name] = {"vote": reply["vote"], "reason": reply.get("reason", "")}
                 else:
                     votes[name] = {"vote": "none", "reason": f"bad reply {status}: {reply}"}
-            except (Unreachable, FutureTimeout) as err:
-                why = str(err) or f"no vote within {self.vote_timeout:g} s"
-                votes[name] = {"vote": "none", "reason": f"no vote ({why})"}
+            except FutureTimeout:
+                votes[name] = {"vote": "none", "reason": f"no vote within {self.vote_timeout:g} s"}
+            except Unreachable as err:
+                votes[name] = {"vote": "none", "reason": f"no vote: {err}"}
         return votes
 
     def log_decision(self, txid: str, decision: str, reason: str) -> None:

@@ -133,18 +133,10 @@ class Cluster:
     def start(self) -> Cluster:
         self.inventory.start()
         self.delivery.start()
-        self.coordinator = Service(
-            self.coordinator_script,
-            [
-                "--db",
-                str(self.workdir / "coordinator.db"),
-                "--inventory",
-                self.inventory.url,
-                "--delivery",
-                self.delivery.url,
-                *self.coordinator_args,
-            ],
-        ).start()
+        args = ["--inventory", self.inventory.url, "--delivery", self.delivery.url]
+        if self.coordinator_script == "Coordinator.py":  # the baseline keeps no log
+            args += ["--db", str(self.workdir / "coordinator.db")]
+        self.coordinator = Service(self.coordinator_script, [*args, *self.coordinator_args]).start()
         return self
 
     @property
