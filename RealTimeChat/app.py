@@ -316,12 +316,14 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
 
 
 def close_on_unreadable_frames(socketio: SocketIO) -> None:
-    """Disconnect a client that sends a frame Socket.IO cannot decode.
+    """Disconnect a client that sends a frame Socket.IO cannot decode or dispatch.
 
     Events with the wrong arguments reach our handlers and get an `error`
     event. A frame that is not Socket.IO at all (broken JSON, an unknown packet
-    type) never becomes an event: python-socketio would log a traceback, drop it
-    and leave the connection open. There is no one to answer, so we close it.
+    type) never becomes an event, nor does an event named `*` (Flask-SocketIO
+    mistakes it for its catch-all's own call): python-socketio would log a
+    traceback, drop it and leave the connection open. There is no event to
+    answer, so we close the connection.
     """
     engineio = socketio.server.eio
     read_frame = engineio.handlers["message"]  # python-socketio's decoder and dispatcher
@@ -330,7 +332,7 @@ def close_on_unreadable_frames(socketio: SocketIO) -> None:
         try:
             read_frame(eio_sid, data)
         except Exception as error:  # whatever the decoder tripped on, the frame is unusable
-            log.warning("closing %s: unreadable Socket.IO frame (%r)", eio_sid, error)
+            log.warning("closing %s: a frame it could not handle (%r)", eio_sid, error)
             engineio.disconnect(eio_sid)
 
     engineio.on("message", read_or_close)

@@ -536,7 +536,13 @@ def test_a_frame_that_is_not_socketio_closes_only_that_connection(chat, connect)
     alice, bob = connect(chat), connect(chat)
     alice.join(room, "alice")
     bob.join(room, "bob")
-    unreadable = ['42["message",{"text":', '42{"not": "a list"}', "49", "42" + "[" * 5000]
+    unreadable = [
+        '42["message",{"text":',
+        '42{"not": "a list"}',
+        "49",  # no such packet type
+        "42" + "[" * 5000,
+        '42["*",{"text":"hi"}]',  # Flask-SocketIO would take it for its catch-all's own call
+    ]
     for frame in unreadable:
         with frames(chat.url) as garbler:
             garbler.call("join", {"room": room, "name": "garbler"})
