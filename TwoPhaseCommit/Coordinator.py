@@ -66,12 +66,14 @@ class Unfinished:
 
     decision: str  # "commit" or "abort"
     waiting_for: set[str]  # participant names
-    retry_at: float = 0.0
-    backoff: float = 0.0
+    retry_at: float  # time.monotonic() of the next attempt
+    backoff: float  # seconds until the attempt after that; doubles up to retry_max
 
 
 @dataclass
 class Coordinator:
+    """Runs each order's two phases; owns the decision log and the phase-2 retries."""
+
     store: DurableStore
     participants: dict[str, str]  # name -> base URL, in the order phase 2 visits them
     faults: Faults
@@ -240,7 +242,9 @@ class Coordinator:
         for row in pending:
             decision = "commit" if row["state"] == COMMITTED else "abort"
             # We do not know who acknowledged before the crash: tell everyone again.
-            self.unfinished[row["txid"]] = Unfinished(decision, set(self.participants))
+            self.unfinished[row["txid"]] = Unfinished(
+                decision, set(self.participants), retry_at=0.0, backoff=self.retry_interval
+            )
         return len(undecided), len(pending)
 
     def decision_for(self, txid: str) -> str:
