@@ -448,6 +448,25 @@ def test_coordinator_crash_after_deciding_commits_on_recovery(shop_factory, poin
     assert shop.state("inventory", txid) == shop.state("delivery", txid) == "COMMITTED"
 
 
+def test_recovery_keeps_telling_a_participant_that_is_down_and_backs_off(shop_factory):
+    shop = shop_factory()
+    shop.faults("coordinator", crash_at="after-decision")
+    with pytest.raises(requests.ConnectionError):
+        shop.order("pizza", 1)
+    shop.procs["coordinator"].proc.wait(timeout=TIMEOUT)
+    txid = only_transaction(shop)
+    shop.kill("delivery")
+    shop.restart("coordinator")
+    time.sleep(1.0)  # recovery retries delivery with back-off (0.1 s doubling to 0.5 s)
+    assert shop.state("inventory", txid) == "COMMITTED"
+    # A handful of attempts, not a tight loop: 0.1 + 0.2 + 0.4 + 0.5 ... fits ~5 in 1 s.
+    assert shop.get("coordinator", "/stats")["messages_sent"] < 50
+    shop.restart("delivery")
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert shop.state("delivery", txid) == "COMMITTED"
+
+
 def test_a_participant_in_doubt_learns_the_decision_by_asking(shop_factory):
     shop = shop_factory()
     shop.faults("coordinator", crash_at="after-first-commit")
