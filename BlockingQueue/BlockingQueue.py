@@ -1,0 +1,269 @@
+"""A bounded blocking queue with the contract of `queue.Queue`, on one lock and three conditions.
+
+`BlockingQueue(maxsize)` is a drop-in for `queue.Queue` as of Python 3.13,
+shutdown included: the same methods, arguments, attributes and exceptions.
+It is built from the same parts (a `threading.Lock` and three
+`threading.Condition`s sharing it) and differs in one idea: it counts the
+threads waiting on each condition and calls `notify()` only when that count is
+not zero, so the common case (nobody waiting) costs a few attribute reads.
+README.md explains the ideas in order: the producer-consumer problem, why every
+wait sits in a `while` loop, lost wake-ups, notify vs notify_all,
+backpressure, and "Why it is faster".
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import types
+from collections import deque
+from queue import Empty, Full
+from time import monotonic
+from typing import Any
+
+if hasattr(queue, "ShutDown"):
+    # Python 3.13+: reuse the very class queue.Queue raises, so an
+    # `except queue.ShutDown:` written for queue.Queue catches ours too.
+    ShutDown = queue.ShutDown
+else:
+
+    class ShutDown(Exception):  # type: ignore[no-redef]
+        """Raised by put() on a shut-down queue, and by get() once it is also empty."""
+
+
+__all__ = ["BlockingQueue", "Empty", "Full", "ShutDown"]
+
+# queue.Queue's own messages, word for word: code that matches on them keeps working.
+NEGATIVE_TIMEOUT = "'timeout' must be a non-negative number"
+TOO_MANY_TASK_DONE = "task_done() called too many times"
+
+
+class BlockingQueue:
+    """A FIFO queue for threads: `put` blocks while it is full, `get` while it is empty.
+
+    `maxsize` is the most items it holds; `maxsize <= 0` means no limit (then
+    `put` never blocks). As with `queue.Queue`, `maxsize` may be changed on a
+    live queue; the new limit applies from the next `put`.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        self.maxsize = maxsize
+        self.queue: deque[Any] = deque()  # the items, oldest on the left
+        self.unfinished_tasks = 0  # put() adds one, task_done() takes one away
+        self.is_shutdown = False
+
+        # One mutex guards every field of the queue. Each method takes it once
+        # and calls no other method while holding it (a Lock is not re-entrant).
+        self.mutex = threading.Lock()
+
+        # not_empty -- waited on by get() while there are no items.
+        #   Notified (one thread) by put() after adding an item, and (all
+        #   threads) by shutdown(), so that getters re-check and raise ShutDown.
+        self.not_empty = threading.Condition(self.mutex)
+        # not_full -- waited on by put() while len(queue) >= maxsize.
+        #   Notified (one thread) by get() after removing an item, and (all
+        #   threads) by shutdown(), so that putters raise ShutDown.
+        self.not_full = threading.Condition(self.mutex)
+        # all_tasks_done -- waited on by join() while unfinished_tasks > 0.
+        #   Notified (all threads) by task_done() when the count reaches 0, and
+        #   by shutdown(immediate=True), which marks the discarded items done.
+        self.all_tasks_done = threading.Condition(self.mutex)
+
+        # How many threads are inside a wait loop on each condition. A thread
+        # adds itself before its first wait and removes itself when it leaves
+        # the loop, both under the mutex, so "0" means nobody can be asleep on
+        # that condition and notify() may be skipped. The count may be too
+        # high (a thread already notified but not yet running): that costs a
+        # notify() with nobody to wake, never a lost wake-up.
+        self.getters_waiting = 0
+        self.putters_waiting = 0
+        self.joiners_waiting = 0
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Add `item` at the back of the queue.
+
+        Blocks while the queue is full: with `timeout=None` until a get() makes
+        room; with a number for at most `timeout` seconds, then raises `Full`.
+        With `block=False` it never blocks and raises `Full` at once (`timeout`
+        is ignored). Raises `ShutDown` if the queue is shut down, including to
+        a put() blocked when shutdown() is called. Raises `ValueError` for a
+        negative timeout on a bounded queue (an unbounded queue never waits, so,
+        as in queue.Queue, it does not look at the timeout).
+        """
+        with self.mutex:
+            if self.is_shutdown:
+                raise ShutDown
+            if self.maxsize > 0:
+                if not block:
+                    if len(self.queue) >= self.maxsize:
+                        raise Full
+                elif timeout is None:
+                    if len(self.queue) >= self.maxsize:
+                        self._wait_for_room()
+                elif timeout < 0:
+                    raise ValueError(NEGATIVE_TIMEOUT)
+                elif len(self.queue) >= self.maxsize:
+                    self._wait_for_room(monotonic() + timeout)
+            self.queue.append(item)
+            self.unfinished_tasks += 1
+            if self.getters_waiting:
+                self.not_empty.notify()  # one new item: at most one getter can use it
+
+    def _wait_for_room(self, deadline: float | None = None) -> None:
+        """Sleep on not_full until there is room (mutex held). Raises Full or ShutDown."""
+        self.putters_waiting += 1
+        try:
+            # `while`, not `if`: waking up only means "look again". Another
+            # putter may have taken the free slot before this thread got the
+            # mutex back, and a wait can also end with nobody notifying.
+            while len(self.queue) >= self.maxsize:
+                if deadline is None:
+                    self.not_full.wait()
+                else:
+                    # One deadline for the whole call, on the monotonic clock:
+                    # a wake-up that finds the queue full again waits only for
+                    # the time that is left, not for `timeout` afresh.
+                    remaining = deadline - monotonic()
+                    if remaining <= 0.0:
+                        raise Full
+                    self.not_full.wait(remaining)
+                if self.is_shutdown:
+                    raise ShutDown
+        except BaseException:
+            # Leaving without putting (Full, ShutDown, or Ctrl+C raised inside
+            # wait()). If a get() had chosen this thread for a free slot, hand
+            # the wake-up on to the next putter, or that slot would go unused.
+            if len(self.queue) < self.maxsize:
+                self.not_full.notify()
+            raise
+        finally:
+            self.putters_waiting -= 1
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return the item at the front of the queue.
+
+        Blocks while the queue is empty: with `timeout=None` until a put();
+        with a number for at most `timeout` seconds, then raises `Empty`. With
+        `block=False` it never blocks and raises `Empty` at once (`timeout` is
+        ignored). After shutdown() it still returns the items left, then
+        raises `ShutDown`, including to a get() blocked when shutdown() is
+        called. Raises `ValueError` for a negative timeout.
+        """
+        with self.mutex:
+            if self.is_shutdown and not self.queue:
+                raise ShutDown
+            if not block:
+                if not self.queue:
+                    raise Empty
+            elif timeout is None:
+                if not self.queue:
+                    self._wait_for_item()
+            elif timeout < 0:
+                raise ValueError(NEGATIVE_TIMEOUT)
+            elif not self.queue:
+                self._wait_for_item(monotonic() + timeout)
+            item = self.queue.popleft()
+            if self.putters_waiting:
+                self.not_full.notify()  # one free slot: at most one putter can use it
+            return item
+
+    def _wait_for_item(self, deadline: float | None = None) -> None:
+        """Sleep on not_empty until an item is queued (mutex held). Raises Empty or ShutDown."""
+        self.getters_waiting += 1
+        try:
+            while not self.queue:  # `while`, for the reasons given in _wait_for_room
+                if deadline is None:
+                    self.not_empty.wait()
+                else:
+                    remaining = deadline - monotonic()
+                    if remaining <= 0.0:
+                        raise Empty
+                    self.not_empty.wait(remaining)
+                if self.is_shutdown and not self.queue:
+                    raise ShutDown
+        except BaseException:
+            # Leaving without an item: hand a wake-up meant for us on (see above).
+            if self.queue:
+                self.not_empty.notify()
+            raise
+        finally:
+            self.getters_waiting -= 1
+
+    def put_nowait(self, item: Any) -> None:
+        """put(item, block=False): add the item if there is room now, else raise `Full`."""
+        self.put(item, block=False)
+
+    def get_nowait(self) -> Any:
+        """get(block=False): return an item if there is one now, else raise `Empty`."""
+        return self.get(block=False)
+
+    def task_done(self) -> None:
+        """Record that the work on one item taken by get() is finished.
+
+        When every item ever put has been marked done, join() returns. Never
+        blocks. Raises `ValueError` if called more times than items were put.
+        """
+        with self.mutex:
+            unfinished = self.unfinished_tasks - 1
+            if unfinished < 0:
+                raise ValueError(TOO_MANY_TASK_DONE)
+            self.unfinished_tasks = unfinished
+            if unfinished == 0 and self.joiners_waiting:
+                self.all_tasks_done.notify_all()  # every joiner waits for the same thing
+
+    def join(self) -> None:
+        """Block until every item put has been taken and marked done with task_done().
+
+        Returns at once if nothing is unfinished. Has no timeout and raises
+        nothing (as queue.Queue). shutdown(immediate=True) counts the items it
+        discards as done; items already taken still need their task_done().
+        """
+        with self.mutex:
+            if not self.unfinished_tasks:
+                return
+            self.joiners_waiting += 1
+            try:
+                while self.unfinished_tasks:
+                    self.all_tasks_done.wait()
+            finally:
+                self.joiners_waiting -= 1
+
+    def qsize(self) -> int:
+        """How many items the queue holds now; by the time you act on it, it may differ."""
+        with self.mutex:
+            return len(self.queue)
+
+    def empty(self) -> bool:
+        """True if the queue holds no items now (the same caveat as qsize())."""
+        with self.mutex:
+            return not self.queue
+
+    def full(self) -> bool:
+        """True if a put() would block now; always False for an unbounded queue."""
+        with self.mutex:
+            return 0 < self.maxsize <= len(self.queue)
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Refuse new items and wake every blocked put() and get(), so none waits forever.
+
+        From now on put() raises `ShutDown`; get() returns the items still
+        queued, then raises `ShutDown`. With `immediate=True` the queued items
+        are discarded instead, each counted as done (which may release join()),
+        and get() raises `ShutDown` at once. Never blocks; calling it again is
+        harmless, and `immediate=True` may follow a plain shutdown().
+        """
+        with self.mutex:
+            self.is_shutdown = True
+            if immediate:
+                discarded = len(self.queue)
+                self.queue.clear()
+                # As queue.Queue does: one task_done() per discarded item, never below 0.
+                self.unfinished_tasks = max(0, self.unfinished_tasks - discarded)
+                self.all_tasks_done.notify_all()
+            # Not one notify() each: every sleeper must wake and re-check, since
+            # none of them can ever be satisfied by a put() again.
+            self.not_empty.notify_all()
+            self.not_full.notify_all()
+
+    # BlockingQueue[int] in a type hint, as queue.Queue[int].
+    __class_getitem__ = classmethod(types.GenericAlias)

@@ -1,0 +1,206 @@
+"""BlockingQueue demo: a fast producer, slow consumers, and what a queue limit changes.
+
+    python BlockingQueue/demo.py
+
+1. The same pipeline twice, for a few seconds each: a producer that makes
+   items four times faster than the consumers can process them, through a
+   bounded queue (maxsize 50) and through an unbounded one (maxsize 0).
+2. A table of what happened: the bounded queue stayed at its limit while the
+   producer blocked (backpressure); the unbounded one grew, and memory with it.
+3. Shutdown, both ways: shutdown() lets the consumers finish what is queued,
+   shutdown(immediate=True) discards it; either way no thread is left blocked.
+Writes images/queue_depth.png and exits non-zero if the lesson did not show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import producer_consumer  # noqa: E402
+
+BlockingQueue = producer_consumer.BlockingQueue  # see producer_consumer.py for why
+
+IMAGES = Path(__file__).resolve().parent / "images"
+SECONDS = 3.0  # each run; the shutdown ends it
+MAXSIZE = 50
+PRODUCERS, PRODUCE_RATE = 1, 2_000.0  # one fast producer: 2,000 items/s
+CONSUMERS, CONSUME_RATE = 2, 250.0  # two slow consumers: 500 items/s together
+PAYLOAD = 8_192  # bytes per item, so a growing queue shows in memory
+MiB = producer_consumer.MiB
+
+
+def heading(text: str) -> None:
+    print(f"\n{text}", flush=True)
+
+
+def run(maxsize: int, immediate: bool) -> producer_consumer.Stats:
+    return producer_consumer.run_pipeline(
+        BlockingQueue(maxsize),
+        producers=PRODUCERS,
+        consumers=CONSUMERS,
+        items=None,  # produce until stopped
+        produce_rate=PRODUCE_RATE,
+        consume_rate=CONSUME_RATE,
+        payload=PAYLOAD,
+        stop_after=SECONDS,
+        immediate=immediate,
+        progress=False,
+    )
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    cells = [headers, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        first, *rest = row
+        print(
+            "  "
+            + first.ljust(widths[0])
+            + "  "
+            + "  ".join(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))
+        )
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, path: Path) -> None:
+    fig, (depth_ax, memory_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for stats, label, colour in (
+        (unbounded, "unbounded (maxsize 0)", "tab:red"),
+        (bounded, f"bounded (maxsize {MAXSIZE})", "tab:blue"),
+    ):
+        seconds = [s.seconds for s in stats.samples]
+        depth_ax.plot(seconds, [s.depth for s in stats.samples], label=label, color=colour)
+        memory_ax.plot(seconds, [s.memory / MiB for s in stats.samples], label=label, color=colour)
+    depth_ax.axhline(MAXSIZE, color="tab:blue", linestyle=":", linewidth=1)
+    depth_ax.set_ylabel("items in the queue")
+    depth_ax.set_title(
+        f"1 producer at {PRODUCE_RATE:,.0f} items/s, {CONSUMERS} consumers at "
+        f"{CONSUME_RATE:,.0f} items/s each"
+    )
+    depth_ax.legend(loc="upper left")
+    memory_ax.set_ylabel("memory held (MiB)")
+    memory_ax.set_xlabel("seconds")
+    memory_ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="A fast producer and slow consumers through a bounded and an unbounded "
+        "BlockingQueue: depth, memory, backpressure, then both kinds of shutdown. About 8 s."
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=IMAGES / "queue_depth.png",
+        help="where to write the depth plot (default: images/queue_depth.png)",
+    )
+    args = parser.parse_args()
+    failures: list[str] = []
+
+    heading(
+        f"1. {SECONDS:.0f} s of a producer making {PRODUCE_RATE:,.0f} items/s and "
+        f"{CONSUMERS} consumers processing {CONSUME_RATE * CONSUMERS:,.0f}/s in all"
+    )
+    print(f"  bounded queue, maxsize {MAXSIZE} ...", flush=True)
+    bounded = run(MAXSIZE, immediate=False)
+    print("  unbounded queue, maxsize 0 ...", flush=True)
+    unbounded = run(0, immediate=True)
+
+    heading("2. What the queue limit changed")
+    print_table(
+        ["", f"maxsize {MAXSIZE}", "unbounded"],
+        [
+            ["items made", f"{bounded.produced:,}", f"{unbounded.produced:,}"],
+            ["items processed", f"{bounded.consumed:,}", f"{unbounded.consumed:,}"],
+            ["deepest queue seen", f"{bounded.max_depth:,}", f"{unbounded.max_depth:,}"],
+            [
+                "peak memory (MiB)",
+                f"{bounded.peak_memory / MiB:.1f}",
+                f"{unbounded.peak_memory / MiB:.1f}",
+            ],
+            [
+                "producer blocked on a full queue",
+                f"{bounded.producer_blocks:,} times",
+                f"{unbounded.producer_blocks:,} times",
+            ],
+            [
+                "time the producer spent blocked",
+                f"{bounded.producer_blocked:.1f} s",
+                f"{unbounded.producer_blocked:.1f} s",
+            ],
+        ],
+    )
+    print(
+        "  bounded: the producer is held to the consumers' pace (backpressure);\n"
+        "  unbounded: it runs ahead and the difference piles up in memory"
+    )
+    if bounded.max_depth > MAXSIZE:
+        failures.append(f"the bounded queue held {bounded.max_depth} items, over {MAXSIZE}")
+    if not bounded.producer_blocks:
+        failures.append("the producer never blocked on the bounded queue")
+    if unbounded.max_depth <= 4 * MAXSIZE or unbounded.peak_memory <= 2 * bounded.peak_memory:
+        failures.append("the unbounded queue did not grow")
+
+    heading("3. Shutdown at the end of each run: nobody stays blocked")
+    print_table(
+        ["", "shutdown()", "shutdown(immediate=True)"],
+        [
+            ["run", f"maxsize {MAXSIZE}", "unbounded"],
+            [
+                "items queued at shutdown",
+                f"{bounded.queued_at_shutdown:,}",
+                f"{unbounded.queued_at_shutdown:,}",
+            ],
+            [
+                "items finished after shutdown",
+                f"{bounded.finished_after_shutdown:,}",
+                f"{unbounded.finished_after_shutdown:,}",
+            ],
+            ["discarded", f"{bounded.discarded:,}", f"{unbounded.discarded:,}"],
+            ["threads still running", f"{bounded.threads_left}", f"{unbounded.threads_left}"],
+            ["join() returned", yes(bounded.joined), yes(unbounded.joined)],
+            [
+                "no item lost, twice or out of order",
+                yes(bounded.exactly_once),
+                yes(unbounded.exactly_once),
+            ],
+        ],
+    )
+    for name, stats in (("bounded", bounded), ("unbounded", unbounded)):
+        if stats.threads_left or not stats.joined:
+            failures.append(f"{name}: a thread stayed blocked after shutdown")
+        if not stats.exactly_once:
+            failures.append(f"{name}: items were lost, duplicated or reordered")
+
+    plot(bounded, unbounded, args.plot)
+    print(f"\n  plot: {args.plot}")
+
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    print(
+        f"\nLesson: with maxsize {MAXSIZE} the queue never held more than "
+        f"{bounded.max_depth} items and {bounded.peak_memory / MiB:.1f} MiB while the producer "
+        f"blocked {bounded.producer_blocks:,} times; unbounded it grew to "
+        f"{unbounded.max_depth:,} items and {unbounded.peak_memory / MiB:.1f} MiB "
+        f"in {SECONDS:.0f} s"
+    )
+    return 1 if failures else 0
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

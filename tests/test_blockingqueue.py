@@ -1,0 +1,808 @@
+"""BlockingQueue: the whole queue.Queue contract, checked against queue.Queue itself,
+shutdown in both modes, stress with exact counting, and the folder's scripts.
+
+Most tests take an `impl` and run twice: once on queue.Queue and once on
+BlockingQueue. A test that passes on both describes queue.Queue's behaviour
+and shows that BlockingQueue has it too: that is what "drop-in" means here.
+No test asserts on speed; a test that waits for a thread to block polls the
+condition's list of sleepers (bounded) instead of sleeping and hoping.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import ModuleType
+
+import pytest
+from conftest import load_module, run_script
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+bq = load_module("BlockingQueue", "BlockingQueue")
+pipeline = load_module("BlockingQueue", "producer_consumer")
+
+BOUND = 10.0  # seconds any single wait in a test may take before the test fails
+HAS_SHUTDOWN = hasattr(queue.Queue, "shutdown")  # Python 3.13+
+
+
+@dataclass
+class Impl:
+    name: str
+    cls: type
+    shutdown_error: type[BaseException] | None
+    clock_module: ModuleType  # where the implementation looks up its monotonic clock
+    clock_name: str
+
+    def __call__(self, maxsize: int = 0):
+        return self.cls(maxsize)
+
+
+STDLIB = Impl(
+    "queue.Queue",
+    queue.Queue,
+    getattr(queue, "ShutDown", None),
+    queue,
+    "time",  # queue.py: `from time import monotonic as time`
+)
+OURS = Impl("BlockingQueue", bq.BlockingQueue, bq.ShutDown, bq, "monotonic")
+
+
+@pytest.fixture(params=[STDLIB, OURS], ids=lambda impl: impl.name)
+def impl(request) -> Impl:
+    return request.param
+
+
+@pytest.fixture(params=[STDLIB, OURS] if HAS_SHUTDOWN else [OURS], ids=lambda impl: impl.name)
+def shutdown_impl(request) -> Impl:
+    """Implementations that have shutdown(): BlockingQueue, and queue.Queue from Python 3.13."""
+    return request.param
+
+
+class Worker(threading.Thread):
+    """Runs one call in a thread and keeps its result or the exception it raised."""
+
+    def __init__(self, call, *args, **kwargs) -> None:
+        super().__init__(daemon=True)
+        self.call, self.args, self.kwargs = call, args, kwargs
+        self.result = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.call(*self.args, **self.kwargs)
+        except BaseException as error:  # noqa: BLE001 - kept for the test to inspect
+            self.error = error
+
+    def finish(self) -> Worker:
+        """Wait (bounded) for the call to return; fail the test if it is still blocked."""
+        self.join(BOUND)
+        assert not self.is_alive(), f"{self.call.__name__} is still blocked after {BOUND} s"
+        return self
+
+
+def sleepers(condition: threading.Condition) -> int:
+    """Threads asleep in condition.wait() and not yet notified (threading.Condition internals)."""
+    return len(condition._waiters)
+
+
+def wait_for_sleepers(condition: threading.Condition, count: int) -> None:
+    """Wait until `count` threads are asleep on `condition`: they are really blocked."""
+    deadline = time.monotonic() + BOUND
+    while sleepers(condition) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} threads ever blocked"
+        time.sleep(0.001)
+
+
+# -- construction, size and order ---------------------------------------------
+
+
+def test_it_is_built_on_a_lock_and_conditions_not_on_another_queue():
+    q = bq.BlockingQueue(3)
+    assert type(q.mutex) is type(threading.Lock())
+    for condition in (q.not_empty, q.not_full, q.all_tasks_done):
+        assert isinstance(condition, threading.Condition)
+    assert not isinstance(q, queue.Queue)
+    assert type(q.queue) is deque
+
+
+def test_it_raises_the_queue_modules_own_exceptions():
+    assert bq.Full is queue.Full
+    assert bq.Empty is queue.Empty
+    if HAS_SHUTDOWN:
+        assert bq.ShutDown is queue.ShutDown
+
+
+def test_maxsize_is_kept_as_given(impl):
+    for maxsize in (-3, 0, 1, 64):
+        assert impl(maxsize).maxsize == maxsize
+    assert impl().maxsize == 0
+
+
+@pytest.mark.parametrize("maxsize", [0, -1])
+def test_maxsize_zero_or_less_means_unbounded(impl, maxsize):
+    q = impl(maxsize)
+    for n in range(10_000):
+        q.put_nowait(n)
+    assert q.qsize() == 10_000
+    assert not q.full()
+    q.put(10_000, timeout=-1)  # an unbounded queue never waits, so never checks the timeout
+
+
+def test_items_come_out_in_the_order_they_went_in(impl):
+    q = impl(100)
+    items = [random.random() for _ in range(100)]
+    for item in items:
+        q.put(item)
+    assert [q.get() for _ in items] == items
+
+
+def test_qsize_empty_and_full_follow_the_contents(impl):
+    q = impl(2)
+    assert (q.qsize(), q.empty(), q.full()) == (0, True, False)
+    q.put("a")
+    assert (q.qsize(), q.empty(), q.full()) == (1, False, False)
+    q.put("b")
+    assert (q.qsize(), q.empty(), q.full()) == (2, False, True)
+    q.get()
+    assert (q.qsize(), q.empty(), q.full()) == (1, False, False)
+
+
+def test_none_and_falsy_items_are_items(impl):
+    q = impl(3)
+    for item in (None, 0, ""):
+        q.put(item)
+    assert [q.get_nowait() for _ in range(3)] == [None, 0, ""]
+
+
+def test_the_class_can_be_subscripted_in_type_hints(impl):
+    assert impl.cls[int].__origin__ is impl.cls
+
+
+# -- non-blocking calls -------------------------------------------------------
+
+
+def test_put_nowait_on_a_full_queue_raises_full_and_adds_nothing(impl):
+    q = impl(1)
+    q.put_nowait("a")
+    with pytest.raises(queue.Full):
+        q.put_nowait("b")
+    with pytest.raises(queue.Full):
+        q.put("b", block=False, timeout=-5)  # block=False ignores the timeout
+    assert q.qsize() == 1 and q.get() == "a"
+
+
+def test_get_nowait_on_an_empty_queue_raises_empty(impl):
+    q = impl(1)
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(block=False, timeout=-5)
+
+
+# -- blocking and timeouts ----------------------------------------------------
+
+
+def test_put_on_a_full_queue_blocks_until_a_get_makes_room(impl):
+    q = impl(1)
+    q.put("first")
+    putter = Worker(q.put, "second")
+    wait_for_sleepers(q.not_full, 1)
+    assert q.qsize() == 1  # still blocked, nothing added
+    assert q.get() == "first"
+    putter.finish()
+    assert putter.error is None
+    assert q.get_nowait() == "second"
+
+
+def test_get_on_an_empty_queue_blocks_until_a_put(impl):
+    q = impl(1)
+    getter = Worker(q.get)
+    wait_for_sleepers(q.not_empty, 1)
+    q.put("item")
+    assert getter.finish().result == "item"
+
+
+def test_every_blocked_getter_gets_one_item(impl):
+    q = impl(0)
+    getters = [Worker(q.get) for _ in range(8)]
+    wait_for_sleepers(q.not_empty, 8)
+    for n in range(8):
+        q.put(n)
+    assert sorted(g.finish().result for g in getters) == list(range(8))
+
+
+def test_every_blocked_putter_gets_its_slot(impl):
+    q = impl(1)
+    q.put(-1)
+    putters = [Worker(q.put, n) for n in range(8)]
+    wait_for_sleepers(q.not_full, 8)
+    got = [q.get(timeout=BOUND) for _ in range(9)]
+    for putter in putters:
+        assert putter.finish().error is None
+    assert sorted(got) == list(range(-1, 8))
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.05, 0.2])
+def test_get_timeout_raises_empty_after_the_timeout_not_before(impl, timeout):
+    q = impl(1)
+    started = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=timeout)
+    assert time.monotonic() - started >= timeout
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.05, 0.2])
+def test_put_timeout_raises_full_after_the_timeout_not_before(impl, timeout):
+    q = impl(1)
+    q.put("a")
+    started = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put("b", timeout=timeout)
+    assert time.monotonic() - started >= timeout
+    assert q.qsize() == 1
+
+
+def test_a_timed_get_returns_an_item_that_arrives_in_time(impl):
+    q = impl(1)
+    getter = Worker(q.get, timeout=BOUND)
+    wait_for_sleepers(q.not_empty, 1)
+    q.put("in time")
+    assert getter.finish().result == "in time"
+
+
+def test_a_timed_put_succeeds_when_room_appears_in_time(impl):
+    q = impl(1)
+    q.put("a")
+    putter = Worker(q.put, "b", timeout=BOUND)
+    wait_for_sleepers(q.not_full, 1)
+    assert q.get() == "a"
+    assert putter.finish().error is None
+    assert q.get_nowait() == "b"
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("side", ["get", "put"])
+def test_wake_ups_without_progress_do_not_restart_the_timeout(impl, side, monkeypatch):
+    """One deadline per call: three wake-ups 8 s apart end a 20 s timeout.
+
+    Each wake-up finds nothing to do (no item, no room), as a spurious wake-up
+    or a lost race would. An implementation that waited `timeout` afresh after
+    each one would still be asleep at the end, and finish() would fail.
+    """
+    clock = FakeClock()
+    monkeypatch.setattr(impl.clock_module, impl.clock_name, clock)
+    q = impl(1)
+    if side == "get":
+        condition, worker, expected = q.not_empty, Worker(q.get, timeout=20.0), queue.Empty
+    else:
+        q.put("filler")
+        condition, worker, expected = q.not_full, Worker(q.put, "x", timeout=20.0), queue.Full
+    for _ in range(3):
+        wait_for_sleepers(condition, 1)
+        clock.now += 8.0
+        with condition:
+            condition.notify_all()  # wake it with nothing changed
+    assert isinstance(worker.finish().error, expected)
+
+
+@pytest.mark.parametrize("call", ["get", "put"])
+def test_a_negative_timeout_is_a_value_error(impl, call):
+    q = impl(1)
+    with pytest.raises(ValueError, match="'timeout' must be a non-negative number"):
+        if call == "get":
+            q.get(timeout=-1)
+        else:
+            q.put("x", timeout=-1)
+    q.put("item")
+    with pytest.raises(ValueError):  # even when an item is there to take
+        q.get(timeout=-0.5)
+
+
+# -- task_done and join -------------------------------------------------------
+
+
+def test_join_returns_at_once_when_nothing_is_unfinished(impl):
+    q = impl(3)
+    Worker(q.join).finish()
+    q.put(1)
+    q.get()
+    q.task_done()
+    Worker(q.join).finish()
+
+
+def test_join_waits_until_every_item_is_marked_done(impl):
+    q = impl(5)
+    for n in range(3):
+        q.put(n)
+    joiners = [Worker(q.join) for _ in range(2)]
+    wait_for_sleepers(q.all_tasks_done, 2)
+    for _ in range(3):
+        q.get()
+    q.task_done()
+    q.task_done()
+    assert all(j.is_alive() for j in joiners)  # one item still unfinished
+    assert sleepers(q.all_tasks_done) == 2
+    q.task_done()
+    for joiner in joiners:
+        joiner.finish()
+    assert q.unfinished_tasks == 0
+
+
+def test_taking_an_item_is_not_finishing_it(impl):
+    q = impl(1)
+    q.put("job")
+    q.get()
+    joiner = Worker(q.join)
+    wait_for_sleepers(q.all_tasks_done, 1)  # empty queue, but the job is not done
+    q.task_done()
+    joiner.finish()
+
+
+def test_too_many_task_done_calls_are_a_value_error(impl):
+    q = impl(2)
+    with pytest.raises(ValueError, match="task_done\\(\\) called too many times"):
+        q.task_done()
+    q.put(1)
+    q.get()
+    q.task_done()
+    with pytest.raises(ValueError):
+        q.task_done()
+    assert q.unfinished_tasks == 0
+
+
+# -- shutdown (Python 3.13 semantics) -----------------------------------------
+
+
+def test_put_after_shutdown_raises_shutdown(shutdown_impl):
+    q = shutdown_impl(2)
+    q.shutdown()
+    for call in (lambda: q.put(1), lambda: q.put_nowait(1), lambda: q.put(1, timeout=0.1)):
+        with pytest.raises(shutdown_impl.shutdown_error):
+            call()
+    assert q.qsize() == 0
+
+
+def test_get_after_shutdown_drains_what_is_left_then_raises(shutdown_impl):
+    q = shutdown_impl(5)
+    for n in range(3):
+        q.put(n)
+    q.shutdown()
+    assert [q.get(), q.get_nowait(), q.get(timeout=1)] == [0, 1, 2]
+    for call in (q.get, q.get_nowait, lambda: q.get(timeout=1), lambda: q.get(timeout=-1)):
+        with pytest.raises(shutdown_impl.shutdown_error):
+            call()
+
+
+def test_shutdown_releases_every_blocked_getter(shutdown_impl):
+    q = shutdown_impl(2)
+    getters = [Worker(q.get) for _ in range(4)] + [Worker(q.get, timeout=BOUND)]
+    wait_for_sleepers(q.not_empty, 5)
+    q.shutdown()
+    for getter in getters:
+        assert isinstance(getter.finish().error, shutdown_impl.shutdown_error)
+
+
+def test_shutdown_releases_every_blocked_putter_without_adding_its_item(shutdown_impl):
+    q = shutdown_impl(1)
+    q.put("kept")
+    putters = [Worker(q.put, n) for n in range(4)] + [Worker(q.put, 9, timeout=BOUND)]
+    wait_for_sleepers(q.not_full, 5)
+    q.shutdown()
+    for putter in putters:
+        assert isinstance(putter.finish().error, shutdown_impl.shutdown_error)
+    assert q.get_nowait() == "kept"
+    with pytest.raises(shutdown_impl.shutdown_error):
+        q.get_nowait()
+
+
+def test_blocked_getters_take_what_is_left_before_shutdown_reaches_them(shutdown_impl):
+    q = shutdown_impl(0)
+    getters = [Worker(q.get) for _ in range(4)]
+    wait_for_sleepers(q.not_empty, 4)
+    q.put("a")
+    q.put("b")
+    q.shutdown()
+    for getter in getters:
+        getter.finish()
+    assert sorted(g.result for g in getters if g.error is None) == ["a", "b"]
+    assert sum(isinstance(g.error, shutdown_impl.shutdown_error) for g in getters) == 2
+
+
+def test_immediate_shutdown_discards_the_items_and_wakes_everyone(shutdown_impl):
+    q = shutdown_impl(2)
+    q.put(1)
+    q.put(2)
+    putter = Worker(q.put, 3)
+    wait_for_sleepers(q.not_full, 1)
+    q.shutdown(immediate=True)
+    assert isinstance(putter.finish().error, shutdown_impl.shutdown_error)
+    assert q.qsize() == 0 and q.empty()
+    with pytest.raises(shutdown_impl.shutdown_error):
+        q.get_nowait()
+    assert q.unfinished_tasks == 0  # the discarded items count as done
+    Worker(q.join).finish()
+
+
+def test_immediate_shutdown_releases_join_only_for_the_items_it_discards(shutdown_impl):
+    q = shutdown_impl(0)
+    for n in range(3):
+        q.put(n)
+    q.get()  # taken by a consumer, still being worked on
+    joiner = Worker(q.join)
+    wait_for_sleepers(q.all_tasks_done, 1)
+    q.shutdown(immediate=True)  # discards 2 of the 3 unfinished
+    assert q.unfinished_tasks == 1
+    wait_for_sleepers(q.all_tasks_done, 1)  # woken, re-checked, asleep again
+    q.task_done()  # the consumer finishes its item
+    joiner.finish()
+    with pytest.raises(ValueError):
+        q.task_done()
+
+
+def test_immediate_shutdown_after_a_plain_one_discards_the_rest(shutdown_impl):
+    q = shutdown_impl(0)
+    for n in range(3):
+        q.put(n)
+    q.shutdown()
+    assert q.get() == 0
+    q.shutdown()  # again: harmless
+    q.shutdown(immediate=True)
+    with pytest.raises(shutdown_impl.shutdown_error):
+        q.get_nowait()
+    assert q.is_shutdown
+
+
+# -- the same answers as queue.Queue, call for call ---------------------------
+
+OPERATIONS = st.one_of(
+    st.tuples(st.just("put_nowait"), st.integers(0, 9)),
+    st.tuples(st.just("put"), st.integers(0, 9), st.sampled_from([0.0, -1.0])),
+    st.tuples(st.just("get_nowait")),
+    st.tuples(st.just("get"), st.sampled_from([0.0, -1.0])),
+    st.tuples(st.just("task_done")),
+    st.tuples(st.just("observe")),
+    *([st.tuples(st.just("shutdown"), st.booleans())] if HAS_SHUTDOWN else []),
+)
+
+
+def outcome(q, op: tuple) -> tuple:
+    """What an operation returned or raised, in a form two implementations can share."""
+    name, *args = op
+    try:
+        if name == "put":
+            result = q.put(args[0], timeout=args[1])
+        elif name == "get":
+            result = q.get(timeout=args[0])
+        elif name == "observe":
+            result = (q.qsize(), q.empty(), q.full(), q.unfinished_tasks, list(q.queue))
+        elif name == "shutdown":
+            result = q.shutdown(immediate=args[0])
+        else:
+            result = getattr(q, name)(*args)
+        return ("returned", result)
+    except Exception as error:  # the comparison is the test
+        return ("raised", type(error).__name__, str(error))
+
+
+@settings(max_examples=300, deadline=None)
+@given(maxsize=st.integers(-1, 4), operations=st.lists(OPERATIONS, max_size=40))
+def test_every_call_answers_as_queue_queue_does(maxsize, operations):
+    """Random sequences of calls that never block: the same result or the same exception."""
+    ours, theirs = bq.BlockingQueue(maxsize), queue.Queue(maxsize)
+    for op in operations:
+        assert outcome(ours, op) == outcome(theirs, op), op
+
+
+# -- stress: many threads, every item counted ---------------------------------
+
+
+class WatchedDeque(deque):
+    """The queue's storage, made to report on itself from inside the queue's lock.
+
+    Both implementations keep their items in `self.queue` and call append()
+    and popleft() on it only while holding the mutex, so what this records is
+    the exact order items entered and left, and the deepest the queue ever was.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deepest = 0
+        self.entered: list = []
+        self.left: list = []
+
+    def append(self, item) -> None:
+        super().append(item)
+        self.deepest = max(self.deepest, len(self))
+        self.entered.append(item)
+
+    def popleft(self):
+        item = super().popleft()
+        self.left.append(item)
+        return item
+
+
+STRESS_ITEMS = 100_000
+STRESS_PRODUCERS = 8
+STRESS_CONSUMERS = 8
+STRESS_MAXSIZE = 16
+
+
+def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> list[list]:
+    """Producers put (producer, sequence) pairs; consumers get until shutdown.
+
+    With `timed`, every call uses a short timeout and retries on Full/Empty,
+    so the timed paths run under contention too. Returns what each consumer got.
+    """
+    per_producer = items // producers
+    received: list[list] = [[] for _ in range(consumers)]
+    errors: list[BaseException] = []
+
+    def produce(me: int) -> None:
+        try:
+            for sequence in range(per_producer):
+                item = (me, sequence)
+                if not timed:
+                    q.put(item)
+                    continue
+                while True:
+                    try:
+                        q.put(item, timeout=0.001)
+                        break
+                    except queue.Full:
+                        pass
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    def consume(me: int) -> None:
+        mine = received[me]
+        try:
+            while True:
+                try:
+                    item = q.get(timeout=0.001) if timed else q.get()
+                except queue.Empty:
+                    continue
+                if item is None:  # the end, for a queue without shutdown()
+                    break
+                mine.append(item)
+                if len(mine) % 97 == 0:
+                    assert q.qsize() <= STRESS_MAXSIZE  # and from outside, now and then
+                q.task_done()
+        except bq.ShutDown:
+            pass
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=produce, args=(p,), daemon=True) for p in range(producers)]
+    threads += [threading.Thread(target=consume, args=(c,), daemon=True) for c in range(consumers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads[:producers]:
+        thread.join(60)
+    Worker(q.join).finish()  # every item taken and marked done
+    if hasattr(q, "shutdown"):
+        q.shutdown()  # consumers blocked in get() leave with ShutDown
+    else:
+        for _ in range(consumers):
+            q.put(None)
+    for thread in threads:
+        thread.join(BOUND)
+    assert not any(t.is_alive() for t in threads), "a thread is still running"
+    assert not errors, errors
+    return received
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["blocking", "timeouts"])
+def test_stress_every_item_arrives_exactly_once_in_order_within_maxsize(timed):
+    q = bq.BlockingQueue(STRESS_MAXSIZE)
+    q.queue = storage = WatchedDeque()
+    received = run_stress(q, STRESS_PRODUCERS, STRESS_CONSUMERS, STRESS_ITEMS, timed)
+
+    got = [item for mine in received for item in mine]
+    expected = {
+        (p, s) for p in range(STRESS_PRODUCERS) for s in range(STRESS_ITEMS // STRESS_PRODUCERS)
+    }
+    assert len(got) == len(expected) == STRESS_ITEMS  # nothing lost, nothing extra
+    assert set(got) == expected  # and so nothing duplicated
+    # FIFO, seen from inside: items left in exactly the order they entered...
+    assert storage.left == storage.entered
+    # ...so each producer's items left in its order, and each consumer saw them so.
+    for mine in [storage.left, *received]:
+        last: dict[int, int] = {}
+        for producer, sequence in mine:
+            assert sequence > last.get(producer, -1)
+            last[producer] = sequence
+    assert storage.deepest <= STRESS_MAXSIZE
+    assert storage.deepest == STRESS_MAXSIZE  # it did fill up: the blocking paths ran
+    assert (q.getters_waiting, q.putters_waiting, q.joiners_waiting) == (0, 0, 0)
+
+
+def test_stress_the_same_check_passes_on_queue_queue():
+    """The stress check is a fair test: queue.Queue passes it too."""
+    q = queue.Queue(STRESS_MAXSIZE)
+    q.queue = storage = WatchedDeque()
+    received = run_stress(q, 4, 4, 20_000, timed=False)
+    entered = [item for item in storage.entered if item is not None]
+    assert sorted(item for mine in received for item in mine) == sorted(entered)
+    assert storage.left == storage.entered and storage.deepest <= STRESS_MAXSIZE
+
+
+@pytest.mark.parametrize("immediate", [False, True])
+def test_stress_shutdown_in_the_middle_leaves_nobody_blocked(immediate):
+    q = bq.BlockingQueue(4)
+    q.queue = storage = WatchedDeque()
+    received: list[list] = [[] for _ in range(6)]
+    refused = []
+
+    def produce(me: int) -> None:
+        sequence = 0
+        try:
+            while True:
+                q.put((me, sequence))
+                sequence += 1
+        except bq.ShutDown:
+            refused.append(me)
+
+    def consume(me: int) -> None:
+        try:
+            while True:
+                received[me].append(q.get())
+        except bq.ShutDown:
+            pass
+
+    threads = [threading.Thread(target=produce, args=(p,), daemon=True) for p in range(6)]
+    threads += [threading.Thread(target=consume, args=(c,), daemon=True) for c in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + BOUND
+    while len(storage.left) < 5_000 and time.monotonic() < deadline:  # let it run a while
+        time.sleep(0.01)
+    q.shutdown(immediate=immediate)
+    for thread in threads:
+        thread.join(BOUND)
+    assert not any(t.is_alive() for t in threads), "a thread stayed blocked after shutdown"
+    assert sorted(refused) == list(range(6))  # every producer was told
+    got = [item for mine in received for item in mine]
+    assert len(got) == len(set(got)) == len(storage.left)  # nothing received twice
+    assert storage.left == storage.entered[: len(storage.left)]  # and in FIFO order
+    if immediate:
+        assert len(storage.entered) - len(storage.left) <= 4  # the discarded ones
+    else:
+        assert storage.left == storage.entered  # drained: everything put was received
+    assert (q.getters_waiting, q.putters_waiting) == (0, 0)
+
+
+# -- guarantees beyond queue.Queue's ------------------------------------------
+
+
+class InterruptOnce(threading.Condition):
+    """A not_empty whose first wake-up becomes an exception (think Ctrl+C) in the woken thread."""
+
+    def __init__(self, lock) -> None:
+        super().__init__(lock)
+        self.interrupted = False
+
+    def wait(self, timeout=None):
+        woken = super().wait(timeout)
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return woken
+
+
+def test_a_getter_interrupted_after_its_wake_up_passes_the_wake_up_on():
+    q = bq.BlockingQueue(1)
+    q.not_empty = InterruptOnce(q.mutex)
+    first = Worker(q.get)
+    wait_for_sleepers(q.not_empty, 1)
+    second = Worker(q.get)
+    wait_for_sleepers(q.not_empty, 2)
+    q.put("item")  # wakes `first` only, which is then interrupted
+    assert isinstance(first.finish().error, KeyboardInterrupt)
+    assert second.finish().result == "item"  # not stuck beside a waiting item
+    assert q.getters_waiting == 0
+
+
+def test_waiter_counts_return_to_zero_after_timeouts():
+    q = bq.BlockingQueue(1)
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.01)
+    q.put(1)
+    with pytest.raises(queue.Full):
+        q.put(2, timeout=0.01)
+    assert (q.getters_waiting, q.putters_waiting, q.joiners_waiting) == (0, 0, 0)
+
+
+# -- the scripts ----------------------------------------------------------------
+
+
+def test_pipeline_delivers_everything_and_reports_backpressure():
+    stats = pipeline.run_pipeline(
+        bq.BlockingQueue(5),
+        producers=3,
+        consumers=2,
+        items=600,
+        produce_rate=0,
+        consume_rate=2_000,
+        payload=16,
+        progress=False,
+    )
+    assert stats.produced == stats.consumed == 600
+    assert stats.exactly_once and stats.joined and stats.threads_left == 0
+    assert stats.producer_blocks > 0  # fast producers, slow consumers: they blocked
+    assert stats.max_depth <= 5
+
+
+def test_pipeline_counts_what_an_immediate_shutdown_discards():
+    stats = pipeline.run_pipeline(
+        bq.BlockingQueue(0),
+        producers=1,
+        consumers=1,
+        items=None,
+        produce_rate=0,
+        consume_rate=200,
+        payload=16,
+        stop_after=0.3,
+        immediate=True,
+        progress=False,
+    )
+    assert stats.threads_left == 0 and stats.joined
+    assert stats.discarded > 0 and stats.duplicates == stats.out_of_order == 0
+    assert stats.produced == stats.consumed + stats.discarded
+
+
+def test_producer_consumer_script_runs_and_prints_its_report():
+    result = run_script(
+        "BlockingQueue/producer_consumer.py",
+        *("--producers", "2", "--consumers", "1", "--maxsize", "10", "--items", "300"),
+        *("--produce-rate", "0", "--consume-rate", "3000"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "items put / done                   300 / 300" in result.stdout
+    assert "delivered exactly once, in order   yes" in result.stdout
+    assert "items done  depth" in result.stdout  # the progress line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--producers", "0"], "must be between 1 and"),
+        (["--consumers", "x"], "invalid positive_int value"),
+        (["--items", "-5"], "must not be negative"),
+        (["--consume-rate", "-1"], "must not be negative"),
+    ],
+)
+def test_producer_consumer_refuses_bad_input_clearly(args, message):
+    result = run_script("BlockingQueue/producer_consumer.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script", ["producer_consumer.py", "demo.py"])
+def test_every_script_has_help(script):
+    result = run_script(f"BlockingQueue/{script}", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_demo_shows_its_lesson(tmp_path):
+    plot = tmp_path / "queue_depth.png"
+    result = run_script("BlockingQueue/demo.py", "--plot", str(plot), timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lesson: with maxsize 50 the queue never held more than" in result.stdout
+    assert plot.stat().st_size > 10_000
