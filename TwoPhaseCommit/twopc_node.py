@@ -48,6 +48,7 @@ class DurableStore:
 
     def __init__(self, path: str | Path, schema: str) -> None:
         try:
+            Path(path).parent.mkdir(exist_ok=True)  # the default data/ on a first run
             self.db = sqlite3.connect(
                 str(path), check_same_thread=False, isolation_level=None, timeout=10
             )
@@ -55,7 +56,7 @@ class DurableStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(schema)
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open database {path}: {err}") from None
         # One connection, one writer at a time: every request thread takes this
         # lock for its whole read-check-write, so two orders can never both see
@@ -271,11 +272,9 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int, default_
 def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
-    if not args.db.parent.is_dir():
-        if args.db.parent == Path(__file__).resolve().parent / "data":
-            args.db.parent.mkdir()  # the default place: create it on first run
-        else:
-            parser.error(f"--db: directory {args.db.parent} does not exist")
+    default_dir = Path(__file__).resolve().parent / "data"  # created on first use
+    if not args.db.parent.is_dir() and args.db.parent != default_dir:
+        parser.error(f"--db: directory {args.db.parent} does not exist")
 
 
 def bind(app: Flask, host: str, port: int) -> BaseWSGIServer:
