@@ -4,11 +4,12 @@
 shutdown included: the same methods, arguments, attributes and exceptions.
 It is built from the same parts (a `threading.Lock` and three
 `threading.Condition`s sharing it) and differs in one idea: it counts the
-threads waiting on each condition and calls `notify()` only when that count is
-not zero, so the common case (nobody waiting) costs a few attribute reads.
-README.md explains the ideas in order: the producer-consumer problem, why every
-wait sits in a `while` loop, lost wake-ups, notify vs notify_all,
-backpressure, and "Why it is faster".
+threads asleep on each condition and the wake-ups already sent to them, and
+calls `notify()` only when some thread is asleep with no wake-up on its way.
+Most put() and get() calls then cost a few attribute reads instead of a call
+into `threading.Condition`. README.md explains the ideas in order: the
+producer-consumer problem, why every wait sits in a `while` loop, lost
+wake-ups, notify vs notify_all, backpressure, and "Why it is faster".
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ class BlockingQueue:
         self.unfinished_tasks = 0  # put() adds one, task_done() takes one away
         self.is_shutdown = False
 
-        # One mutex guards every field of the queue. Each method takes it once
-        # and calls no other method while holding it (a Lock is not re-entrant).
+        # One mutex guards every field of the queue. Each public method takes it
+        # once and calls no other public method while holding it: a Lock is not
+        # re-entrant, so a nested `with self.mutex` would deadlock.
         self.mutex = threading.Lock()
 
         # not_empty -- waited on by get() while there are no items.
@@ -69,15 +71,23 @@ class BlockingQueue:
         #   by shutdown(immediate=True), which marks the discarded items done.
         self.all_tasks_done = threading.Condition(self.mutex)
 
-        # How many threads are inside a wait loop on each condition. A thread
-        # adds itself before its first wait and removes itself when it leaves
-        # the loop, both under the mutex, so "0" means nobody can be asleep on
-        # that condition and notify() may be skipped. The count may be too
-        # high (a thread already notified but not yet running): that costs a
-        # notify() with nobody to wake, never a lost wake-up.
+        # Who is asleep, and who has already been woken. For get() and put():
+        #   *_waiting: threads inside the wait loop (counted in before the
+        #              first wait, out when they leave the loop);
+        #   *_woken:   notify() calls whose thread has not yet come back from
+        #              wait() (it is waiting for the mutex, or for its turn to
+        #              run). Each thread coming back from wait() takes one off,
+        #              whether it was notified or timed out.
+        # So `waiting - woken` is never less than the number of threads asleep
+        # with no wake-up on its way: when it is 0, notify() would wake nobody
+        # who needs it and is skipped. It may be more (a thread that timed out
+        # just as it was notified takes one off twice): that costs a notify()
+        # that wakes nobody, never a lost wake-up. README.md, "Why it is faster".
         self.getters_waiting = 0
+        self.getters_woken = 0
         self.putters_waiting = 0
-        self.joiners_waiting = 0
+        self.putters_woken = 0
+        self.joiners_waiting = 0  # join() callers asleep; task_done() wakes them all at once
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add `item` at the back of the queue.
@@ -106,8 +116,9 @@ class BlockingQueue:
                     self._wait_for_room(monotonic() + timeout)
             self.queue.append(item)
             self.unfinished_tasks += 1
-            if self.getters_waiting:
-                self.not_empty.notify()  # one new item: at most one getter can use it
+            if self.getters_waiting > self.getters_woken:  # a getter sleeps, nobody woke it
+                self.getters_woken += 1
+                self.not_empty.notify()  # one new item: wake one getter, not all
 
     def _wait_for_room(self, deadline: float | None = None) -> None:
         """Sleep on not_full until there is room (mutex held). Raises Full or ShutDown."""
@@ -115,29 +126,34 @@ class BlockingQueue:
         try:
             # `while`, not `if`: waking up only means "look again". Another
             # putter may have taken the free slot before this thread got the
-            # mutex back, and a wait can also end with nobody notifying.
+            # mutex back.
             while len(self.queue) >= self.maxsize:
-                if deadline is None:
-                    self.not_full.wait()
-                else:
+                timeout = None
+                if deadline is not None:
                     # One deadline for the whole call, on the monotonic clock:
                     # a wake-up that finds the queue full again waits only for
                     # the time that is left, not for `timeout` afresh.
-                    remaining = deadline - monotonic()
-                    if remaining <= 0.0:
+                    timeout = deadline - monotonic()
+                    if timeout <= 0.0:
                         raise Full
-                    self.not_full.wait(remaining)
+                try:
+                    self.not_full.wait(timeout)
+                finally:
+                    if self.putters_woken:  # back from wait(): one wake-up less in flight
+                        self.putters_woken -= 1
                 if self.is_shutdown:
                     raise ShutDown
         except BaseException:
-            # Leaving without putting (Full, ShutDown, or Ctrl+C raised inside
-            # wait()). If a get() had chosen this thread for a free slot, hand
-            # the wake-up on to the next putter, or that slot would go unused.
-            if len(self.queue) < self.maxsize:
+            # Leaving without putting (Full, ShutDown, or an exception such as
+            # KeyboardInterrupt raised inside wait()). If a get() had woken this
+            # thread for a free slot, pass the wake-up on, or the slot would go
+            # unused while another putter sleeps.
+            self.putters_waiting -= 1
+            if len(self.queue) < self.maxsize and self.putters_waiting > self.putters_woken:
+                self.putters_woken += 1
                 self.not_full.notify()
             raise
-        finally:
-            self.putters_waiting -= 1
+        self.putters_waiting -= 1
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the item at the front of the queue.
@@ -163,8 +179,9 @@ class BlockingQueue:
             elif not self.queue:
                 self._wait_for_item(monotonic() + timeout)
             item = self.queue.popleft()
-            if self.putters_waiting:
-                self.not_full.notify()  # one free slot: at most one putter can use it
+            if self.putters_waiting > self.putters_woken:  # a putter sleeps, nobody woke it
+                self.putters_woken += 1
+                self.not_full.notify()  # one free slot: wake one putter, not all
             return item
 
     def _wait_for_item(self, deadline: float | None = None) -> None:
@@ -172,22 +189,26 @@ class BlockingQueue:
         self.getters_waiting += 1
         try:
             while not self.queue:  # `while`, for the reasons given in _wait_for_room
-                if deadline is None:
-                    self.not_empty.wait()
-                else:
-                    remaining = deadline - monotonic()
-                    if remaining <= 0.0:
+                timeout = None
+                if deadline is not None:
+                    timeout = deadline - monotonic()
+                    if timeout <= 0.0:
                         raise Empty
-                    self.not_empty.wait(remaining)
+                try:
+                    self.not_empty.wait(timeout)
+                finally:
+                    if self.getters_woken:  # back from wait(): one wake-up less in flight
+                        self.getters_woken -= 1
                 if self.is_shutdown and not self.queue:
                     raise ShutDown
         except BaseException:
-            # Leaving without an item: hand a wake-up meant for us on (see above).
-            if self.queue:
+            # Leaving without an item: pass on a wake-up meant for us (see above).
+            self.getters_waiting -= 1
+            if self.queue and self.getters_waiting > self.getters_woken:
+                self.getters_woken += 1
                 self.not_empty.notify()
             raise
-        finally:
-            self.getters_waiting -= 1
+        self.getters_waiting -= 1
 
     def put_nowait(self, item: Any) -> None:
         """put(item, block=False): add the item if there is room now, else raise `Full`."""

@@ -91,6 +91,12 @@ def sleepers(condition: threading.Condition) -> int:
     return len(condition._waiters)
 
 
+def assert_nobody_counted_waiting(q) -> None:
+    """BlockingQueue's own bookkeeping: with no thread inside a call, every count is back to 0."""
+    counts = (q.getters_waiting, q.getters_woken, q.putters_waiting, q.putters_woken)
+    assert counts + (q.joiners_waiting,) == (0, 0, 0, 0, 0)
+
+
 def wait_for_sleepers(condition: threading.Condition, count: int) -> None:
     """Wait until `count` threads are asleep on `condition`: they are really blocked."""
     deadline = time.monotonic() + BOUND
@@ -215,6 +221,18 @@ def test_every_blocked_getter_gets_one_item(impl):
     for n in range(8):
         q.put(n)
     assert sorted(g.finish().result for g in getters) == list(range(8))
+
+
+def test_a_burst_of_gets_wakes_one_putter_per_slot_it_frees(impl):
+    q = impl(8)
+    for n in range(8):
+        q.put(n)
+    putters = [Worker(q.put, n) for n in range(8, 16)]
+    wait_for_sleepers(q.not_full, 8)
+    assert [q.get_nowait() for _ in range(8)] == list(range(8))  # then no more gets
+    for putter in putters:
+        assert putter.finish().error is None  # each was woken for its slot
+    assert sorted(q.get_nowait() for _ in range(8)) == list(range(8, 16))
 
 
 def test_every_blocked_putter_gets_its_slot(impl):
@@ -545,8 +563,11 @@ STRESS_MAXSIZE = 16
 def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> list[list]:
     """Producers put (producer, sequence) pairs; consumers get until shutdown.
 
-    With `timed`, every call uses a short timeout and retries on Full/Empty,
-    so the timed paths run under contention too. Returns what each consumer got.
+    With `timed`, half the producers and half the consumers use a short
+    timeout and retry on Full/Empty, so timed and untimed waits race on the
+    same conditions: a wake-up lost between them would leave an untimed
+    consumer asleep beside a queued item, and join() would never return.
+    Returns what each consumer got.
     """
     per_producer = items // producers
     received: list[list] = [[] for _ in range(consumers)]
@@ -556,7 +577,7 @@ def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> li
         try:
             for sequence in range(per_producer):
                 item = (me, sequence)
-                if not timed:
+                if not timed or me % 2:  # with `timed`, half the producers still block
                     q.put(item)
                     continue
                 while True:
@@ -573,7 +594,7 @@ def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> li
         try:
             while True:
                 try:
-                    item = q.get(timeout=0.001) if timed else q.get()
+                    item = q.get(timeout=0.001) if timed and me % 2 else q.get()
                 except queue.Empty:
                     continue
                 if item is None:  # the end, for a queue without shutdown()
@@ -628,7 +649,7 @@ def test_stress_every_item_arrives_exactly_once_in_order_within_maxsize(timed):
             last[producer] = sequence
     assert storage.deepest <= STRESS_MAXSIZE
     assert storage.deepest == STRESS_MAXSIZE  # it did fill up: the blocking paths ran
-    assert (q.getters_waiting, q.putters_waiting, q.joiners_waiting) == (0, 0, 0)
+    assert_nobody_counted_waiting(q)
 
 
 def test_stress_the_same_check_passes_on_queue_queue():
@@ -683,7 +704,7 @@ def test_stress_shutdown_in_the_middle_leaves_nobody_blocked(immediate):
         assert len(storage.entered) - len(storage.left) <= 4  # the discarded ones
     else:
         assert storage.left == storage.entered  # drained: everything put was received
-    assert (q.getters_waiting, q.putters_waiting) == (0, 0)
+    assert_nobody_counted_waiting(q)
 
 
 # -- guarantees beyond queue.Queue's ------------------------------------------
@@ -714,7 +735,7 @@ def test_a_getter_interrupted_after_its_wake_up_passes_the_wake_up_on():
     q.put("item")  # wakes `first` only, which is then interrupted
     assert isinstance(first.finish().error, KeyboardInterrupt)
     assert second.finish().result == "item"  # not stuck beside a waiting item
-    assert q.getters_waiting == 0
+    assert_nobody_counted_waiting(q)
 
 
 def test_waiter_counts_return_to_zero_after_timeouts():
@@ -724,7 +745,7 @@ def test_waiter_counts_return_to_zero_after_timeouts():
     q.put(1)
     with pytest.raises(queue.Full):
         q.put(2, timeout=0.01)
-    assert (q.getters_waiting, q.putters_waiting, q.joiners_waiting) == (0, 0, 0)
+    assert_nobody_counted_waiting(q)
 
 
 # -- the scripts ----------------------------------------------------------------
@@ -793,7 +814,7 @@ def test_producer_consumer_refuses_bad_input_clearly(args, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("script", ["producer_consumer.py", "demo.py"])
+@pytest.mark.parametrize("script", ["producer_consumer.py", "demo.py", "bench.py"])
 def test_every_script_has_help(script):
     result = run_script(f"BlockingQueue/{script}", "--help")
     assert result.returncode == 0, result.stderr
