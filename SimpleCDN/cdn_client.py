@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     args = parser.parse_args(argv)
-    url = urlsplit(args.url)
+    try:
+        url = urlsplit(args.url)
+        port = url.port or 80
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port past 65535
+        parser.error(f"not a valid URL: {args.url!r}")
     if url.scheme != "http" or not url.hostname:
         parser.error(f"need an http:// URL, got {args.url!r}")
     if args.count < 1 or args.interval < 0:
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     target = (url.path or "/") + (f"?{url.query}" if url.query else "")
     headers = dict(args.header)
 
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=args.timeout)
+    conn = http.client.HTTPConnection(url.hostname, port, timeout=args.timeout)
     print(f"{'#':>3}  {'status':>6}  {'X-Cache':<11}  {'Age':>5}  {'ms':>8}  {'bytes':>8}")
     try:
         for number in range(1, args.count + 1):

@@ -55,6 +55,7 @@ BODY_TIMEOUT = 30.0  # and its body within this
 SEND_TIMEOUT = 30.0  # a client that will not read its response is dropped
 LISTEN_BACKLOG = 1024  # connections the kernel queues before accept()
 MAX_CONNECTIONS = 2000  # open client connections (each is a thread) before 503s
+MAX_TIMEOUT = 24 * 3600.0  # the largest --*-timeout accepted, in seconds
 LINGER_SECONDS = 2.0  # after an error, how long to drain a client's unread input
 
 
@@ -259,19 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, EdgeConfig]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    origin = urlsplit(args.origin)
+    try:
+        origin = urlsplit(args.origin)
+        origin_port = origin.port or 80
+    except ValueError:  # an unclosed IPv6 bracket, a port past 65535...
+        parser.error(f"--origin is not a valid URL: {args.origin!r}")
     if origin.scheme != "http" or not origin.hostname:
         parser.error(f"--origin must be an http:// URL with a host, got {args.origin!r}")
-    try:
-        origin_port = origin.port or 80
-    except ValueError:
-        parser.error(f"--origin has an invalid port: {args.origin!r}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.max_connections < 1:
         parser.error("--max-connections must be at least 1")
-    if args.origin_timeout <= 0 or args.idle_timeout <= 0 or args.header_timeout <= 0:
-        parser.error("timeouts must be positive")
+    timeouts = (args.origin_timeout, args.idle_timeout, args.header_timeout)
+    if not all(0 < seconds <= MAX_TIMEOUT for seconds in timeouts):  # also refuses nan
+        parser.error(f"timeouts must be positive, at most {MAX_TIMEOUT:g} seconds")
     if args.max_object_size is None:
         args.max_object_size = min(DEFAULT_MAX_OBJECT_SIZE, args.cache_size)
     if args.max_object_size > args.cache_size:

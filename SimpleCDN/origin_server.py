@@ -393,11 +393,14 @@ def main(argv: list[str] | None = None) -> None:
         help="delay added to every answer, standing for distance (default 80)",
     )
     args = parser.parse_args(argv)
-    if args.latency_ms < 0:
-        parser.error("--latency-ms cannot be negative")
+    if not 0 <= args.latency_ms <= 600_000:  # also refuses nan
+        parser.error("--latency-ms must be between 0 and 600000")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
-    server = make_server(args.host, args.port, args.latency_ms)
+    try:
+        server = make_server(args.host, args.port, args.latency_ms)
+    except OSError as exc:
+        sys.exit(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
 
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(0)

@@ -720,8 +720,13 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--origin", "ftp://example.com"]),
         (EDGE, ["--cache-size", "lots"]),
         (EDGE, ["--cache-size", "1KB", "--max-object-size", "2KB"]),
+        (EDGE, ["--origin", "http://[::1"]),
+        (EDGE, ["--origin-timeout", "nan"]),
         (ORIGIN, ["--latency-ms", "-5"]),
+        (ORIGIN, ["--latency-ms", "nan"]),
         ("SimpleCDN/cdn_client.py", ["not-a-url"]),
+        ("SimpleCDN/cdn_client.py", ["http://[::1/x"]),
+        ("SimpleCDN/cdn_client.py", ["http://127.0.0.1:99999/x"]),
     ],
 )
 def test_scripts_reject_bad_arguments_with_exit_code_2(script, bad_args):
