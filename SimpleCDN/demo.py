@@ -28,6 +28,7 @@ import requests  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 IMAGES = HERE / "images"
+PLOT_FORMATS = (".png", ".svg", ".pdf")  # what --plot may write (matplotlib picks by suffix)
 ORIGIN_LATENCY_MS = 80
 STARTUP_TIMEOUT = 15.0
 BURST_REQUESTS = 240  # the "many users" step
@@ -151,6 +152,8 @@ def main() -> int:
         help="where to write the latency plot (default: images/hit_vs_miss.png)",
     )
     args = parser.parse_args()
+    if args.plot.suffix.lower() not in PLOT_FORMATS:
+        parser.error(f"--plot must end in one of {', '.join(PLOT_FORMATS)}, got {args.plot}")
     origin, origin_url = start("origin_server.py", "--latency-ms", str(ORIGIN_LATENCY_MS))
     edges = [
         start("cdn_server.py", "--origin", origin_url, "--name", name)

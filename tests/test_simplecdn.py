@@ -724,6 +724,7 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--origin-timeout", "nan"]),
         (ORIGIN, ["--latency-ms", "-5"]),
         (ORIGIN, ["--latency-ms", "nan"]),
+        ("SimpleCDN/demo.py", ["--plot", "plot.txt"]),
         ("SimpleCDN/cdn_client.py", ["not-a-url"]),
         ("SimpleCDN/cdn_client.py", ["http://[::1/x"]),
         ("SimpleCDN/cdn_client.py", ["http://127.0.0.1:99999/x"]),
