@@ -8,6 +8,7 @@ sections "The ring", "Virtual nodes", "Replicas" and "Weights" explain why.
 from __future__ import annotations
 
 import math
+import numbers
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -42,6 +43,14 @@ class DuplicateNodeError(ValueError):
 
 class InvalidWeightError(ValueError):
     """A weight that is not a finite number above zero."""
+
+
+def key_type_error(key: object) -> TypeError:
+    """The error for a key the hash cannot take (the ring hashes str and bytes only)."""
+    return TypeError(
+        f"keys must be str or bytes, got {type(key).__name__} {key!r}; "
+        "convert it first, e.g. str(key)"
+    )
 
 
 def vnode_label(node: str, index: int) -> str:
@@ -115,10 +124,7 @@ class ConsistentHashRing:
                 "the ring has no nodes; add_node() one before looking keys up"
             ) from None
         except TypeError:  # the try costs nothing until something is raised
-            raise TypeError(
-                f"keys must be str or bytes, got {type(key).__name__} {key!r}; "
-                "convert it first, e.g. str(key)"
-            ) from None
+            raise key_type_error(key) from None
 
     def get_nodes(self, key: str | bytes, n: int) -> list[str]:
         """`n` distinct physical nodes for `key`, its owner first (for replicas).
@@ -126,12 +132,15 @@ class ConsistentHashRing:
         They are the first `n` different nodes met walking clockwise from the
         key, so every client picks the same replicas, and adding or removing a
         node changes a key's list only where that node appears in it.
-        Raises ValueError unless 1 <= n <= len(self).
+        Raises ValueError unless n is a whole number with 1 <= n <= len(self).
         """
         if not self._weights:
             raise EmptyRingError("the ring has no nodes; add_node() one before looking keys up")
-        if not 1 <= n <= len(self._weights):
-            raise ValueError(f"n must be between 1 and {len(self._weights)} (the nodes), got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self._weights):
+            raise ValueError(
+                f"n must be a whole number between 1 and {len(self._weights)} (the nodes), "
+                f"got {n!r}"
+            )
         replicas = []
         for node in self.walk(key):
             replicas.append(node)
@@ -148,7 +157,10 @@ class ConsistentHashRing:
         size = len(self._positions)
         if not size:
             return
-        start = bisect_left(self._positions, self._hash(key))
+        try:
+            start = bisect_left(self._positions, self._hash(key))
+        except TypeError:
+            raise key_type_error(key) from None
         seen: set[str] = set()
         for step in range(size):
             node = self._owners[(start + step) % size]
@@ -266,7 +278,7 @@ class ConsistentHashRing:
             )
         if (
             isinstance(weight, bool)
-            or not isinstance(weight, int | float)
+            or not isinstance(weight, numbers.Real)  # int, float, Fraction, numpy numbers
             or not math.isfinite(weight)
             or weight <= 0
         ):

@@ -415,6 +415,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--remove must be between 0 and {args.shards - 1} (at least one shard stays)")
     if args.add < 0:
         parser.error("--add must be 0 or more")
+    if not args.no_plots:  # find out now, not after the trials have run
+        if args.out_dir.exists() and not args.out_dir.is_dir():
+            parser.error(f"--out-dir {args.out_dir} is a file, not a directory")
+        try:
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--out-dir {args.out_dir}: cannot create it ({error.strerror})")
     return args
 
 
@@ -455,7 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         f"placement fingerprint {placement_fingerprint(first.initial)}"
     )
     if not args.no_plots:
-        for path in write_plots(first, args.out_dir, args.vnodes):
+        try:
+            paths = write_plots(first, args.out_dir, args.vnodes)
+        except OSError as error:
+            print(f"error: cannot write the plots: {error}", file=sys.stderr)
+            return 1
+        for path in paths:
             print(f"wrote {shown(path)}")
     return 0
 

@@ -7,6 +7,8 @@ them. README section "The alternatives" says when to pick which.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import Counter
 from collections.abc import Iterable
 from fractions import Fraction
@@ -19,6 +21,7 @@ from ConsistentHashRing import (
     DuplicateNodeError,
     EmptyRingError,
     UnknownNodeError,
+    key_type_error,
 )
 
 MASK_64 = (1 << 64) - 1
@@ -29,17 +32,37 @@ class UnsupportedChangeError(ValueError):
     """A strategy was asked for a membership change it cannot make."""
 
 
+def _check_key(key: object) -> None:
+    if not isinstance(key, str | bytes):
+        raise key_type_error(key)
+
+
 def key_hash_32(key: str | bytes) -> int:
     """MurmurHash3 x86 32-bit, unsigned: the key hash modulo hashing uses."""
-    return mmh3.hash(key, 0, False)
+    try:
+        return mmh3.hash(key, 0, False)
+    except TypeError:  # the try costs nothing until something is raised
+        raise key_type_error(key) from None
 
 
 def key_hash_64(key: str | bytes) -> int:
     """The low 64 bits of MurmurHash3 x64 128-bit, unsigned."""
-    return mmh3.hash64(key, signed=False)[0]
+    try:
+        return mmh3.hash64(key, signed=False)[0]
+    except TypeError:
+        raise key_type_error(key) from None
+
+
+def _node_list(nodes: Iterable[str]) -> Iterable[str]:
+    """`nodes`, refusing a bare string (which would be one node per character)."""
+    if isinstance(nodes, str | bytes):
+        raise TypeError(f"nodes must be a list of names, e.g. [{nodes!r}], not {nodes!r}")
+    return nodes
 
 
 def _check_new(nodes: Iterable[str], node: str) -> None:
+    if not isinstance(node, str):
+        raise TypeError(f"node names must be str, got {type(node).__name__} {node!r}")
     if node in nodes:
         raise DuplicateNodeError(f"node {node!r} is already there; remove_node() it first")
 
@@ -58,7 +81,7 @@ class ModuloHashing:
 
     def __init__(self, nodes: Iterable[str] = ()) -> None:
         self._nodes: list[str] = []
-        for node in nodes:
+        for node in _node_list(nodes):
             self.add_node(node)
 
     def get_node(self, key: str | bytes) -> str:
@@ -117,7 +140,7 @@ class JumpHashing:
 
     def __init__(self, nodes: Iterable[str] = ()) -> None:
         self._nodes: list[str] = []
-        for node in nodes:
+        for node in _node_list(nodes):
             self.add_node(node)
 
     def get_node(self, key: str | bytes) -> str:
@@ -170,7 +193,7 @@ class RendezvousHashing:
     def __init__(self, nodes: Iterable[str] = ()) -> None:
         self._nodes: list[str] = []  # kept sorted, so a (2**-64-rare) tie goes to the smaller name
         self._node_hashes = np.zeros(0, dtype=np.uint64)
-        for node in nodes:
+        for node in _node_list(nodes):
             self.add_node(node)
 
     def _scores(self, key: str | bytes) -> np.ndarray:
@@ -183,8 +206,10 @@ class RendezvousHashing:
     def get_nodes(self, key: str | bytes, n: int) -> list[str]:
         """The `n` highest-scoring nodes, best first: rendezvous hashing's replicas."""
         _check_lookup(self._nodes)
-        if not 1 <= n <= len(self._nodes):
-            raise ValueError(f"n must be between 1 and {len(self._nodes)} (the nodes), got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self._nodes):
+            raise ValueError(
+                f"n must be a whole number between 1 and {len(self._nodes)} (the nodes), got {n!r}"
+            )
         # ~score sorts the highest score first; stable, so ties keep name order.
         order = np.argsort(~self._scores(key), kind="stable")
         return [self._nodes[i] for i in order[:n]]
@@ -230,8 +255,13 @@ class BoundedLoadHashing:
         c: float = DEFAULT_BALANCE_FACTOR,
         vnodes: int = DEFAULT_VNODES,
     ) -> None:
-        if not c >= 1:
-            raise ValueError(f"c must be >= 1 (1 means perfectly even), got {c!r}")
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, numbers.Real)
+            or not math.isfinite(c)
+            or not c >= 1
+        ):
+            raise ValueError(f"c must be a finite number >= 1 (1 means perfectly even), got {c!r}")
         # Exact arithmetic for the cap: with floats, ceil(1.1 * 100 / 10) is 12.
         self.c = Fraction(str(c))
         self._ring = ConsistentHashRing(nodes, vnodes=vnodes)
@@ -258,6 +288,8 @@ class BoundedLoadHashing:
         new = [key for key in dict.fromkeys(keys) if key not in self._placement]
         if not new:
             return
+        for key in new:  # check them all first: a bad key half-way must change nothing
+            _check_key(key)
         if not len(self._ring):
             raise EmptyRingError("there are no nodes; add_node() one before placing keys")
         old_cap = self.capacity() if self._placement else None

@@ -10,8 +10,10 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from fractions import Fraction
 
 import mmh3
+import numpy as np
 import pytest
 from conftest import ROOT, child_env, load_module, run_script
 from hypothesis import given, settings
@@ -174,6 +176,30 @@ def test_a_key_on_a_shared_position_goes_to_the_smaller_name_then_to_the_other()
     assert ring.get_node("key") == "apple"
 
 
+def test_a_real_murmur3_collision_is_resolved_by_node_name_in_any_order():
+    # "n16724#0" and "n100940#0" have the same MurmurHash3 (found by a birthday search).
+    smaller, larger = "n100940", "n16724"  # ordered as strings
+    assert mmh3.hash(f"{smaller}#0") == mmh3.hash(f"{larger}#0")
+    rings = []
+    for order in ([smaller, larger, "x", "y"], ["y", larger, "x", smaller]):
+        ring = ConsistentHashRing(vnodes=1)
+        for node in order:
+            ring.add_node(node)
+        rings.append((ring._positions, ring._owners))
+    assert rings[0] == rings[1]
+    ring = ConsistentHashRing([larger, smaller, "x", "y"], vnodes=1)
+    before = placement(ring)
+    assert larger not in before.values()  # it owns the empty arc at the shared position
+    ring.remove_node(smaller)  # its whole arc passes to the other node at that position
+    after = placement(ring)
+    assert_removal_moves_exactly_their_keys(before, after, {smaller})
+    assert {after[key] for key, node in before.items() if node == smaller} == {larger}
+    ring.add_node(smaller)
+    assert placement(ring) == before
+    ring.remove_node(larger)
+    assert placement(ring) == before
+
+
 @PROPERTY
 @given(nodes=node_sets, data=st.data())
 def test_movement_stays_minimal_when_virtual_nodes_collide(nodes, data):
@@ -329,6 +355,15 @@ def test_jump_hash_matches_the_reference_implementation():
     }
     for key, buckets in expected.items():
         assert [strategies.jump_bucket(key, n) for n in range(1, 20)] == buckets
+    # (key, buckets, bucket) from the same C++ code, for large bucket counts
+    for key, buckets, bucket in [
+        (3040900993826735515, 35516, 30516),
+        (8204724074003728306, 28307, 8351),
+        (17801246309558322749, 54869589, 25290373),
+        (3453997556048239312, 1134058979, 657295740),
+        (7994251739200048084, 1794764677, 1415084576),
+    ]:
+        assert strategies.jump_bucket(key, buckets) == bucket
 
 
 def test_jump_hash_moves_keys_only_into_a_new_last_bucket_or_out_of_a_removed_one():
@@ -420,6 +455,16 @@ def test_bounded_loads_never_exceeds_its_cap(nodes, c, vnodes, data):
     assert fresh.placement == bounded.placement
 
 
+def test_bounded_loads_refuses_a_bad_key_before_placing_any():
+    bounded = BoundedLoadHashing(NODES[:4], vnodes=1)
+    bounded.add_keys(KEYS[:100])
+    placed = bounded.placement
+    with pytest.raises(TypeError, match="keys must be str or bytes, got int"):
+        bounded.add_keys(["fine", 42, *KEYS[100:200]])
+    assert bounded.placement == placed
+    assert_within_cap(bounded)
+
+
 def test_bounded_loads_sends_keys_past_a_full_node_but_only_when_it_is_full():
     # One virtual node each: the plain ring is badly unbalanced, so the cap binds.
     bounded = BoundedLoadHashing(NODES[:20], c=1.25, vnodes=1)
@@ -477,10 +522,17 @@ def test_adding_a_node_twice_raises():
     assert len(ring) == 1
 
 
-@pytest.mark.parametrize("weight", [0, -1, -0.5, float("nan"), float("inf"), "2", True])
+@pytest.mark.parametrize("weight", [0, -1, -0.5, float("nan"), float("inf"), "2", True, None])
 def test_a_weight_that_is_not_a_positive_number_raises(weight):
     with pytest.raises(ring_module.InvalidWeightError, match="finite number above 0"):
         ConsistentHashRing().add_node("a", weight=weight)
+
+
+def test_any_positive_real_number_is_a_weight():
+    ring = ConsistentHashRing(vnodes=10)
+    for node, weight in (("half", Fraction(1, 2)), ("two", 2), ("tiny", 1e-9), ("np", np.int64(3))):
+        ring.add_node(node, weight=weight)
+    assert [ring.vnode_count(node) for node in ring.nodes] == [5, 20, 1, 30]
 
 
 def test_other_bad_arguments_raise_clear_errors():
@@ -489,11 +541,14 @@ def test_other_bad_arguments_raise_clear_errors():
     with pytest.raises(TypeError, match="must be str"):
         ConsistentHashRing([1])
     ring = ConsistentHashRing(["a", "b"])
-    for n in (0, 3):
-        with pytest.raises(ValueError, match="between 1 and 2"):
+    for n in (0, 3, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="whole number between 1 and 2"):
             ring.get_nodes("k", n)
-    with pytest.raises(ValueError, match="c must be >= 1"):
-        BoundedLoadHashing(["a"], c=0.9)
+        with pytest.raises(ValueError, match="whole number between 1 and 2"):
+            RendezvousHashing(["a", "b"]).get_nodes("k", n)
+    for c in (0.9, float("inf"), float("nan"), "2"):
+        with pytest.raises(ValueError, match="c must be a finite number >= 1"):
+            BoundedLoadHashing(["a"], c=c)
     bounded = BoundedLoadHashing(["a"])
     bounded.add_keys(["k"])
     with pytest.raises(strategies.UnsupportedChangeError, match="last node"):
@@ -505,8 +560,22 @@ def test_keys_and_node_lists_of_the_wrong_type_are_refused_clearly():
     with pytest.raises(TypeError, match="keys must be str or bytes, got int"):
         ring.get_node(42)
     assert ring.get_node(b"42") == ring.get_node("42") == "a"
+    with pytest.raises(TypeError, match="keys must be str or bytes, got int"):
+        ring.get_nodes(42, 1)
     with pytest.raises(TypeError, match="list of names"):
         ConsistentHashRing("node-1")  # would otherwise be six one-letter nodes
+
+
+@pytest.mark.parametrize(
+    "strategy", [ModuloHashing, JumpHashing, RendezvousHashing, BoundedLoadHashing]
+)
+def test_every_strategy_refuses_wrong_types_as_the_ring_does(strategy):
+    with pytest.raises(TypeError, match="keys must be str or bytes, got int"):
+        strategy(["a"]).get_node(42)
+    with pytest.raises(TypeError, match="node names must be str, got int"):
+        strategy([1, 2])
+    with pytest.raises(TypeError, match="list of names"):
+        strategy("node-1")
 
 
 def test_the_ring_reports_its_nodes():
@@ -572,6 +641,7 @@ def test_simulate_resharding_names_plots_after_its_arguments(tmp_path):
         (["--remove", "1000"], "--remove must be between 0 and 999"),
         (["--trials", "0"], "--trials must be at least 1"),
         (["--hash", "md5"], "invalid choice"),
+        (["--out-dir", __file__], "is a file, not a directory"),
     ],
 )
 def test_simulate_resharding_rejects_bad_arguments(args, message):
