@@ -9,7 +9,7 @@ Everything is measured in this one run, on this machine:
    several virtual-node counts, plotted to images/balance_vs_vnodes.png;
 and PASS/FAIL for each target of the folder's issue.
 
-    python ConsistentHashing/bench.py            # about a minute
+    python ConsistentHashing/bench.py            # 25 s idle, about a minute on busy cores
     python ConsistentHashing/bench.py --quick    # fewer keys and rounds
 """
 
@@ -373,7 +373,7 @@ def check_movement(keys: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer keys and rounds (~15 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer keys and rounds")
     parser.add_argument("--keys", type=int, help="keys for the balance section (default 1e6)")
     args = parser.parse_args(argv)
     if args.keys is not None and args.keys < BALANCE_NODES:

@@ -220,7 +220,7 @@ def step_balance() -> dict[int, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="The guided run: what moves when shards come and go, for the ring "
-        "and its rivals, and how virtual nodes buy balance (about 10 s).",
+        "and its rivals, and how virtual nodes buy balance (10-20 s).",
     )
     parser.parse_args(argv)
     started = time.perf_counter()
