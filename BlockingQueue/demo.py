@@ -71,18 +71,19 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, path: Path) -> None:
     fig, (depth_ax, memory_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for stats, label, colour in (
+    for stats, name, colour in (
         (unbounded, "unbounded (maxsize 0)", "tab:red"),
         (bounded, f"bounded (maxsize {MAXSIZE})", "tab:blue"),
     ):
+        label = f"{name}: {stats.produced / stats.seconds:,.0f} items/s made"
         seconds = [s.seconds for s in stats.samples]
         depth_ax.plot(seconds, [s.depth for s in stats.samples], label=label, color=colour)
         memory_ax.plot(seconds, [s.memory / MiB for s in stats.samples], label=label, color=colour)
     depth_ax.axhline(MAXSIZE, color="tab:blue", linestyle=":", linewidth=1)
     depth_ax.set_ylabel("items in the queue")
     depth_ax.set_title(
-        f"1 producer at {PRODUCE_RATE:,.0f} items/s, {CONSUMERS} consumers at "
-        f"{CONSUME_RATE:,.0f} items/s each"
+        f"A producer that could make {PRODUCE_RATE:,.0f} items/s, {CONSUMERS} consumers "
+        f"that process {CONSUME_RATE:,.0f} items/s each"
     )
     depth_ax.legend(loc="upper left")
     memory_ax.set_ylabel("memory held (MiB)")
@@ -109,7 +110,7 @@ def main() -> int:
     failures: list[str] = []
 
     heading(
-        f"1. {SECONDS:.0f} s of a producer making {PRODUCE_RATE:,.0f} items/s and "
+        f"1. {SECONDS:.0f} s of a producer that can make {PRODUCE_RATE:,.0f} items/s and "
         f"{CONSUMERS} consumers processing {CONSUME_RATE * CONSUMERS:,.0f}/s in all"
     )
     print(f"  bounded queue, maxsize {MAXSIZE} ...", flush=True)
