@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from cdn_freshness import Directives, current_age
 from cdn_http import Headers, get_all, get_combined, split_list
 
+# How many recent invalidations to remember, so that a response fetched
+# before a URL changed is not stored after it changed (see HttpCache.store).
+INVALIDATION_MEMORY = 10_000
+
 # Bookkeeping each entry costs beyond its bytes (keys, timings, object headers),
 # so a flood of tiny responses cannot hide behind a byte budget that counts only bodies.
 ENTRY_OVERHEAD_BYTES = 256
@@ -108,6 +112,8 @@ class HttpCache:
         # Guarded by _lock. Order = recency of use: first is the eviction victim.
         self._entries: OrderedDict[tuple[str, Variant], CacheEntry] = OrderedDict()
         self._variants: dict[str, set[Variant]] = {}  # key -> variants stored for it
+        # key -> when a PUT, POST, DELETE... or PURGE last changed it (guarded by _lock)
+        self._changed_at: OrderedDict[str, float] = OrderedDict()
         self.bytes = 0
         self.evictions = 0
 
@@ -126,10 +132,17 @@ class HttpCache:
             return newest
 
     def store(self, entry: CacheEntry) -> bool:
-        """Store (or replace) an entry; False if it is larger than the object limit."""
+        """Store (or replace) an entry; False if it may not be kept.
+
+        Not kept: an entry larger than the object limit, and one whose request
+        left before its URL was last changed (`invalidate(..., changed_at=)`),
+        since the origin may have answered it with the old content.
+        """
         if entry.size > self.max_object_size:
             return False
         with self._lock:
+            if entry.request_time < self._changed_at.get(entry.key, float("-inf")):
+                return False
             self._insert(entry)
             return True
 
@@ -159,9 +172,18 @@ class HttpCache:
         self._variants.setdefault(entry.key, set()).add(entry.variant)
         self.bytes += entry.size
 
-    def invalidate(self, key: str) -> int:
-        """Remove every variant stored for `key`; returns how many there were."""
+    def invalidate(self, key: str, changed_at: float | None = None) -> int:
+        """Remove every variant stored for `key`; returns how many there were.
+
+        `changed_at` (when the resource changed) also keeps out answers to
+        requests that were already on their way to the origin at that moment.
+        """
         with self._lock:
+            if changed_at is not None:
+                self._changed_at[key] = changed_at
+                self._changed_at.move_to_end(key)
+                if len(self._changed_at) > INVALIDATION_MEMORY:
+                    self._changed_at.popitem(last=False)
             variants = list(self._variants.get(key, ()))
             for variant in variants:
                 self._remove((key, variant))

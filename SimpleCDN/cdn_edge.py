@@ -561,9 +561,11 @@ class Edge:
             initial_age=initial_age,
             lifetime=lifetime,
         )
-        if not self.cache.store(entry):
+        if entry.size > self.cache.max_object_size:
             self.stats.add("not_stored_too_large")
             return None
+        if not self.cache.store(entry):
+            return None  # the URL changed (PUT, DELETE...) while this answer was on its way
         return entry
 
     def validators_agree(
@@ -679,7 +681,7 @@ class Edge:
                 504, f"cannot revalidate the stored copy and may not serve it stale: {exc}"
             )
         else:
-            response = error_response(502, f"origin unreachable: {exc}")
+            response = error_response(502, f"the origin failed: {exc}")
         response.origin_failed = True
         return self.label(response, "MISS")
 
@@ -709,7 +711,8 @@ class Edge:
 
     def invalidate_after_unsafe(self, target: str, response: Response) -> None:
         """RFC 9111 4.4: the target URI, and Location / Content-Location on the same site."""
-        self.cache.invalidate(target)
+        changed_at = self.clock()
+        self.cache.invalidate(target, changed_at)
         base = f"http://{self.config.origin_authority}{target}"
         for name in ("location", "content-location"):
             value = get_first(response.headers, name)
@@ -722,7 +725,7 @@ class Edge:
                 continue
             if parts.scheme == "http" and ((parts.hostname or "").lower(), port) in self.same_site:
                 self.cache.invalidate(
-                    (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                    (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), changed_at
                 )
 
     def purge(self, request: Request, target: str) -> Response:
@@ -733,7 +736,7 @@ class Edge:
             return error_response(403, "purging is disabled: start the edge with --purge-token")
         if not hmac.compare_digest(given.encode(), token.encode()):
             return error_response(403, "PURGE needs the right X-Purge-Token header")
-        removed = self.cache.invalidate(target)
+        removed = self.cache.invalidate(target, self.clock())
         body = json.dumps({"purged": target, "entries": removed}).encode()
         return Response(200, "OK", [("Content-Type", "application/json")], body)
 

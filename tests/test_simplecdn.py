@@ -469,6 +469,19 @@ def test_successful_unsafe_methods_invalidate_the_url_and_its_location(edge, ori
     assert served(edge, item).headers["X-Cache"] == "HIT"
 
 
+def test_an_answer_fetched_before_an_unsafe_change_is_not_stored_after_it(edge, origin):
+    slow = url_for(cc="max-age=600", sleep_ms=1200)  # its answer may predate the change
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(served, edge, slow)
+        time.sleep(0.3)  # the GET is now waiting at the origin
+        changer = url_for(status=204, h=f"Content-Location: {slow}")
+        assert served(edge, changer, method="PUT", data=b"new").status_code == 204
+        assert in_flight.result().headers["X-Cache"] == "MISS"
+    # The pre-change answer was not stored: asking the cache alone finds nothing.
+    assert served(edge, slow, headers={"Cache-Control": "only-if-cached"}).status_code == 504
+    assert origin_count(origin, slow) == 1
+
+
 # --- concurrency: coalescing and isolation -----------------------------------------
 
 
