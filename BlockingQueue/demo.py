@@ -82,8 +82,8 @@ def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, p
     depth_ax.axhline(MAXSIZE, color="tab:blue", linestyle=":", linewidth=1)
     depth_ax.set_ylabel("items in the queue")
     depth_ax.set_title(
-        f"A producer that could make {PRODUCE_RATE:,.0f} items/s, {CONSUMERS} consumers "
-        f"that process {CONSUME_RATE:,.0f} items/s each"
+        f"A producer that could make {PRODUCE_RATE:,.0f} items/s; "
+        f"{CONSUMERS} consumers take {CONSUME_RATE:,.0f}/s each"
     )
     depth_ax.legend(loc="upper left")
     memory_ax.set_ylabel("memory held (MiB)")
@@ -185,7 +185,10 @@ def main() -> int:
             failures.append(f"{name}: items were lost, duplicated or reordered")
 
     plot(bounded, unbounded, args.plot)
-    print(f"\n  plot: {args.plot}")
+    shown = args.plot.resolve()
+    if shown.is_relative_to(Path.cwd()):
+        shown = shown.relative_to(Path.cwd())
+    print(f"\n  plot: {shown}")
 
     for failure in failures:
         print(f"FAILED: {failure}")
