@@ -81,8 +81,8 @@ class BlockingQueue:
         # So `waiting - woken` is never less than the number of threads asleep
         # with no wake-up on its way: when it is 0, notify() would wake nobody
         # who needs it and is skipped. It may be more (a thread that timed out
-        # just as it was notified takes one off twice): that costs a notify()
-        # that wakes nobody, never a lost wake-up. README.md, "Why it is faster".
+        # takes one off a wake-up sent to another): that costs a notify() that
+        # wakes nobody, never a lost wake-up. README.md, "Why it is faster".
         self.getters_waiting = 0
         self.getters_woken = 0
         self.putters_waiting = 0
@@ -281,8 +281,9 @@ class BlockingQueue:
                 # As queue.Queue does: one task_done() per discarded item, never below 0.
                 self.unfinished_tasks = max(0, self.unfinished_tasks - discarded)
                 self.all_tasks_done.notify_all()
-            # Not one notify() each: every sleeper must wake and re-check, since
-            # none of them can ever be satisfied by a put() again.
+            # Everyone, not one each: every sleeper must wake and re-check now
+            # (putters to raise, getters to take what is left or raise), since
+            # no put() will ever wake them again.
             self.not_empty.notify_all()
             self.not_full.notify_all()
 
