@@ -40,6 +40,7 @@ from twopc_node import (
     json_object,
     new_app,
     serve_until_signalled,
+    server_url,
 )
 
 DEFAULT_PORT = 5000
@@ -90,8 +91,9 @@ class Coordinator:
         # GET /decisions is "pending", not a presumed abort.
         self.in_progress: set[str] = set()
         self.unfinished: dict[str, Unfinished] = {}
-        # Guards unfinished; the finisher thread waits on it, place_order and
-        # recover notify it when they hand over a decision still to deliver.
+        # Guards unfinished; the finisher thread waits on it, place_order
+        # notifies it when it hands over a decision still to deliver, and
+        # main when the process stops.
         self.unfinished_changed = threading.Condition()
 
     # -- one order, start to finish -------------------------------------------------------
@@ -352,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     server = bind(create_app(coordinator), args.host, args.port)
-    host, port = server.server_address[:2]
-    coordinator.self_url = f"http://{host}:{port}"
+    coordinator.self_url = server_url(server)
     stop = threading.Event()
     finisher = threading.Thread(target=coordinator.finish_forever, args=(stop,), daemon=True)
     finisher.start()
@@ -361,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_until_signalled(server)
     finally:
         stop.set()
+        with coordinator.unfinished_changed:  # wake the finisher now, not at its next timeout
+            coordinator.unfinished_changed.notify()
         finisher.join(timeout=2)
         coordinator.pool.shutdown(wait=False, cancel_futures=True)
         store.close()

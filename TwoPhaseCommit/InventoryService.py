@@ -50,6 +50,8 @@ class Stock:
 
     def reserve(self, db: sqlite3.Connection, txid: str, order: dict) -> dict:
         item, quantity = order.get("item"), order.get("quantity")
+        if not isinstance(item, str):
+            raise Refused(f"item must be a string, got {item!r}")
         if isinstance(quantity, bool) or not isinstance(quantity, int):
             raise Refused(f"quantity must be a whole number, got {quantity!r}")
         if not 1 <= quantity <= MAX_QUANTITY:

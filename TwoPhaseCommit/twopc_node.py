@@ -150,17 +150,22 @@ class Faults:
     ) -> None:
         self.crash_points = crash_points
         self.crash_at = crash_at
+        # A participant passes vote_no and delay_ms; the coordinator only crashes,
+        # so it refuses the faults it would silently ignore.
+        self.kinds = ("crash_at", *faults)
         self.vote_no = bool(faults.get("vote_no", False))
         self.delay_ms = int(faults.get("delay_ms", 0))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"crash_at": self.crash_at, "vote_no": self.vote_no, "delay_ms": self.delay_ms}
+        return {kind: getattr(self, kind) for kind in self.kinds}
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a JSON change; raise ValueError with a message for a bad one."""
-        unknown = set(changes) - {"crash_at", "vote_no", "delay_ms"}
+        unknown = set(changes) - set(self.kinds)
         if unknown:
-            raise ValueError(f"unknown fault {sorted(unknown)[0]!r}")
+            raise ValueError(
+                f"unknown fault {sorted(unknown)[0]!r}: this process takes {', '.join(self.kinds)}"
+            )
         crash_at = changes.get("crash_at", self.crash_at)
         if crash_at is not None and crash_at not in self.crash_points:
             raise ValueError(f"crash_at must be one of {list(self.crash_points)} or null")
@@ -290,6 +295,12 @@ def bind(app: Flask, host: str, port: int) -> BaseWSGIServer:
     return make_server(host, port, app, threaded=True)
 
 
+def server_url(server: BaseWSGIServer) -> str:
+    """http://host:port of a bound server, with an IPv6 host in brackets (http://[::1]:5000)."""
+    host, port = server.server_address[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def serve_until_signalled(server: BaseWSGIServer) -> None:
     """Print the Listening line, serve, and return cleanly on SIGINT or SIGTERM."""
 
@@ -298,9 +309,8 @@ def serve_until_signalled(server: BaseWSGIServer) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    host, port = server.server_address[:2]
     try:  # a signal may arrive the moment the line is out: already inside the try
-        print(f"Listening on http://{host}:{port}", flush=True)
+        print(f"Listening on {server_url(server)}", flush=True)
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
