@@ -10,6 +10,7 @@ Part 2, crashes: orders at 8 clients while the participants, taking turns, are
 killed -9 and restarted at random intervals of a few hundred milliseconds; afterwards, count the
 orders that ended half done (committed at one service, not at the other).
 Fresh databases for every run; everything on this machine, in this run.
+Exits 1 if 2PC left any order half done or still PREPARED after the crashes.
 """
 
 from __future__ import annotations
@@ -314,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         f"under crashes it left {tpc_crash.half_done} orders half done, "
         f"the sequential calls {seq_crash.half_done}"
     )
+    if tpc_crash.half_done or tpc_crash.stuck_prepared:
+        print("FAILED: 2PC left orders half done or PREPARED; it should leave none")
+        return 1
     return 0
 
 
