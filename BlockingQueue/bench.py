@@ -23,9 +23,7 @@ import sys
 import threading
 import time
 
-import producer_consumer
-
-BlockingQueue = producer_consumer.BlockingQueue  # see producer_consumer.py for why
+from BlockingQueue import BlockingQueue
 
 THREADS = (1, 4, 8)  # producers, and as many consumers
 MAXSIZES = (1, 64, 0)

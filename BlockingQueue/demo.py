@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import producer_consumer  # noqa: E402
 
-BlockingQueue = producer_consumer.BlockingQueue  # see producer_consumer.py for why
+from BlockingQueue import BlockingQueue  # noqa: E402
 
 IMAGES = Path(__file__).resolve().parent / "images"
 SECONDS = 3.0  # each run; the shutdown ends it

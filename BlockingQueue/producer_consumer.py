@@ -14,7 +14,6 @@ keeps a live progress line. README.md ("Backpressure") explains the figures.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import threading
 import time
@@ -22,11 +21,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# `import BlockingQueue` is what this line means. It is spelled out with
-# importlib because tests/test_repository.py refuses any import of a name that
-# is also a concept folder's name, and this module shares its folder's name.
-_core = importlib.import_module("BlockingQueue")
-BlockingQueue, Full, ShutDown = _core.BlockingQueue, _core.Full, _core.ShutDown
+from BlockingQueue import BlockingQueue, Full, ShutDown
 
 # Defaults for the command line: consumers slower than producers, so the queue fills.
 DEFAULT_PRODUCERS = 2
