@@ -263,6 +263,12 @@ def test_race_script_prints_the_lost_deposits():
     assert locked.groups() == ("400", "400", "0")
 
 
+def test_race_script_with_one_thread_explains_why_nothing_was_lost():
+    result = run_script("Threading/race.py", "--threads", "1", "--deposits", "50", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cannot race with itself" in result.stdout
+
+
 def test_deadlock_script_reports_the_deadlock_and_exits():
     result = run_script("Threading/deadlock.py", "--timeout", "0.1", timeout=60)
     assert result.returncode == 0, result.stderr
