@@ -3,7 +3,7 @@
 Two tasks run at once on one connection (full duplex): one reads your lines
 and sends them, the other prints every message the server pushes the moment it
 arrives. If an established connection drops, the client reconnects with
-exponential backoff. See the README's "Client.py" section.
+exponential backoff. See the README's "Run it".
 
     python WebSockets/Client.py --url ws://127.0.0.1:8765/broadcast     # interactive
     python WebSockets/Client.py --url ws://127.0.0.1:8765/echo --send hello
@@ -39,15 +39,21 @@ def show(message: str | bytes) -> str:
 
 
 def describe_close(ws: ClientConnection) -> str:
-    code, reason = ws.close_code, ws.close_reason
-    return f"code {code}" + (f" ({reason})" if reason else "")
+    """Who ended the connection and why, from the close frames that went each way."""
+    received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+    if received is not None:  # the server's close frame: its code and reason
+        why = f" ({received.reason})" if received.reason else ""
+        return f"the server closed the connection: code {received.code}{why}"
+    if sent is not None:  # we closed first: the server broke RFC 6455 or sent over 1 MiB
+        return f"this client closed the connection: code {sent.code} ({sent.reason})"
+    return "the connection dropped without a close frame (code 1006)"
 
 
 async def open_connection(url: str, timeout: float) -> ClientConnection:
     """Connect, turning the many ways it can fail into one clear message."""
     try:
         return await connect(url, open_timeout=timeout)
-    except InvalidURI as err:
+    except (InvalidURI, ValueError) as err:  # ValueError: a port out of range
         raise CannotConnect(f"{url} is not a WebSocket URL: {err}") from None
     except InvalidHandshake as err:
         raise CannotConnect(f"{url} refused the WebSocket handshake: {err}") from None
@@ -55,8 +61,8 @@ async def open_connection(url: str, timeout: float) -> ClientConnection:
         why = "connection refused (nothing is listening there)"
     except TimeoutError:
         why = f"no answer within {timeout:g} s"
-    except OSError as err:
-        why = err.strerror or str(err)
+    except OSError as err:  # an unknown host, a TLS failure, ...
+        why = err.strerror or str(err) or type(err).__name__
     raise CannotConnect(f"cannot connect to {url}: {why}. Is Server.py running?")
 
 
@@ -72,7 +78,7 @@ async def one_shot(url: str, send: str | None, count: int, timeout: float) -> in
         print(f"error: no message from {url} within {timeout:g} s", file=sys.stderr)
         return 1
     except ConnectionClosed:
-        print(f"error: the server closed the connection: {describe_close(ws)}", file=sys.stderr)
+        print(f"error: {describe_close(ws)}", file=sys.stderr)
         return 1
     finally:
         await ws.close()
@@ -99,7 +105,7 @@ async def interactive(url: str, timeout: float) -> int:
             outcome = await session(ws, lines)
             if outcome == "done":
                 return 0
-            print(f"Connection lost ({describe_close(ws)}).", file=sys.stderr)
+            print(f"Connection lost: {describe_close(ws)}.", file=sys.stderr)
             ws = await reconnect(url, timeout)
     finally:
         reader.cancel()

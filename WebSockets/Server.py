@@ -9,7 +9,7 @@ Three routes, chosen by the request path during the opening handshake:
     python WebSockets/Server.py --port 8765
     python WebSockets/Client.py --url ws://127.0.0.1:8765/echo
 
-See the README's "Server.py" section.
+See the README's "Run it", "Close codes" and "Backpressure".
 """
 
 from __future__ import annotations
@@ -117,11 +117,16 @@ def check_request(connection: ServerConnection, request: Request) -> Response | 
     """Refuse, as plain HTTP, what is not a handshake we can finish.
 
     Runs before the library validates the handshake, so an unknown path gets a
-    404 instead of an upgrade, and an unsupported protocol version gets the
-    426 that RFC 6455 section 4.4 asks for, telling the client which version
-    we speak. Anything else the library checks itself (a missing Upgrade
+    404 instead of an upgrade, an unsupported protocol version gets the 426
+    that RFC 6455 section 4.4 asks for, telling the client which version we
+    speak, and a request without the Host header that section 4.2.1 requires
+    gets 400. Anything else the library checks itself (a missing Upgrade
     header gets 426, a malformed key 400).
     """
+    if "Host" not in request.headers:
+        return connection.respond(
+            http.HTTPStatus.BAD_REQUEST, "A WebSocket handshake needs a Host header.\n"
+        )
     if route_path(request) not in PATHS:
         return connection.respond(
             http.HTTPStatus.NOT_FOUND,
@@ -134,6 +139,7 @@ def check_request(connection: ServerConnection, request: Request) -> Response | 
             f"Unsupported Sec-WebSocket-Version {', '.join(versions)}; "
             f"this server speaks {SUPPORTED_VERSION}.\n",
         )
+        response.headers["Upgrade"] = "websocket"  # a 426 must name what to upgrade to
         response.headers["Sec-WebSocket-Version"] = SUPPORTED_VERSION
         return response
     return None
@@ -223,14 +229,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in 0..65535, got {args.port}")
-    if args.interval <= 0:
+    if not args.interval > 0:  # written so that nan fails too
         parser.error("--interval must be positive")
     if args.max_size < 1:
         parser.error("--max-size must be at least 1 byte")
     if args.max_buffer < 0:
         parser.error("--max-buffer must be >= 0")
-    if args.ping_interval <= 0:
-        parser.error("--ping-interval must be positive")
+    if not 0 < args.ping_interval < float("inf"):
+        parser.error("--ping-interval must be a positive number of seconds")
     return args
 
 

@@ -2,9 +2,9 @@
 
 It opens a TCP connection to our Server.py, sends the HTTP Upgrade request,
 checks the Sec-WebSocket-Accept answer, sends one masked text frame, reads the
-echo and decodes it, then closes, printing every byte with what it means. A
-teaching tool, not a client to build on. See the README's "The handshake and
-the frames, byte by byte".
+echo and decodes it (answering a ping, joining fragments), then closes,
+printing every byte with what it means. A teaching tool, not a client to
+build on. See the README's "The upgrade handshake" and "Frames and masking".
 
     python WebSockets/Server.py --port 8765 &
     python WebSockets/handshake.py --url ws://127.0.0.1:8765/echo --text "Hello"
@@ -44,6 +44,7 @@ MAX_7BIT_LENGTH = 125
 LENGTH_16BIT = 126
 LENGTH_64BIT = 127
 MAX_16BIT_LENGTH = 0xFFFF
+NO_STATUS_CODE = 1005  # reported, never sent, for a close frame that carries no code
 
 
 class ProtocolError(Exception):
@@ -63,6 +64,8 @@ def new_key() -> str:
 
 def upgrade_request(host: str, port: int, path: str, key: str, version: str = "13") -> bytes:
     """The client's opening handshake: an HTTP/1.1 GET asking to switch protocols."""
+    if ":" in host:  # an IPv6 address goes in brackets, as in a URL
+        host = f"[{host}]"
     return (
         f"GET {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
@@ -122,12 +125,17 @@ def decode_frame(data: bytes) -> Frame:
     masked = bool(second & 0x80)
     length = second & 0x7F
     offset = 2
+    extra = {LENGTH_16BIT: 2, LENGTH_64BIT: 8}.get(length, 0) + (4 if masked else 0)
+    if len(data) < offset + extra:
+        raise ProtocolError(f"the frame header needs {offset + extra} bytes, only {len(data)}")
     if length == LENGTH_16BIT:
         (length,) = struct.unpack_from("!H", data, offset)
         offset += 2
     elif length == LENGTH_64BIT:
         (length,) = struct.unpack_from("!Q", data, offset)
         offset += 8
+        if length >> 63:
+            raise ProtocolError("the top bit of a 64-bit length must be 0")
     mask = b""
     if masked:
         mask = data[offset : offset + 4]
@@ -167,16 +175,29 @@ def read_frame(sock: socket.socket) -> tuple[bytes, Frame]:
 
 
 def read_http_response(sock: socket.socket) -> bytes:
+    """The server's HTTP answer, up to and including the blank line that ends it.
+
+    Read one byte at a time so that nothing after the blank line is taken off
+    the socket: a server may send its first frame right behind the 101, in the
+    same TCP segment, and that frame belongs to `read_frame`.
+    """
     data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
+    while not data.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
             raise ProtocolError("connection closed during the handshake")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    if rest:
-        raise ProtocolError("the server sent frames before we did; not expected here")
-    return head + b"\r\n\r\n"
+        data += byte
+    return data
+
+
+def close_code(payload: bytes) -> tuple[int, str]:
+    """A close frame's status code and reason; an empty payload means 1005 (none given)."""
+    if not payload:
+        return NO_STATUS_CODE, ""
+    if len(payload) == 1:
+        raise ProtocolError("a close frame's payload is empty or at least 2 bytes")
+    (code,) = struct.unpack("!H", payload[:2])
+    return code, payload[2:].decode("utf-8", errors="replace")
 
 
 # -- printing ---------------------------------------------------------------------
@@ -214,13 +235,43 @@ def explain_frame(raw: bytes, frame: Frame, direction: str) -> list[str]:
     return lines
 
 
+def read_message(sock: socket.socket, out=print) -> Frame:
+    """Read frames, printing each, until one whole data message has arrived.
+
+    Real servers may ping before they answer (we pong with the same bytes, as
+    RFC 6455 section 5.5.2 requires), split a message into fragments (FIN=0,
+    then continuation frames) or close instead of answering.
+    """
+    fragments: list[Frame] = []
+    while True:
+        raw, frame = read_frame(sock)
+        for line in explain_frame(raw, frame, "<"):
+            out("  " + line)
+        if frame.opcode == PING:
+            out("  a ping: answered with a pong carrying the same bytes")
+            sock.sendall(encode_frame(frame.payload, PONG, mask=os.urandom(4)))
+        elif frame.opcode == CLOSE:
+            code, reason = close_code(frame.payload)
+            why = f" ({reason})" if reason else ""
+            raise ProtocolError(f"the server closed the connection: code {code}{why}")
+        elif frame.opcode in (TEXT, BINARY, CONTINUATION):
+            fragments.append(frame)
+            if frame.fin:
+                break
+    if len(fragments) > 1:
+        out(f"  {len(fragments)} fragments make one message")
+    payload = b"".join(f.payload for f in fragments)
+    first = fragments[0]
+    return Frame(True, first.opcode, payload, any(f.masked for f in fragments), first.header_length)
+
+
 def walk_through(url: str, text: str, out=print) -> dict[str, object]:
     """Do the whole exchange against a server, printing it; return what was seen."""
     parts = urlsplit(url)
     if parts.scheme != "ws" or not parts.hostname:
         raise ValueError(f"need a ws:// URL with a host, got {url!r} (wss:// would need TLS)")
     port = parts.port or 80
-    path = parts.path or "/"
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     example = accept_key(RFC_EXAMPLE_KEY)
     verdict = "match" if example == RFC_EXAMPLE_ACCEPT else "MISMATCH"
@@ -246,9 +297,9 @@ def walk_through(url: str, text: str, out=print) -> dict[str, object]:
             if ":" in line:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-        status = response.split(b" ", 2)[1].decode()
-        if status != "101":
-            raise ProtocolError(f"expected 101 Switching Protocols, got {status}")
+        status_line = response.split(b"\r\n", 1)[0].decode("latin-1")
+        if status_line.split(" ")[1:2] != ["101"]:
+            raise ProtocolError(f"expected 101 Switching Protocols, got {status_line!r}")
         expected = accept_key(key)
         accepted = headers.get("sec-websocket-accept") == expected
         out(
@@ -268,16 +319,21 @@ def walk_through(url: str, text: str, out=print) -> dict[str, object]:
 
         out("")
         out("3. The server's frame back: not masked (servers never mask)")
-        raw, echo = read_frame(sock)
-        for line in explain_frame(raw, echo, "<"):
-            out("  " + line)
+        echo = read_message(sock, out)
 
         out("")
         out("4. The closing handshake: close frame with code 1000 (normal closure)")
         sock.sendall(encode_frame(struct.pack("!H", 1000), CLOSE, mask=os.urandom(4)))
-        raw_close, close = read_frame(sock)
-        (code,) = struct.unpack("!H", close.payload[:2])
-        out(f"  < {hex_bytes(raw_close)}  opcode=0x8 (close), code {code}")
+        while True:  # frames the server sent before it saw our close still arrive first
+            raw_close, close = read_frame(sock)
+            if close.opcode == CLOSE:
+                break
+            out(f"  < {hex_bytes(raw_close)}  opcode=0x{close.opcode:x} ({close.opcode_name})")
+        code, reason = close_code(close.payload)
+        out(
+            f"  < {hex_bytes(raw_close)}  opcode=0x8 (close), code {code}"
+            + (f" ({reason})" if reason else "")
+        )
 
     out("")
     out("5. How the length is written, by payload size")
@@ -286,7 +342,7 @@ def walk_through(url: str, text: str, out=print) -> dict[str, object]:
         out(f"  {size:>6} bytes: header {header.hex(' ')}")
     return {
         "accept_ok": accepted,
-        "echo": echo.payload.decode("utf-8"),
+        "echo": echo.payload.decode("utf-8", errors="replace"),
         "echo_masked": echo.masked,
         "sent_bytes": len(sent),
         "close_code": code,

@@ -11,7 +11,7 @@ follow it at the same time:
 Each client talks through a small TCP relay that counts every byte in both
 directions: HTTP request and response headers, WebSocket handshake and frame
 headers, all of it. Latency is from the moment an update exists to the moment
-the client has parsed it. See the README's "Push vs polling".
+the client has parsed it. See the README's "Push vs polling, measured".
 
     python WebSockets/polling_vs_websocket.py --updates 100 --poll-ms 100
 """

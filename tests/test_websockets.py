@@ -170,7 +170,18 @@ def test_wrong_websocket_version_gets_426_naming_version_13(start_server):
     head = answer.decode("latin-1")
     assert head.startswith("HTTP/1.1 426 ")
     assert "Sec-WebSocket-Version: 13" in head
+    assert "Upgrade: websocket" in head  # a 426 must say what to upgrade to
     assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_handshake_without_a_host_header_gets_400(start_server):
+    server = start_server(SERVER)
+    request = handshake.upgrade_request(server.host, server.port, "/echo", handshake.new_key())
+    request = request.replace(f"Host: {server.host}:{server.port}\r\n".encode(), b"")
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = handshake.read_http_response(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Host" not in request
 
 
 def test_unknown_path_gets_404(start_server):
@@ -236,6 +247,135 @@ def test_without_a_cap_the_keepalive_does_not_drop_a_stalled_member():
     assert seen["fast_received"] == seen["sent"]
 
 
+class RawClient:
+    """A client on a raw socket, writing frames with handshake.py's encoder, so a
+    test can send what no well-behaved library would (Autobahn-style cases)."""
+
+    def __init__(self, host: str, port: int, path: str = "/echo") -> None:
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.sock.sendall(handshake.upgrade_request(host, port, path, handshake.new_key()))
+        assert handshake.read_http_response(self.sock).startswith(b"HTTP/1.1 101 ")
+
+    def send(self, payload: bytes, opcode: int = handshake.TEXT, fin: bool = True, **bits):
+        wire = bytearray(handshake.encode_frame(payload, opcode, fin, bits.get("mask", b"abcd")))
+        wire[0] |= bits.get("rsv", 0)
+        self.sock.sendall(bytes(wire))
+
+    def frames_until_close(self) -> tuple[list[handshake.Frame], int | None]:
+        """Every frame the server sends, up to its close frame; then its close code."""
+        frames = []
+        while (frame := handshake.read_frame(self.sock)[1]).opcode != handshake.CLOSE:
+            frames.append(frame)
+        code, _ = handshake.close_code(frame.payload)
+        return frames, code
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    return code.to_bytes(2, "big") + reason
+
+
+# What RFC 6455 says a server must do with a broken frame: fail the connection
+# with 1002 (protocol error), 1007 (text that is not UTF-8) or 1009 (too big).
+VIOLATIONS = {
+    "unmasked client frame": ([(b"hi", handshake.TEXT, True, {"mask": None})], 1002),
+    "reserved bit without an extension": ([(b"hi", handshake.TEXT, True, {"rsv": 0x40})], 1002),
+    "reserved opcode 0x3": ([(b"hi", 0x3, True, {})], 1002),
+    "ping of 126 bytes (control max 125)": ([(b"p" * 126, handshake.PING, True, {})], 1002),
+    "fragmented ping": ([(b"p", handshake.PING, False, {})], 1002),
+    "continuation with no message to continue": ([(b"hi", handshake.CONTINUATION, True, {})], 1002),
+    "new message inside a fragmented one": (
+        [(b"a", handshake.TEXT, False, {}), (b"b", handshake.TEXT, True, {})],
+        1002,
+    ),
+    "close code 999 (not a valid code)": ([(close_frame(999), handshake.CLOSE, True, {})], 1002),
+    "text that is not UTF-8": ([(b"caf\xc3\x28", handshake.TEXT, True, {})], 1007),
+    "UTF-8 broken across fragments": (
+        [(b"\xce", handshake.TEXT, False, {}), (b"\xff", handshake.CONTINUATION, True, {})],
+        1007,
+    ),
+    "fragments adding up to over --max-size": (
+        [(b"x" * 800, handshake.BINARY, False, {}), (b"x" * 800, handshake.CONTINUATION, True, {})],
+        1009,
+    ),
+}
+
+
+def test_server_fails_rfc_6455_violations_with_the_right_close_code(start_server):
+    server = start_server(SERVER, "--max-size", "1024")
+    answers = {}
+    for name, (frames, _) in VIOLATIONS.items():
+        client = RawClient(server.host, server.port)
+        try:
+            for payload, opcode, fin, bits in frames:
+                client.send(payload, opcode, fin, **bits)
+            echoed, code = client.frames_until_close()
+            assert client.sock.recv(1) == b""  # then the server closes TCP
+        finally:
+            client.close()
+        answers[name] = (echoed, code)
+    assert answers == {name: ([], code) for name, (_, code) in VIOLATIONS.items()}
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_server_reassembles_fragments_and_answers_a_ping_between_them(start_server):
+    server = start_server(SERVER)
+    client = RawClient(server.host, server.port)
+    try:
+        client.send(b"Hel", handshake.TEXT, fin=False)
+        client.send(b"are you there?", handshake.PING)  # control frames may interleave
+        client.send("lo, wörld".encode(), handshake.CONTINUATION, fin=False)
+        client.send(b"", handshake.CONTINUATION)
+        pong = handshake.read_frame(client.sock)[1]
+        echo = handshake.read_frame(client.sock)[1]
+        client.send(close_frame(1000, b"bye now"), handshake.CLOSE)
+        rest, code = client.frames_until_close()
+    finally:
+        client.close()
+    assert (pong.opcode, pong.payload) == (handshake.PONG, b"are you there?")
+    assert (echo.opcode, echo.fin, echo.payload) == (handshake.TEXT, True, "Hello, wörld".encode())
+    assert (rest, code) == ([], 1000)
+
+
+def test_another_implementations_client_talks_to_the_server(start_server):
+    """aiohttp's WebSocket client, with permessage-deflate on: echo, push, broadcast, 1009."""
+    import aiohttp
+
+    server = start_server(SERVER, "--interval", "0.05", "--max-size", "1024")
+
+    async def session():
+        async with aiohttp.ClientSession() as http_session:
+            ws = await http_session.ws_connect(ws_url(server, "/echo"), compress=15)
+            await ws.send_str("héllo from aiohttp")
+            text = (await ws.receive()).data
+            await ws.send_bytes(b"\x00\xff")
+            binary = (await ws.receive()).data
+            await ws.send_str("z" * 2000)  # compresses to a few bytes; still too big
+            too_big = await ws.receive()
+            tick = await http_session.ws_connect(ws_url(server, "/time"))
+            first_tick = json.loads((await tick.receive()).data)["tick"]
+            await tick.close()
+            room = [await http_session.ws_connect(ws_url(server, "/broadcast")) for _ in range(2)]
+            await room[0].send_str("to the room")
+            heard = [(await member.receive()).data for member in room]
+            for member in room:
+                await member.close()
+            deflate = ws.compress > 0  # permessage-deflate negotiated (its window bits)
+            return deflate, text, binary, too_big.type, ws.close_code, first_tick, heard
+
+    assert run(session()) == (
+        True,
+        "héllo from aiohttp",
+        b"\x00\xff",
+        aiohttp.WSMsgType.CLOSE,
+        1009,
+        1,
+        ["to the room", "to the room"],
+    )
+
+
 def test_sigterm_closes_every_client_with_1001(start_server):
     server = start_server(SERVER)
 
@@ -293,6 +433,9 @@ def test_client_without_a_server_exits_nonzero_with_a_clear_message():
 def test_client_refuses_a_non_websocket_url():
     result = run_script(CLIENT, "--url", "http://127.0.0.1:1/echo", "--send", "hi")
     assert result.returncode == 2 and "ws://" in result.stderr
+    result = run_script(CLIENT, "--url", "ws://127.0.0.1:99999/echo", "--send", "hi")
+    assert result.returncode == 1 and "Port out of range" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 class InteractiveClient:
@@ -483,6 +626,91 @@ def test_client_talks_to_another_implementations_server():
     assert result.stdout == "aiohttp says: hi\n"
 
 
+class ScriptedServer:
+    """A WebSocket server on a raw socket that sends `first_frames` right behind
+    its 101 (in the same TCP segment), then echoes text and answers close. It
+    does what real servers may do and Server.py happens not to: ping first,
+    fragment a message, speak before the client does; or break the rules."""
+
+    def __init__(self, first_frames: bytes) -> None:
+        self.first_frames = first_frames
+        self.pongs: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return  # closed at the end of the test
+            with sock:
+                try:
+                    self._converse(sock)
+                except (OSError, handshake.ProtocolError):
+                    pass  # the client hung up or broke off: next connection
+
+    def _converse(self, sock: socket.socket) -> None:
+        sock.settimeout(5)
+        request = handshake.read_http_response(sock).decode("latin-1")
+        key = next(
+            line.split(":", 1)[1].strip()
+            for line in request.split("\r\n")
+            if line.lower().startswith("sec-websocket-key:")
+        )
+        sock.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {handshake.accept_key(key)}\r\n\r\n".encode()
+            + self.first_frames
+        )
+        while True:
+            frame = handshake.read_frame(sock)[1]
+            if frame.opcode == handshake.PONG:
+                self.pongs.append(frame.payload)
+            elif frame.opcode == handshake.TEXT:
+                sock.sendall(handshake.encode_frame(frame.payload))
+            elif frame.opcode == handshake.CLOSE:
+                sock.sendall(handshake.encode_frame(close_frame(1000), handshake.CLOSE))
+                return
+
+    def __enter__(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+
+
+PING_THEN_FRAGMENTS = (
+    handshake.encode_frame(b"ping first", handshake.PING)
+    + handshake.encode_frame(b"part one, ", handshake.TEXT, fin=False)
+    + handshake.encode_frame(b"part two", handshake.CONTINUATION)
+)
+
+
+def test_client_and_handshake_py_cope_with_a_server_that_pings_and_fragments_first():
+    server = ScriptedServer(PING_THEN_FRAGMENTS)
+    with server as url:
+        result = run_script(CLIENT, "--url", url, "--count", "1")
+        lines: list[str] = []
+        seen = handshake.walk_through(url, "hi", out=lines.append)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "part one, part two\n"
+    assert seen["echo"] == "part one, part two" and seen["close_code"] == 1000
+    assert "  2 fragments make one message" in lines
+    assert server.pongs.count(b"ping first") == 2  # each client ponged the same bytes
+
+
+def test_client_refuses_a_masked_frame_from_the_server():
+    masked = handshake.encode_frame(b"servers never mask", mask=b"abcd")
+    with ScriptedServer(masked) as url:
+        result = run_script(CLIENT, "--url", url, "--count", "1")
+    assert result.returncode == 1
+    assert "this client closed the connection: code 1002" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # -- handshake.py: the protocol by hand -----------------------------------------
 
 
@@ -506,10 +734,18 @@ def test_frame_round_trip(size, header_length, mask):
         assert wire[frame.header_length :] != payload  # masked on the wire
 
 
-def test_decode_refuses_a_truncated_frame():
+@pytest.mark.parametrize("cut", [1, 200, 202])  # into the payload, the length, the header
+def test_decode_refuses_a_truncated_frame(cut):
     wire = handshake.encode_frame(b"x" * 200)
     with pytest.raises(handshake.ProtocolError):
-        handshake.decode_frame(wire[:-1])
+        handshake.decode_frame(wire[:-cut])
+
+
+def test_close_code_reads_code_and_reason_and_an_empty_close_as_1005():
+    assert handshake.close_code(b"\x03\xe8bye") == (1000, "bye")
+    assert handshake.close_code(b"") == (1005, "")
+    with pytest.raises(handshake.ProtocolError):
+        handshake.close_code(b"\x03")
 
 
 def test_walk_through_talks_to_the_real_server(start_server):
