@@ -168,6 +168,12 @@ class Walkthrough:
         self.cluster.coordinator.wait_exit()
         txid = self.only_new_txid("pizza", 1)
         self.show(txid)
+        # The decision is on disk and nobody has heard it: both still hold the order.
+        self.expect(
+            "step 4 coordinator's log", self.coordinator_says(txid), "(down) log: COMMITTED"
+        )
+        for name in ("inventory", "delivery"):
+            self.expect(f"step 4 {name} while down", self.participant_state(name, txid), "PREPARED")
         print("  restarting the coordinator ...")
         self.cluster.coordinator.start()
         print("  coordinator: " + self.recovery_line(self.cluster.coordinator.lines))
