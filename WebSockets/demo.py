@@ -155,8 +155,12 @@ async def main_async(updates: int, poll_ms: float, mean_gap_ms: float, plot_path
     print("  (bytes counted at a TCP relay in front of each server: headers and framing too)")
     polling, push = await polling_vs_websocket.compare(updates, poll_ms, mean_gap_ms)
     polling_vs_websocket.print_table(polling, push, poll_ms)
-    polling_vs_websocket.plot(polling, push, poll_ms, plot_path)
-    print(f"  plot: {plot_path}")
+    try:
+        polling_vs_websocket.plot(polling, push, poll_ms, plot_path)
+        print(f"  plot: {plot_path}")
+    except OSError as err:
+        checks["plot"] = False
+        print(f"  cannot write the plot to {plot_path}: {err}")
 
     failed = [name for name, ok in checks.items() if not ok]
     latency_ratio = polling.percentile(50) / push.percentile(50)
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.updates < 1 or args.poll_ms <= 0 or args.mean_gap_ms <= 0:
         parser.error("--updates must be >= 1; --poll-ms and --mean-gap-ms must be positive")
+    polling_vs_websocket.check_plot_path(parser, args.plot)
     return asyncio.run(main_async(args.updates, args.poll_ms, args.mean_gap_ms, args.plot))
 
 

@@ -293,11 +293,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--updates must be at least 1")
     if args.poll_ms <= 0 or args.mean_gap_ms <= 0:
         parser.error("--poll-ms and --mean-gap-ms must be positive")
+    check_plot_path(parser, args.plot)
     polling, push = asyncio.run(compare(args.updates, args.poll_ms, args.mean_gap_ms, args.seed))
     print_table(polling, push, args.poll_ms)
-    plot(polling, push, args.poll_ms, args.plot)
+    try:
+        plot(polling, push, args.poll_ms, args.plot)
+    except OSError as err:
+        print(f"error: cannot write the plot to {args.plot}: {err}", file=sys.stderr)
+        return 1
     print(f"  plot: {args.plot}")
     return 0
+
+
+def check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Refuse an unusable --plot before the run, not after it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--plot: cannot create {path.parent}: {err}")
+    if path.is_dir():
+        parser.error(f"--plot: {path} is a directory; give a file name ending in .png")
 
 
 if __name__ == "__main__":

@@ -785,6 +785,13 @@ def test_polling_and_push_each_deliver_every_update_and_count_the_bytes():
     assert polling.traffic.up >= polling.exchanges * len("GET /updates?after=0 HTTP/1.1\r\n")
 
 
+@pytest.mark.parametrize("script", ["polling_vs_websocket.py", "demo.py"])
+def test_an_unusable_plot_path_is_refused_before_the_run(script, tmp_path):
+    result = run_script(f"WebSockets/{script}", "--plot", str(tmp_path))  # a directory
+    assert result.returncode == 2 and "--plot" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # -- the scripts ------------------------------------------------------------------
 
 
