@@ -190,7 +190,8 @@ async def run(args: argparse.Namespace) -> None:
         args.host, args.port, args.interval, args.max_size, args.ping_interval, args.max_buffer
     ) as server:
         port = server.sockets[0].getsockname()[1]
-        print(f"Listening on ws://{args.host}:{port}", flush=True)
+        host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6, as in a URL
+        print(f"Listening on ws://{host}:{port}", flush=True)
         await stop
         # Leaving the `async with` closes the server: new handshakes get 503 and
         # every open connection is closed with 1001 (going away).
