@@ -200,15 +200,18 @@ def test_garbage_instead_of_a_handshake_does_not_stop_the_server(start_server):
     assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
 
 
-def test_server_sends_keepalive_pings(start_server):
+def test_server_sends_keepalive_pings_and_drops_a_client_that_never_pongs(start_server):
     server = start_server(SERVER, "--ping-interval", "0.2")
     with socket.create_connection((server.host, server.port), timeout=5) as sock:
         key = handshake.new_key()
         sock.sendall(handshake.upgrade_request(server.host, server.port, "/echo", key))
         handshake.read_http_response(sock)
         _, frame = handshake.read_frame(sock)  # we say nothing; the server pings
+        _, close = handshake.read_frame(sock)  # we never pong; the server gives up
     assert frame.opcode == handshake.PING
     assert not frame.masked
+    assert close.opcode == handshake.CLOSE
+    assert handshake.close_code(close.payload)[0] == 1011
 
 
 def test_a_broadcast_member_that_stops_reading_is_dropped_and_others_get_everything(
