@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import random
 import sys
+import threading
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -85,19 +86,27 @@ async def one_shot(url: str, send: str | None, count: int, timeout: float) -> in
     return 0
 
 
-async def read_lines(queue: asyncio.Queue[str | None]) -> None:
-    """Read stdin in a thread (it blocks) and hand each line to the event loop."""
-    loop = asyncio.get_running_loop()
+def read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    """Read stdin (it blocks) and hand each line to the event loop; None at the end.
+
+    Runs in a daemon thread, not the loop's executor: the program can then
+    exit (say, when it gives up reconnecting) while this thread still waits
+    for a line that may never come.
+    """
     while True:
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        await queue.put(line.rstrip("\n") if line else None)  # None: end of input
+        line = sys.stdin.readline()
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\n") if line else None)
+        except RuntimeError:
+            return  # the loop is closed: the client is exiting
         if not line:
             return
 
 
 async def interactive(url: str, timeout: float) -> int:
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    reader = asyncio.create_task(read_lines(lines))
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=read_lines, args=(loop, lines), daemon=True).start()
     ws = await open_connection(url, timeout)
     print(f"Connected to {url}. Type a line to send it; Ctrl-D to quit.", file=sys.stderr)
     try:
@@ -108,7 +117,6 @@ async def interactive(url: str, timeout: float) -> int:
             print(f"Connection lost: {describe_close(ws)}.", file=sys.stderr)
             ws = await reconnect(url, timeout)
     finally:
-        reader.cancel()
         await ws.close()
 
 

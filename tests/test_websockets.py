@@ -503,6 +503,15 @@ def test_interactive_client_prints_pushes_while_waiting_for_input(start_server):
         assert client.quit() == 0
 
 
+def test_interactive_client_without_a_server_exits_without_waiting_for_input():
+    client = InteractiveClient(f"ws://127.0.0.1:{free_port()}/echo")  # stdin stays open
+    try:
+        assert client.proc.wait(timeout=10) == 1
+    finally:
+        client.quit()
+    assert client.wait_for("connection refused", timeout=2)
+
+
 def test_interactive_client_reconnects_when_the_server_comes_back(start_server):
     server = start_server(SERVER)
     port = server.port
