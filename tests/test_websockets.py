@@ -512,6 +512,18 @@ def test_interactive_client_without_a_server_exits_without_waiting_for_input():
     assert client.wait_for("connection refused", timeout=2)
 
 
+def test_interactive_client_exits_at_once_on_ctrl_c(start_server):
+    server = start_server(SERVER)
+    client = InteractiveClient(ws_url(server, "/echo"))
+    try:
+        assert client.wait_for("Connected to")
+        client.proc.send_signal(signal.SIGINT)  # no line typed: stdin is still open
+        assert client.proc.wait(timeout=10) == 130
+    finally:
+        client.quit()
+    assert not any("Traceback" in line for line in client.lines)
+
+
 def test_interactive_client_reconnects_when_the_server_comes_back(start_server):
     server = start_server(SERVER)
     port = server.port
