@@ -61,6 +61,8 @@ def measure(
     configs = [("sequential", 1)] + [(how, n) for how in RUNNERS for n in worker_counts]
     times: dict[tuple[str, int], list[float]] = {config: [] for config in configs}
     expected: list[int] | None = None
+    if rounds == 1:  # one round: show each time as it is measured
+        print(f"  {'how':<15}{'seconds':>9}", flush=True)
     for round_number in range(1, rounds + 1):
         round_started = time.perf_counter()
         for how, workers in configs:
@@ -73,26 +75,28 @@ def measure(
             elif answers != expected:
                 sys.exit(f"{how} with {workers} workers gave different answers on {kind} tasks")
             times[(how, workers)].append(took)
+            if rounds == 1:
+                print(f"  {row_name(how, workers):<15}{took:>7.2f} s", flush=True)
         if rounds > 1:
-            took = time.perf_counter() - round_started
-            print(f"  round {round_number} of {rounds} done in {took:.1f} s", flush=True)
+            round_seconds = time.perf_counter() - round_started
+            print(f"  round {round_number} of {rounds} done in {round_seconds:.1f} s", flush=True)
 
-    if rounds > 1:
-        header = "".join(f"{f'round {n}':>9}" for n in range(1, rounds + 1)) + f"{'best':>9}"
-    else:
-        header = f"{'seconds':>9}"
-    print(f"  {'how':<15}{header}")
-    for (how, workers), runs in times.items():
-        name = how if how == "sequential" else f"{how:<9} x{workers}"
-        cells = "".join(f"{took:>7.2f} s" for took in runs)
-        best = f"{min(runs):>7.2f} s" if rounds > 1 else ""
-        print(f"  {name:<15}{cells}{best}", flush=True)
+    if rounds > 1:  # several rounds: every round's time, then the best
+        header = "".join(f"{f'round {n}':>9}" for n in range(1, rounds + 1))
+        print(f"  {'how':<15}{header}{'best':>9}")
+        for (how, workers), runs in times.items():
+            cells = "".join(f"{took:>7.2f} s" for took in runs)
+            print(f"  {row_name(how, workers):<15}{cells}{min(runs):>7.2f} s")
 
     best_of = {config: min(runs) for config, runs in times.items()}
     return {
         "sequential": best_of[("sequential", 1)],
         **{how: {n: best_of[(how, n)] for n in worker_counts} for how in RUNNERS},
     }
+
+
+def row_name(how: str, workers: int) -> str:
+    return how if how == "sequential" else f"{how:<9} x{workers}"
 
 
 def print_table(results: dict[str, dict], cores: int) -> None:
