@@ -54,8 +54,10 @@ def items_per_second(make_queue, threads: int, maxsize: int, items: int) -> floa
             count += 1
         received[me] = count
 
-    producers = [threading.Thread(target=produce) for _ in range(threads)]
-    consumers = [threading.Thread(target=consume, args=(c,)) for c in range(threads)]
+    # Daemon threads: if Ctrl+C stops the main thread mid-run, the consumers never
+    # get their stop marker, and the program must still be able to exit.
+    producers = [threading.Thread(target=produce, daemon=True) for _ in range(threads)]
+    consumers = [threading.Thread(target=consume, args=(c,), daemon=True) for c in range(threads)]
     for thread in producers + consumers:
         thread.start()
     ready.wait()
@@ -151,4 +153,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)  # the shell's code for "stopped by Ctrl+C"

@@ -90,7 +90,6 @@ def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, p
     memory_ax.set_xlabel("seconds")
     memory_ax.legend(loc="upper left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -107,6 +106,13 @@ def main() -> int:
         help="where to write the depth plot (default: images/queue_depth.png)",
     )
     args = parser.parse_args()
+    if args.plot.suffix.lower() != ".png" or args.plot.is_dir():
+        parser.error(f"--plot must name a .png file, got {args.plot}")
+    try:  # find out now, not after the runs, whether the plot can be written there
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        args.plot.touch()
+    except OSError as error:
+        parser.error(f"cannot write the plot to {args.plot}: {error.strerror}")
     failures: list[str] = []
 
     heading(
@@ -207,4 +213,8 @@ def yes(flag: bool) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the pipeline's threads are daemons: they end with the program
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)  # the shell's code for "stopped by Ctrl+C"

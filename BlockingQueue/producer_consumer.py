@@ -37,6 +37,7 @@ JOIN_TIMEOUT = 10.0  # seconds to wait for a thread that should already be finis
 PROGRESS_LINES = 4  # lines printed when the output is not a terminal (every 25%)
 MAX_THREADS = 256  # per side: more is a typo, not an experiment
 MiB = 1024 * 1024
+MAX_PAYLOAD = 16 * MiB  # bytes per item: a queue of 100 such items already holds 1.6 GiB
 
 
 @dataclass
@@ -331,6 +332,8 @@ def positive_int(text: str) -> int:
 def non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = kind(text)
+        if value != value:  # nan: no number compares equal to it, not even itself
+            raise argparse.ArgumentTypeError(f"must be a number, got {text}")
         if value < 0:
             raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
         return value
@@ -368,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         "--payload", type=non_negative(int), default=DEFAULT_PAYLOAD, help="bytes per item"
     )
     args = parser.parse_args(argv)
+    if args.payload > MAX_PAYLOAD:
+        parser.error(f"--payload must be at most {MAX_PAYLOAD:,} bytes, got {args.payload:,}")
 
     print(
         f"{args.producers} producers at {args.produce_rate:g}/s each -> queue "
@@ -383,8 +388,13 @@ def main(argv: list[str] | None = None) -> int:
         payload=args.payload,
     )
     print_report(stats)
-    return 0 if stats.exactly_once and not stats.threads_left and stats.joined else 1
+    delivered = stats.produced == stats.consumed == args.items
+    return 0 if delivered and stats.exactly_once and not stats.threads_left and stats.joined else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the worker threads are daemons: they end with the program
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)  # the shell's code for "stopped by Ctrl+C"

@@ -406,24 +406,27 @@ def test_get_after_shutdown_drains_what_is_left_then_raises(shutdown_impl):
             call()
 
 
-def test_shutdown_releases_every_blocked_getter(shutdown_impl):
+@pytest.mark.parametrize("immediate", [False, True], ids=["plain", "immediate"])
+def test_shutdown_releases_every_blocked_getter(shutdown_impl, immediate):
     q = shutdown_impl(2)
     getters = [Worker(q.get) for _ in range(4)] + [Worker(q.get, timeout=BOUND)]
     wait_for_sleepers(q.not_empty, 5)
-    q.shutdown()
+    q.shutdown(immediate=immediate)
     for getter in getters:
         assert isinstance(getter.finish().error, shutdown_impl.shutdown_error)
 
 
-def test_shutdown_releases_every_blocked_putter_without_adding_its_item(shutdown_impl):
+@pytest.mark.parametrize("immediate", [False, True], ids=["plain", "immediate"])
+def test_shutdown_releases_every_blocked_putter_without_adding_its_item(shutdown_impl, immediate):
     q = shutdown_impl(1)
     q.put("kept")
     putters = [Worker(q.put, n) for n in range(4)] + [Worker(q.put, 9, timeout=BOUND)]
     wait_for_sleepers(q.not_full, 5)
-    q.shutdown()
+    q.shutdown(immediate=immediate)
     for putter in putters:
         assert isinstance(putter.finish().error, shutdown_impl.shutdown_error)
-    assert q.get_nowait() == "kept"
+    if not immediate:  # immediate=True discarded "kept" as well
+        assert q.get_nowait() == "kept"
     with pytest.raises(shutdown_impl.shutdown_error):
         q.get_nowait()
 
@@ -711,7 +714,7 @@ def test_stress_shutdown_in_the_middle_leaves_nobody_blocked(immediate):
 
 
 class InterruptOnce(threading.Condition):
-    """A not_empty whose first wake-up becomes an exception (think Ctrl+C) in the woken thread."""
+    """A condition whose first wake-up becomes an exception (think Ctrl+C) in the woken thread."""
 
     def __init__(self, lock) -> None:
         super().__init__(lock)
@@ -735,6 +738,21 @@ def test_a_getter_interrupted_after_its_wake_up_passes_the_wake_up_on():
     q.put("item")  # wakes `first` only, which is then interrupted
     assert isinstance(first.finish().error, KeyboardInterrupt)
     assert second.finish().result == "item"  # not stuck beside a waiting item
+    assert_nobody_counted_waiting(q)
+
+
+def test_a_putter_interrupted_after_its_wake_up_passes_the_wake_up_on():
+    q = bq.BlockingQueue(1)
+    q.put("filler")
+    q.not_full = InterruptOnce(q.mutex)
+    first = Worker(q.put, "first")
+    wait_for_sleepers(q.not_full, 1)
+    second = Worker(q.put, "second")
+    wait_for_sleepers(q.not_full, 2)
+    assert q.get() == "filler"  # one free slot: wakes `first` only, which is then interrupted
+    assert isinstance(first.finish().error, KeyboardInterrupt)
+    assert second.finish().error is None  # the slot went to the other putter
+    assert q.get_nowait() == "second"
     assert_nobody_counted_waiting(q)
 
 
@@ -805,6 +823,8 @@ def test_producer_consumer_script_runs_and_prints_its_report():
         (["--consumers", "x"], "invalid positive_int value"),
         (["--items", "-5"], "must not be negative"),
         (["--consume-rate", "-1"], "must not be negative"),
+        (["--produce-rate", "nan"], "must be a number"),
+        (["--payload", "100000000000"], "--payload must be at most"),
     ],
 )
 def test_producer_consumer_refuses_bad_input_clearly(args, message):
@@ -812,6 +832,18 @@ def test_producer_consumer_refuses_bad_input_clearly(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "plot, message",
+    [("images", "must name a .png file"), ("no/such/dir/x.png", "cannot write the plot")],
+)
+def test_demo_refuses_a_plot_path_it_cannot_write_before_running(tmp_path, plot, message):
+    (tmp_path / "no").write_text("a file where a directory should be")
+    result = run_script("BlockingQueue/demo.py", "--plot", str(tmp_path / plot))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "Lesson" not in result.stdout  # refused before the runs, not after
 
 
 @pytest.mark.parametrize("script", ["producer_consumer.py", "demo.py", "bench.py"])
