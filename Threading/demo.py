@@ -238,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED: {failure}")
     if cores < 2:
         print("Note: 1 usable core, so processes cannot compute in parallel here.")
-    elif load_at_start >= cores:
+    elif cpu_processes < TARGET_CPU_PROCESSES and load_at_start >= cores:
         print(
-            f"Note: the load average was {load_at_start:.2f} on {cores} cores before the demo "
-            "began: other programs competed for the cores, so the CPU-bound figures "
+            f"Note: the load average was {load_at_start:.2f} on {cores} cores when the demo "
+            "began: other programs were using the cores, so the CPU-bound figures "
             "understate this machine. Run it again when the machine is quiet."
         )
     if not workloads.gil_enabled():
