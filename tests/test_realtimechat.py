@@ -816,6 +816,11 @@ def run_browser_scenario(browser, server, start_server, connect, db: Path) -> No
     expect(alice.locator("#typing")).to_have_text("bob is typing…")
     bob.press("#text", "Enter")
     expect(alice.locator("#typing")).to_have_text("")
+    # Bob's message is stored before Carol speaks: they come over different
+    # connections, so without this wait the server may order them either way.
+    expect(alice.locator("#messages li[data-id] .text")).to_have_text(
+        ["hi bob, are you there?", "yes"]
+    )
     carol.send("hello from a terminal")
     alice.fill("#text", XSS)
     alice.press("#text", "Enter")
