@@ -9,10 +9,11 @@ STAMP   := $(VENV)/.requirements-installed
 
 .PHONY: setup demo test bench lint format clean
 
-# RealTimeChat also needs things pip cannot install: Chromium for its browser
-# test, redis-server for its scale-out test (apt-get), and the Socket.IO
-# browser client its page serves (npm). Each has its own target, so set-up
-# runs them once, not on every `make test`.
+# Some tests need things pip cannot install: Chromium for the browser tests
+# (RealTimeChat's page, WebSockets' interoperability), redis-server for the
+# chat's scale-out test (apt-get), and the Socket.IO browser client the chat
+# page serves (npm). Each has its own target, so set-up runs them once, not
+# on every `make test`.
 SYSTEM_STAMP := $(VENV)/.system-packages-installed
 CHAT_JS      := RealTimeChat/static/vendor/socket.io.min.js
 SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -39,7 +40,7 @@ $(SYSTEM_STAMP): | $(STAMP)
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
-		echo "No apt-get: install$$missing yourself (RealTimeChat's browser and Redis tests need them)"; \
+		echo "No apt-get: install$$missing yourself (the browser and Redis tests need them)"; \
 	fi
 	@touch $@
 
