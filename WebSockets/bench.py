@@ -26,6 +26,7 @@ from pathlib import Path
 
 import polling_vs_websocket
 import websockets
+from polling_vs_websocket import percentile, print_rows
 from websockets.asyncio.client import ClientConnection, connect
 
 HERE = Path(__file__).resolve().parent
@@ -54,11 +55,6 @@ def progress(text: str) -> None:
     """One line rewritten in place on a terminal; silent when output is captured."""
     if sys.stdout.isatty():
         print(f"\r{text:<40}", end="" if text else "\r", flush=True)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 class ServerUnderTest:
@@ -168,17 +164,6 @@ async def fan_out_bench(url: str, clients: int, broadcasts: int) -> dict[str, fl
         "lost": expected - received,
         "duplicates": extra,
     }
-
-
-def print_rows(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        print(("  " + "  ".join(cells)).rstrip())
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
 
 
 def verdict(ok: bool) -> str:

@@ -57,8 +57,25 @@ class Delivery:
     exchanges: int = 0  # HTTP requests made, or WebSocket messages received
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return percentile(self.latencies_ms, p)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank p-th percentile: the value below which p% of them fall."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def print_rows(rows: list[tuple[str, ...]]) -> None:
+    """An aligned table: the first column to the left, figures to the right,
+    a rule under the header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        print(("  " + "  ".join(cells)).rstrip())
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
 
 
 class Feed:
@@ -231,16 +248,8 @@ def print_table(polling: Delivery, push: Delivery, poll_ms: float) -> None:
         ),
         ("requests / messages", f"{polling.exchanges:,}", f"{push.exchanges:,}", ""),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"  {len(push.latencies_ms)} updates, polling every {poll_ms:g} ms")
-    for n, row in enumerate(rows):
-        print(
-            "  "
-            + row[0].ljust(widths[0])
-            + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True))
-        )
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
+    print_rows(rows)
 
 
 def plot(polling: Delivery, push: Delivery, poll_ms: float, path: Path) -> None:
