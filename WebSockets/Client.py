@@ -107,11 +107,12 @@ async def interactive(url: str, timeout: float) -> int:
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     threading.Thread(target=read_lines, args=(loop, lines), daemon=True).start()
+    held: list[str] = []  # a line whose send failed: it goes first on the next connection
     ws = await open_connection(url, timeout)
     print(f"Connected to {url}. Type a line to send it; Ctrl-D to quit.", file=sys.stderr)
     try:
         while True:
-            outcome = await session(ws, lines)
+            outcome = await session(ws, lines, held)
             if outcome == "done":
                 return 0
             print(f"Connection lost: {describe_close(ws)}.", file=sys.stderr)
@@ -120,19 +121,19 @@ async def interactive(url: str, timeout: float) -> int:
         await ws.close()
 
 
-async def session(ws: ClientConnection, lines: asyncio.Queue[str | None]) -> str:
+async def session(ws: ClientConnection, lines: asyncio.Queue[str | None], held: list[str]) -> str:
     """Full duplex on one connection until the user quits ("done") or it drops ("lost")."""
 
     async def send_typed() -> str:
         while True:
-            line = await lines.get()
+            line = held.pop() if held else await lines.get()
             if line is None:
                 await ws.close()  # normal closure, 1000
                 return "done"
             try:
                 await ws.send(line)
             except ConnectionClosed:
-                await lines.put(line)  # keep it for the next connection
+                held.append(line)  # ahead of what was typed since, for the next connection
                 return "lost"
 
     async def print_received() -> str:
@@ -187,8 +188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.count is not None and args.count < 0:
         parser.error(f"--count must be >= 0, got {args.count}")
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
+    if not 0 < args.timeout < float("inf"):  # written so that nan fails too
+        parser.error("--timeout must be a positive number of seconds")
     if not args.url.startswith(("ws://", "wss://")):
         parser.error(f"--url must start with ws:// or wss://, got {args.url!r}")
     return args
