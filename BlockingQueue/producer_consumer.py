@@ -64,7 +64,7 @@ class Stats:
     consumed_by: list[int] = field(default_factory=list)  # items taken and finished
     blocks_by: list[int] = field(default_factory=list)  # put() calls that found it full
     blocked_by: list[float] = field(default_factory=list)  # seconds blocked in put()
-    longest_block: float = 0.0  # the longest single blocked put(), in seconds
+    longest_by: list[float] = field(default_factory=list)  # longest single blocked put()
     samples: list[Sample] = field(default_factory=list)
     # Checked at the end, from what the consumers received:
     duplicates: int = 0  # items received more than once
@@ -91,6 +91,11 @@ class Stats:
     @property
     def producer_blocked(self) -> float:
         return sum(self.blocked_by)
+
+    @property
+    def longest_block(self) -> float:
+        """The longest single blocked put() of any producer, in seconds."""
+        return max(self.longest_by, default=0.0)
 
     @property
     def max_depth(self) -> int:
@@ -176,9 +181,9 @@ def run_pipeline(
     stats.consumed_by = [0] * consumers
     stats.blocks_by = [0] * producers
     stats.blocked_by = [0.0] * producers
+    stats.longest_by = [0.0] * producers
     received: list[list[tuple[int, int]]] = [[] for _ in range(consumers)]
     shares = share_out(items, producers)
-    longest = [0.0] * producers
 
     def produce(me: int) -> None:
         make_item = pause(produce_rate)
@@ -195,7 +200,7 @@ def run_pipeline(
                     took = time.monotonic() - started
                     stats.blocks_by[me] += 1
                     stats.blocked_by[me] += took
-                    longest[me] = max(longest[me], took)
+                    stats.longest_by[me] = max(stats.longest_by[me], took)
                 stats.produced_by[me] += 1
         except ShutDown:
             pass  # stopped; the put() that raised added nothing
@@ -254,7 +259,6 @@ def run_pipeline(
         display.finish()
         if not tracing:
             tracemalloc.stop()
-    stats.longest_block = max(longest, default=0.0)
     stats.joined = join_within(queue, JOIN_TIMEOUT)
     check_delivery(stats, received, immediate)
     return stats
