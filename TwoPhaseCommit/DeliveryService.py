@@ -21,9 +21,6 @@ from flask import abort, jsonify
 from twopc_node import (
     MAX_TEXT,
     DurableStore,
-    Faults,
-    Messenger,
-    StoreError,
     add_server_args,
     check_server_args,
     json_object,
@@ -132,19 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     twopc_participant.check_participant_args(parser, args)
     if not 0 <= args.riders <= MAX_RIDERS:
         parser.error(f"--riders must be 0..{MAX_RIDERS}, got {args.riders}")
-    try:
-        store = open_store(args.db, args.riders)
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    faults = Faults(
-        twopc_participant.CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms
+    return twopc_participant.serve(
+        args, Riders(), lambda: open_store(args.db, args.riders), create_app
     )
-    participant = Participant(
-        Riders(), store, faults, Messenger(), args.in_doubt_after, args.ask_max
-    )
-    twopc_participant.run(participant, create_app(participant), args.host, args.port)
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,9 +21,6 @@ from flask import jsonify
 from twopc_node import (
     MAX_QUANTITY,
     DurableStore,
-    Faults,
-    Messenger,
-    StoreError,
     add_server_args,
     check_server_args,
 )
@@ -131,19 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         stock = parse_stock(args.stock)
     except ValueError as err:
         parser.error(f"--stock: {err}")
-    try:
-        store = open_store(args.db, stock)
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    faults = Faults(
-        twopc_participant.CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms
-    )
-    participant = Participant(
-        Stock(), store, faults, Messenger(), args.in_doubt_after, args.ask_max
-    )
-    twopc_participant.run(participant, create_app(participant), args.host, args.port)
-    return 0
+    return twopc_participant.serve(args, Stock(), lambda: open_store(args.db, stock), create_app)
 
 
 if __name__ == "__main__":

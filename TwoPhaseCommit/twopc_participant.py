@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from flask import Flask, abort, jsonify, request
@@ -24,6 +26,7 @@ from twopc_node import (
     DurableStore,
     Faults,
     Messenger,
+    StoreError,
     Unreachable,
     bind,
     check_txid,
@@ -314,6 +317,29 @@ def create_app(participant: Participant) -> Flask:
         return jsonify(transaction_json(rows[0]))
 
     return app
+
+
+def serve(
+    args: Any,
+    resource: Resource,
+    open_store: Callable[[], DurableStore],
+    create_service_app: Callable[[Participant], Flask],
+) -> int:
+    """A service's main() after parsing: open its store, build the participant, serve.
+
+    Returns the exit status: 1 if the database cannot be opened, else 0 once stopped.
+    """
+    try:
+        store = open_store()
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    faults = Faults(CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms)
+    participant = Participant(
+        resource, store, faults, Messenger(), args.in_doubt_after, args.ask_max
+    )
+    run(participant, create_service_app(participant), args.host, args.port)
+    return 0
 
 
 def run(participant: Participant, app: Flask, host: str, port: int) -> None:
