@@ -57,14 +57,15 @@ class Stats:
     consumers: int
     maxsize: int
     seconds: float = 0.0
-    # Per-thread counters: each thread writes only its own slot, so they need no
-    # lock; the progress line reads them while they change, and a number a few
-    # items stale is fine there. The totals below are read after every join().
-    produced_by: list[int] = field(default_factory=list)  # put() calls that succeeded
-    consumed_by: list[int] = field(default_factory=list)  # items taken and finished
-    blocks_by: list[int] = field(default_factory=list)  # put() calls that found it full
-    blocked_by: list[float] = field(default_factory=list)  # seconds blocked in put()
-    longest_by: list[float] = field(default_factory=list)  # longest single blocked put()
+    # Per-thread counters, one slot per producer or consumer (made in __post_init__):
+    # each thread writes only its own slot, so they need no lock; the progress line
+    # reads them while they change, and a number a few items stale is fine there.
+    # The totals below are read after every join().
+    produced_by: list[int] = field(init=False)  # put() calls that succeeded
+    consumed_by: list[int] = field(init=False)  # items taken and finished
+    blocks_by: list[int] = field(init=False)  # put() calls that found it full
+    blocked_by: list[float] = field(init=False)  # seconds blocked in put()
+    longest_by: list[float] = field(init=False)  # longest single blocked put()
     samples: list[Sample] = field(default_factory=list)
     # Checked at the end, from what the consumers received:
     duplicates: int = 0  # items received more than once
@@ -75,6 +76,13 @@ class Stats:
     out_of_order: int = 0  # items a consumer saw before an earlier one of the same producer
     threads_left: int = 0  # threads still running after the run (should be 0)
     joined: bool = False  # queue.join() returned: every item was marked done
+
+    def __post_init__(self) -> None:
+        self.produced_by = [0] * self.producers
+        self.consumed_by = [0] * self.consumers
+        self.blocks_by = [0] * self.producers
+        self.blocked_by = [0.0] * self.producers
+        self.longest_by = [0.0] * self.producers
 
     @property
     def produced(self) -> int:
@@ -177,11 +185,6 @@ def run_pipeline(
     `ShutDown` too. Every thread is joined (each bounded by JOIN_TIMEOUT).
     """
     stats = Stats(producers, consumers, queue.maxsize)
-    stats.produced_by = [0] * producers
-    stats.consumed_by = [0] * consumers
-    stats.blocks_by = [0] * producers
-    stats.blocked_by = [0.0] * producers
-    stats.longest_by = [0.0] * producers
     received: list[list[tuple[int, int]]] = [[] for _ in range(consumers)]
     shares = share_out(items, producers)
 
