@@ -604,7 +604,7 @@ def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> li
                     break
                 mine.append(item)
                 if len(mine) % 97 == 0:
-                    assert q.qsize() <= STRESS_MAXSIZE  # and from outside, now and then
+                    assert q.qsize() <= q.maxsize  # and from outside, now and then
                 q.task_done()
         except bq.ShutDown:
             pass
