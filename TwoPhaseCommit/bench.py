@@ -37,6 +37,7 @@ CRASH_CLIENTS = 8
 PROTOCOLS = {"2PC": "Coordinator.py", "sequential": "sequential_baseline.py"}
 PARTICIPANT_ARGS = ("--in-doubt-after", "0.3", "--ask-max", "1")
 COORDINATOR_ARGS = ("--retry-interval", "0.1", "--retry-max", "1")
+ORDER = {"item": "pizza", "quantity": 1, "address": "1 Bench Road"}
 
 
 @dataclass
@@ -59,6 +60,25 @@ class Run:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def new_cluster(protocol: str, workdir: Path) -> Cluster:
+    return Cluster(
+        workdir,
+        STOCK,
+        RIDERS,
+        PARTICIPANT_ARGS,
+        COORDINATOR_ARGS if protocol == "2PC" else (),
+        coordinator_script=PROTOCOLS[protocol],
+    )
+
+
+def post_order(session: requests.Session, url: str) -> dict:
+    """One ORDER; no answer becomes {"outcome": "error"}, which counts as not committed."""
+    try:
+        return session.post(url + "/orders", json=ORDER, timeout=30).json()
+    except (requests.RequestException, ValueError) as err:
+        return {"outcome": "error", "reason": str(err)}
+
+
 def place_orders(url: str, orders: int, clients: int) -> tuple[float, list[float], list[dict]]:
     """`orders` orders from `clients` threads, each with its own keep-alive session."""
     local = threading.local()
@@ -66,12 +86,8 @@ def place_orders(url: str, orders: int, clients: int) -> tuple[float, list[float
     def one(_: int) -> tuple[float, dict]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        order = {"item": "pizza", "quantity": 1, "address": "1 Bench Road"}
         started = time.perf_counter()
-        try:
-            reply = local.session.post(url + "/orders", json=order, timeout=30).json()
-        except (requests.RequestException, ValueError) as err:
-            reply = {"outcome": "error", "reason": str(err)}
+        reply = post_order(local.session, url)
         return (time.perf_counter() - started) * 1000, reply
 
     started = time.perf_counter()
@@ -81,14 +97,7 @@ def place_orders(url: str, orders: int, clients: int) -> tuple[float, list[float
 
 
 def measure(protocol: str, clients: int, orders: int, workdir: Path) -> Run:
-    with Cluster(
-        workdir,
-        STOCK,
-        RIDERS,
-        PARTICIPANT_ARGS,
-        COORDINATOR_ARGS if protocol == "2PC" else (),
-        coordinator_script=PROTOCOLS[protocol],
-    ) as cluster:
+    with new_cluster(protocol, workdir) as cluster:
         place_orders(cluster.coordinator.url, max(10, clients), clients)  # warm up connections
         fsyncs_before, messages_before = cluster.fsyncs_and_messages()
         seconds, latencies, replies = place_orders(cluster.coordinator.url, orders, clients)
@@ -120,29 +129,15 @@ def under_crashes(
 ) -> CrashRun:
     """Orders from CRASH_CLIENTS clients for `seconds` while participants die and reboot."""
     rng = random.Random(seed)
-    cluster = Cluster(
-        workdir,
-        STOCK,
-        RIDERS,
-        PARTICIPANT_ARGS,
-        COORDINATOR_ARGS if protocol == "2PC" else (),
-        coordinator_script=PROTOCOLS[protocol],
-    )
+    cluster = new_cluster(protocol, workdir)
     replies: list[dict] = []
     with cluster:
         deadline = time.monotonic() + seconds
-        order = {"item": "pizza", "quantity": 1, "address": "1 Bench Road"}
 
         def client() -> None:
             session = requests.Session()
             while time.monotonic() < deadline:
-                try:
-                    reply = session.post(
-                        cluster.coordinator.url + "/orders", json=order, timeout=30
-                    )
-                    replies.append(reply.json())
-                except (requests.RequestException, ValueError) as err:
-                    replies.append({"outcome": "error", "reason": str(err)})
+                replies.append(post_order(session, cluster.coordinator.url))
 
         clients = [threading.Thread(target=client) for _ in range(CRASH_CLIENTS)]
         for c in clients:
