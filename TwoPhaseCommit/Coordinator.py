@@ -33,12 +33,14 @@ from twopc_node import (
     Messenger,
     StoreError,
     Unreachable,
+    add_participant_url_args,
     add_server_args,
     bind,
     check_order,
     check_server_args,
     json_object,
     new_app,
+    participant_urls,
     serve_until_signalled,
     server_url,
 )
@@ -305,8 +307,7 @@ def create_app(coordinator: Coordinator) -> Flask:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The 2PC coordinator for food orders.")
     add_server_args(parser, DEFAULT_PORT, DEFAULT_DB)
-    parser.add_argument("--inventory", default="http://127.0.0.1:5001", help="InventoryService URL")
-    parser.add_argument("--delivery", default="http://127.0.0.1:5002", help="DeliveryService URL")
+    add_participant_url_args(parser)
     timing = parser.add_argument_group("timing")
     timing.add_argument(
         "--vote-timeout", type=float, default=2.0, help="seconds to wait for votes (default 2)"
@@ -330,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("vote_timeout", "retry_interval", "retry_max"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
-    for name in ("inventory", "delivery"):
-        if not getattr(args, name).startswith(("http://", "https://")):
-            parser.error(f"--{name} must be an http:// URL")
+    participants = participant_urls(parser, args)
     try:
         store = DurableStore(args.db, SCHEMA)
     except StoreError as err:
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     coordinator = Coordinator(
         store,
-        {"inventory": args.inventory.rstrip("/"), "delivery": args.delivery.rstrip("/")},
+        participants,
         Faults(CRASH_POINTS, args.crash_at),
         vote_timeout=args.vote_timeout,
         retry_interval=args.retry_interval,

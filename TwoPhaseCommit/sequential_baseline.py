@@ -24,10 +24,12 @@ from twopc_node import (
     Faults,
     Messenger,
     Unreachable,
+    add_participant_url_args,
     bind,
     check_order,
     json_object,
     new_app,
+    participant_urls,
     serve_until_signalled,
 )
 
@@ -71,15 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Orders without 2PC: one service, then the other.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (0 = free)")
-    parser.add_argument("--inventory", default="http://127.0.0.1:5001", help="InventoryService URL")
-    parser.add_argument("--delivery", default="http://127.0.0.1:5002", help="DeliveryService URL")
+    add_participant_url_args(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
-    for name in ("inventory", "delivery"):
-        if not getattr(args, name).startswith(("http://", "https://")):
-            parser.error(f"--{name} must be an http:// URL")
-    participants = {"inventory": args.inventory.rstrip("/"), "delivery": args.delivery.rstrip("/")}
+    participants = participant_urls(parser, args)
     serve_until_signalled(bind(create_app(participants), args.host, args.port))
     return 0
 

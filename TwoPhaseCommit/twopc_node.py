@@ -282,6 +282,21 @@ def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--db: directory {args.db.parent} does not exist")
 
 
+def add_participant_url_args(parser: argparse.ArgumentParser) -> None:
+    """--inventory and --delivery, for the coordinator and the sequential baseline."""
+    parser.add_argument("--inventory", default="http://127.0.0.1:5001", help="InventoryService URL")
+    parser.add_argument("--delivery", default="http://127.0.0.1:5002", help="DeliveryService URL")
+
+
+def participant_urls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """Name -> base URL, inventory first: the order in which both callers visit them."""
+    urls = {"inventory": args.inventory, "delivery": args.delivery}
+    for name, url in urls.items():
+        if not url.startswith(("http://", "https://")):
+            parser.error(f"--{name} must be an http:// URL")
+    return {name: url.rstrip("/") for name, url in urls.items()}
+
+
 def bind(app: Flask, host: str, port: int) -> BaseWSGIServer:
     """Bind now (so --port 0 knows its port), serve later with `serve_until_signalled`.
 
