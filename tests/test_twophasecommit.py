@@ -45,10 +45,8 @@ class Shop:
         coordinator_args: tuple[str, ...] = (),
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
-        self.stock = stock
         self.coordinator_args = coordinator_args  # after FAST_COORDINATOR, so they win
         self.initial = {item: int(n) for item, n in (part.split("=") for part in stock.split(","))}
-        self.riders = riders
         self.args = {
             "inventory": (INVENTORY, "--db", str(tmp_path / "inventory.db"), "--stock", stock),
             "delivery": (DELIVERY, "--db", str(tmp_path / "delivery.db"), "--riders", str(riders)),
