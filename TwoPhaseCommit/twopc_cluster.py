@@ -149,11 +149,10 @@ class Cluster:
         }
 
     def stop(self) -> None:
-        for service in self.services.values() if self.coordinator else ():
-            service.stop()
-        if not self.coordinator:
-            self.inventory.stop()
-            self.delivery.stop()
+        """Coordinator first (if it got started), then the participants."""
+        for service in (self.coordinator, self.inventory, self.delivery):
+            if service is not None:
+                service.stop()
 
     def __enter__(self) -> Cluster:
         return self.start()
