@@ -111,10 +111,12 @@ class Walkthrough:
         if actual != expected:
             self.failures.append(f"{what}: expected {expected}, got {actual}")
 
-    def check_atomic(self) -> None:
+    def check_atomic(self) -> int:
+        """Record any half-done order as a failure; return how many there are."""
         half = self.cluster.half_done()
         if half:
             self.failures.append(f"half-done orders: {half}")
+        return len(half)
 
     def order(self, item: str, quantity: int) -> dict:
         result = self.cluster.order(item, quantity)
@@ -272,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 demo.step_coordinator_crash_after_decision()
                 demo.step_participant_crash_after_yes()
                 blocked = demo.step_blocking()
-                demo.check_atomic()
-                half_done = len(cluster.half_done())
+                half_done = demo.check_atomic()
         except ServiceDown as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
