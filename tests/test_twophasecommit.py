@@ -400,6 +400,15 @@ def only_transaction(shop: Shop) -> str:
     return txid
 
 
+def crash_the_coordinator_mid_order(shop: Shop, point: str, quantity: int) -> str:
+    """Order with the coordinator set to crash at `point`; return the order's txid."""
+    shop.faults("coordinator", crash_at=point)
+    with pytest.raises(requests.ConnectionError):  # it died before answering
+        shop.order("pizza", quantity)
+    assert shop.procs["coordinator"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    return only_transaction(shop)
+
+
 def test_participant_crash_before_voting_aborts_and_recovers(shop_factory):
     shop = shop_factory()
     shop.faults("inventory", crash_at="before-vote")
@@ -430,11 +439,7 @@ def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_f
 
 def test_coordinator_crash_before_deciding_blocks_until_it_returns_then_aborts(shop_factory):
     shop = shop_factory(stock="pizza=2")
-    shop.faults("coordinator", crash_at="before-decision")
-    with pytest.raises(requests.ConnectionError):
-        shop.order("pizza", 2)
-    assert shop.procs["coordinator"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
-    txid = only_transaction(shop)
+    txid = crash_the_coordinator_mid_order(shop, "before-decision", 2)
     # The blocking problem: both voted yes and may not abort on their own. They
     # keep asking a coordinator that is not there, holding the last two pizzas
     # and a rider, across several ask cycles and even their own restart.
@@ -455,11 +460,7 @@ def test_coordinator_crash_before_deciding_blocks_until_it_returns_then_aborts(s
 @pytest.mark.parametrize("point", ["after-decision", "after-first-commit"])
 def test_coordinator_crash_after_deciding_commits_on_recovery(shop_factory, point):
     shop = shop_factory()
-    shop.faults("coordinator", crash_at=point)
-    with pytest.raises(requests.ConnectionError):
-        shop.order("pizza", 2)
-    assert shop.procs["coordinator"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
-    txid = only_transaction(shop)
+    txid = crash_the_coordinator_mid_order(shop, point, 2)
     expected_inventory = "COMMITTED" if point == "after-first-commit" else "PREPARED"
     assert shop.state("inventory", txid) == expected_inventory
     assert shop.state("delivery", txid) == "PREPARED"
@@ -473,11 +474,7 @@ def test_coordinator_crash_after_deciding_commits_on_recovery(shop_factory, poin
 
 def test_recovery_keeps_telling_a_participant_that_is_down_and_backs_off(shop_factory):
     shop = shop_factory()
-    shop.faults("coordinator", crash_at="after-decision")
-    with pytest.raises(requests.ConnectionError):
-        shop.order("pizza", 1)
-    shop.procs["coordinator"].proc.wait(timeout=TIMEOUT)
-    txid = only_transaction(shop)
+    txid = crash_the_coordinator_mid_order(shop, "after-decision", 1)
     shop.kill("delivery")
     shop.restart("coordinator")
     time.sleep(1.0)  # recovery retries delivery with back-off (0.1 s doubling to 0.5 s)
