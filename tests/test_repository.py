@@ -202,3 +202,68 @@ def test_run_script_captures_a_scripts_output():
     result = run_script("tour.py", "--help")
     assert result.returncode == 0
     assert "usage: tour.py" in result.stdout
+
+
+# The real engines the concept tests use: each starts privately, serves, survives
+# (or, without persistence, forgets on) a crash as the real engine does, and stops.
+
+
+def test_harness_redis_forgets_on_a_crash_without_persistence(redis_server):
+    redis = redis_server()
+    redis.client().set("greeting", "hello")
+    assert redis.client().get("greeting") == b"hello"
+    redis.kill()
+    redis.start()  # same port, same (empty) directory
+    assert redis.client().get("greeting") is None
+
+
+def test_harness_redis_cluster_spreads_keys_over_its_masters(redis_cluster):
+    from redis.cluster import ClusterNode, RedisCluster
+
+    cluster = redis_cluster(masters=3)
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster.startup_nodes])
+    for n in range(100):
+        client.set(f"key:{n}", n)
+    assert [int(client.get(f"key:{n}")) for n in range(100)] == list(range(100))
+    counts = [node.client().dbsize() for node in cluster.nodes]
+    assert sum(counts) == 100 and all(counts), counts  # every master holds some
+    spare = cluster.add_node()
+    assert spare.client().dbsize() == 0
+    client.close()
+
+
+def test_harness_postgres_keeps_a_prepared_transaction_through_a_crash(postgres_server):
+    with postgres_server.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE stock (item text PRIMARY KEY, left_ integer)")
+        conn.execute("INSERT INTO stock VALUES ('pizza', 3)")
+    with postgres_server.connect() as conn:
+        conn.execute("UPDATE stock SET left_ = left_ - 1")
+        conn.execute("PREPARE TRANSACTION 'order-1'")
+    postgres_server.kill()  # SIGKILL between prepare and commit
+    postgres_server.start()
+    with postgres_server.connect(autocommit=True) as conn:
+        prepared = conn.execute("SELECT gid FROM pg_prepared_xacts").fetchall()
+        assert prepared == [("order-1",)]
+        conn.execute("COMMIT PREPARED 'order-1'")
+        assert conn.execute("SELECT left_ FROM stock").fetchone() == (2,)
+
+
+def test_harness_etcd_keeps_a_key_through_a_crash_and_pauses(etcd_server):
+    import base64
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    put = requests.post(
+        etcd_server.url + "/v3/kv/put", json={"key": b64("worker/7"), "value": b64("me")}, timeout=5
+    )
+    assert put.status_code == 200, put.text
+    etcd_server.kill()
+    etcd_server.start()  # same data directory and ports
+    got = requests.post(etcd_server.url + "/v3/kv/range", json={"key": b64("worker/7")}, timeout=5)
+    assert base64.b64decode(got.json()["kvs"][0]["value"]) == b"me"
+    etcd_server.pause()
+    with pytest.raises(requests.Timeout):
+        requests.get(etcd_server.url + "/health", timeout=0.5)
+    etcd_server.resume()
+    assert requests.get(etcd_server.url + "/health", timeout=5).json()["health"] == "true"
