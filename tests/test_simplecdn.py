@@ -711,6 +711,11 @@ def test_demo_shows_its_lesson(tmp_path):
     assert plot.stat().st_size > 10_000
 
 
+def test_demo_help_names_save_images():
+    result = run_script("SimpleCDN/demo.py", "--help")
+    assert result.returncode == 0 and "--save-images" in result.stdout
+
+
 @pytest.mark.parametrize(
     "method, target",
     [
