@@ -47,7 +47,7 @@ from flask import Flask, render_template, request
 from flask_socketio import SocketIO, emit, join_room, leave_room
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DB = HERE / "chat.db"  # git-ignored; pass --db to keep several apart
+DEFAULT_DB = HERE / "out" / "chat.db"  # git-ignored; pass --db to keep several apart
 CLIENT_JS = HERE / "static" / "vendor" / "socket.io.min.js"  # copied from npm by `make setup`
 DEFAULT_ROOMS = ("general", "random")  # listed in the lobby even when empty
 EVENTS = ("join", "leave", "message", "typing", "rooms")  # what a client may send

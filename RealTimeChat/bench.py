@@ -36,7 +36,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 HERE = Path(__file__).resolve().parent
 APP = HERE / "app.py"
-IMAGES = HERE / "images"
+OUT = HERE / "out"  # git-ignored: the plot of each run
+PICTURE = HERE / "images" / "fanout.png"  # the README's copy: only --save-images rewrites it
 SIZES = (10, 50, 200)  # clients in the room
 MESSAGES = 50  # broadcasts timed per round
 ROUNDS = 3  # per size; the table shows the median round, so one noisy moment does not decide
@@ -330,7 +331,7 @@ def plot(rows: list[dict], path: Path) -> None:
         axes.grid(alpha=0.3)
         axes.legend()
     fig.tight_layout()
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -357,6 +358,11 @@ def main() -> int:
         help=f"rounds of {MESSAGES} messages (default {ROUNDS})",
     )
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument(
+        "--save-images",
+        action="store_true",
+        help=f"write the plot to {PICTURE.relative_to(HERE.parent)} (default: out/fanout.png)",
+    )
     args = parser.parse_args()
     if any(size < 2 for size in args.sizes) or args.hold < 0 or args.rounds < 1:
         parser.error("--sizes need at least 2 clients each, --hold >= 0 and --rounds >= 1")
@@ -388,12 +394,13 @@ def main() -> int:
         print(
             f"  (joining one room one by one sent {notices:,} presence notices: README, Presence)"
         )
-    plot(rows + ([hold] if hold else []), IMAGES / "fanout.png")
-    print(f"\nPlot: {(IMAGES / 'fanout.png').relative_to(HERE.parent)}")
-    missed = False  # a target missed: the exit code says so, for scripts and CI
+    picture = PICTURE if args.save_images else OUT / "fanout.png"
+    plot(rows + ([hold] if hold else []), picture)
+    print(f"\nPlot: {picture.relative_to(HERE.parent)}")
+    verdicts = []  # one per target: True if met
     target = by.get(("gevent", TARGET_CLIENTS))
     if target:
-        missed |= target["lost"] > 0
+        verdicts.append(target["lost"] == 0)
         verdict = "PASS" if target["lost"] == 0 else "FAIL"
         print(
             f"{verdict}  {TARGET_CLIENTS} clients in one room, one gevent process:"
@@ -401,14 +408,20 @@ def main() -> int:
             f" (p50 {target['p50']:.1f} ms, p99 {target['p99']:.1f} ms)"
         )
     if hold:
-        missed |= hold["lost"] > 0
+        verdicts.append(hold["lost"] == 0)
         verdict = "PASS" if hold["lost"] == 0 else "FAIL"
         print(
             f"{verdict}  {args.hold:,} clients held by one gevent process:"
             f" {hold['lost']} lost over {HOLD_MESSAGES} broadcasts, {hold['threads']} threads,"
             f" {hold['rss_mb']:.0f} MB"
         )
-    return 1 if missed else 0
+    if target:
+        print(
+            f"headline: {TARGET_CLIENTS} clients in one room on one gevent process got every"
+            f" message, p99 {target['p99']:.1f} ms from send to the last of them"
+        )
+    print(f"targets: {sum(verdicts)} of {len(verdicts)} met")
+    return 0 if all(verdicts) else 1
 
 
 if __name__ == "__main__":

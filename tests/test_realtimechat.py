@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import pytest
 import redis
 import requests
 import socketio
-from conftest import ROOT, ServerProcess, child_env, load_module, run_script, script_path
+from conftest import ServerProcess, child_env, load_module, run_script, script_path
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
@@ -751,99 +750,45 @@ def test_cli_client_says_so_when_no_server_is_there():
 
 # -- a real browser ---------------------------------------------------------------
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # Chromium refuses to run as root with its sandbox
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOT = ROOT / "RealTimeChat" / "images" / "chat.png"
-CONNECTED = re.compile(r"\bok\b")  # the status pill's class while connected
+browser_scene = load_module("RealTimeChat", "chat_browser")
 
 
 def test_two_browser_pages_chat_show_html_as_text_and_survive_a_restart(
     tmp_path, start_server, connect
 ):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     chromium = needs("chromium")
     db = tmp_path / "chat.db"
     server = start_server(APP, "--db", str(db))
-    expect.set_options(timeout=WAIT * 1000)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = browser_scene.launch(playwright, chromium)
         try:
-            run_browser_scenario(browser, server, start_server, connect, db)
+            run_browser_scenario(browser, server, start_server, db, tmp_path)
         finally:
             browser.close()
 
 
-def open_chat(browser, url: str, name: str, room: str):
-    page = browser.new_page(viewport={"width": 1100, "height": 620})
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.dialogs = dialogs
-    page.js_errors = []  # uncaught exceptions in chat.js
-    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
-    page.goto(url + "/")
-    page.fill("#name", name)
-    page.fill("#room", room)
-    page.click("#join")
-    return page
-
-
-def run_browser_scenario(browser, server, start_server, connect, db: Path) -> None:
+def run_browser_scenario(browser, server, start_server, db: Path, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    room = "general"
-    alice = open_chat(browser, server.url, "alice", room)
-    bob = open_chat(browser, server.url, "bob", room)
-    carol = connect(server)  # a terminal user in the same room
-    carol.join(room, "carol")
+    alice, bob, carol = browser_scene.play_scene(browser, server.url)
+    carol.disconnect()
+    texts = browser_scene.SCENE_TEXTS
     for page in (alice, bob):
-        expect(page.locator("#status")).to_have_class(CONNECTED)
-        expect(page.locator("#members li")).to_have_text(["alice", "bob", "carol"])
-
-    alice.fill("#text", "hi bob, are you there?")
-    alice.press("#text", "Enter")
-    expect(bob.locator("#messages li[data-id] .text")).to_have_text(["hi bob, are you there?"])
-    expect(alice.locator("#text")).to_have_value("")  # cleared: the server acknowledged it
-
-    bob.locator("#text").press_sequentially("yes")
-    expect(alice.locator("#typing")).to_have_text("bob is typing…")
-    bob.press("#text", "Enter")
-    expect(alice.locator("#typing")).to_have_text("")
-    # Bob's message is stored before Carol speaks: they come over different
-    # connections, so without this wait the server may order them either way.
-    expect(alice.locator("#messages li[data-id] .text")).to_have_text(
-        ["hi bob, are you there?", "yes"]
-    )
-    carol.send("hello from a terminal")
-    alice.fill("#text", XSS)
-    alice.press("#text", "Enter")
-
-    texts = ["hi bob, are you there?", "yes", "hello from a terminal", XSS]
-    for page in (alice, bob):
-        expect(page.locator("#messages li[data-id] .text")).to_have_text(texts)
         expect(page.locator("#messages img")).to_have_count(0)
         assert page.dialogs == []
     expect(bob.locator("#messages li[data-id] .author")).to_have_text(
         ["alice", "bob", "carol", "alice"]
     )
-    expect(bob.locator("#rooms li.current .count")).to_have_text("3")
-    alice.locator("#text").press_sequentially("one more")  # for the picture: typing...
-    expect(bob.locator("#typing")).to_have_text("alice is typing…")
-    bob.fill("#text", "see you")  # ...and something in the box
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    bob.screenshot(path=str(SCREENSHOT))
+    expect(bob.locator("#rooms li.current .count")).to_have_text("2")
+    browser_scene.photograph(bob, tmp_path / "chat.png")  # never the tracked images/chat.png
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
 
     # The server dies: the page says so, and keeps what alice types unsent.
     port = server.port
     server.kill()
-    expect(alice.locator("#status")).not_to_have_class(CONNECTED)
+    expect(alice.locator("#status")).not_to_have_class(browser_scene.CONNECTED)
     alice.fill("#text", "are you still there?")
     alice.press("#text", "Enter")
     expect(alice.locator("#notice")).to_contain_text("offline")
@@ -851,7 +796,7 @@ def run_browser_scenario(browser, server, start_server, connect, db: Path) -> No
     # It comes back on the same port and database: both pages rejoin by themselves.
     start_server(APP, "--db", str(db), port=port)
     for page in (alice, bob):
-        expect(page.locator("#status")).to_have_class(CONNECTED, timeout=20_000)
+        expect(page.locator("#status")).to_have_class(browser_scene.CONNECTED, timeout=20_000)
     expect(alice.locator("#members li")).to_have_text(["alice", "bob"])
     alice.press("#text", "Enter")
     expect(bob.locator("#messages li[data-id] .text")).to_have_text(
