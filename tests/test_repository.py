@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -267,3 +269,87 @@ def test_harness_etcd_keeps_a_key_through_a_crash_and_pauses(etcd_server):
         requests.get(etcd_server.url + "/health", timeout=0.5)
     etcd_server.resume()
     assert requests.get(etcd_server.url + "/health", timeout=5).json()["health"] == "true"
+
+
+# The tour's two other modes: `make bench` reads each bench's verdict, and
+# `make images` is the only run that may rewrite the READMEs' pictures.
+
+
+def load_tour(monkeypatch, root: Path):
+    """tour.py, imported with its concept folders (and summary file) under `root`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tour", ROOT / "tour.py")
+    tour = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "tour", tour)  # dataclasses look their module up there
+    spec.loader.exec_module(tour)
+    monkeypatch.setattr(tour, "ROOT", root)
+    monkeypatch.setattr(tour, "BENCH_SUMMARY", root / "out" / "bench-summary.json")
+    return tour
+
+
+FAKE_BENCH = """
+import sys
+print("PASS  fast enough: 3.1x (target 2x)")
+print("FAIL  small enough: 9 MB (target 5 MB)")
+print("headline: 3.1x the peer's speed")
+print("targets: {met} of 2 met")
+sys.exit({code})
+"""
+
+
+def test_bench_mode_summarises_each_bench_and_fails_if_any_did(tmp_path, monkeypatch, capsys):
+    for concept, met, code in (("Threading", 2, 0), ("BlockingQueue", 1, 1)):
+        (tmp_path / concept).mkdir()
+        (tmp_path / concept / "bench.py").write_text(FAKE_BENCH.format(met=met, code=code))
+    (tmp_path / "WebSockets").mkdir()
+    (tmp_path / "WebSockets" / "bench.py").write_text("print('no verdict')\n")  # exits 0
+    tour = load_tour(monkeypatch, tmp_path)
+
+    assert tour.main(["--bench", "Threading", "BlockingQueue", "WebSockets"]) == 1
+    summary = json.loads((tmp_path / "out" / "bench-summary.json").read_text())
+    by_folder = {b["concept"]: b for b in summary["benches"]}
+    assert by_folder["Threading"]["status"] == "ok"
+    assert (by_folder["Threading"]["targets_met"], by_folder["Threading"]["targets"]) == (2, 2)
+    assert by_folder["Threading"]["summary"] == "3.1x the peer's speed"
+    assert by_folder["BlockingQueue"]["status"] == "failed (exit 1)"
+    assert by_folder["WebSockets"]["status"].startswith("failed (no 'targets")
+    table = capsys.readouterr().out
+    assert re.search(r"Threading\s+ok\s+[\d.]+\s+2 of 2\s+3\.1x the peer's speed", table)
+
+
+def test_demo_mode_shows_the_lesson_or_what_was_seen_instead(tmp_path, monkeypatch, capsys):
+    demos = {
+        "Threading": "print('Lesson: 2 processes were 1.9x faster')",
+        "BlockingQueue": "import sys\nprint('Lesson not shown: it grew to 51')\nsys.exit(1)",
+    }
+    for concept, source in demos.items():
+        (tmp_path / concept).mkdir()
+        (tmp_path / concept / "demo.py").write_text(source + "\n")
+    tour = load_tour(monkeypatch, tmp_path)
+    assert tour.main(["Threading", "BlockingQueue"]) == 1
+    table = capsys.readouterr().out
+    assert re.search(r"Threading\s+ok\s.*Lesson: 2 processes were 1\.9x faster", table)
+    assert re.search(r"BlockingQueue\s+failed \(exit 1\).*Lesson not shown: it grew to 51", table)
+
+
+def test_make_has_bench_and_images_targets():
+    for target in ("bench", "images"):
+        assert target in make_targets()
+        dry_run = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+        assert dry_run.returncode == 0, dry_run.stderr
+        assert "tour.py" in dry_run.stdout
+
+
+def test_generated_outputs_are_git_ignored():
+    paths = [f"{folder}/out/plot.png" for folder in CONCEPTS] + ["out/bench-summary.json"]
+    checked = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True
+    )
+    assert sorted(checked.stdout.split()) == sorted(paths)
+
+
+def test_ci_fails_when_make_test_leaves_the_tree_changed():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    after_make_test = ci[ci.index("make test") :]
+    assert "git status --porcelain" in after_make_test and "exit 1" in after_make_test
