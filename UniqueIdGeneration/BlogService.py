@@ -29,8 +29,9 @@ from pathlib import Path
 import IdGenerator
 
 MAX_SHARDS = IdGenerator.MAX_WORKER_ID + 1  # one worker id per shard: 32
-DEFAULT_DB_DIR = Path(__file__).resolve().parent / "data"  # git-ignored
+DEFAULT_DB_DIR = Path(__file__).resolve().parent / "out" / "blog"  # git-ignored
 DEFAULT_SHARDS = 4
+MAX_RECENT = 10_000  # recent_posts() holds limit posts per shard in memory
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
@@ -201,8 +202,8 @@ class BlogService:
         Ids sort by time, so a k-way merge of per-shard lists is all it takes;
         no shard needs to know about the others.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_RECENT:
+            raise ValueError(f"limit must be an int in 0..{MAX_RECENT}, got {limit!r}")
         per_shard = [shard.newest_first(limit) for shard in self.shards]
         merged = heapq.merge(*per_shard, key=lambda post: post.id, reverse=True)
         return list(itertools.islice(merged, limit))
@@ -226,10 +227,31 @@ def format_post(post: Post) -> str:
     return f"{post.id}  shard {post.shard}  {when} UTC  {post.author}: {post.title}"
 
 
+def bounded_int(name: str, low: int, high: int):
+    """An argparse type: a whole number in low..high, refused with a one-line error."""
+
+    def parse(text: str) -> int:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number, got {shown!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be in {low}..{high:,}, got {shown}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="A sharded blog keyed by Snowflake ids.")
     parser.add_argument(
-        "--shards", type=int, default=DEFAULT_SHARDS, help=f"1..{MAX_SHARDS} (default 4)"
+        "--shards",
+        type=bounded_int("--shards", 1, MAX_SHARDS),
+        default=DEFAULT_SHARDS,
+        help=f"1..{MAX_SHARDS} (default 4)",
     )
     parser.add_argument(
         "--db-dir", type=Path, default=DEFAULT_DB_DIR, help="where the shard databases live"
@@ -240,15 +262,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     create.add_argument("--title", required=True)
     create.add_argument("--body", default="")
     get = commands.add_parser("get", help="read one post by id")
-    get.add_argument("id", type=int)
+    get.add_argument("id", type=bounded_int("id", 0, IdGenerator.MAX_ID))
     recent = commands.add_parser("recent", help="the newest posts across all shards")
-    recent.add_argument("--limit", type=int, default=10)
-    args = parser.parse_args(argv)
-    if not 1 <= args.shards <= MAX_SHARDS:
-        parser.error(f"--shards must be in 1..{MAX_SHARDS}, got {args.shards}")
-    if args.command == "recent" and args.limit < 0:
-        parser.error(f"--limit must be >= 0, got {args.limit}")
-    return args
+    recent.add_argument(
+        "--limit", type=bounded_int("--limit", 0, MAX_RECENT), default=10, help=f"0..{MAX_RECENT:,}"
+    )
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

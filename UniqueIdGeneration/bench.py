@@ -5,7 +5,11 @@
    ceiling that 12 bits of sequence allow one worker.
 2. Four threads sharing one generator vs four generators, one per thread.
 3. The B-tree claim: 1,000,000 rows into SQLite keyed by Snowflake ids,
-   uuid4 strings and random integers; writes images/btree_inserts.png.
+   uuid4 strings and random integers; plots it to out/btree_inserts.png
+   (with --save-images, to images/btree_inserts.png, the README's picture).
+
+Each target prints PASS or FAIL; the run ends with `targets: N of M met` and
+exits 1 when any target was missed.
 
     python UniqueIdGeneration/bench.py            # about a minute on 2 cores
 """
@@ -30,7 +34,9 @@ import IdGenerator
 from snowflake import SnowflakeGenerator
 
 CEILING = (IdGenerator.MAX_SEQUENCE + 1) * 1000  # 4,096,000 ids/s per worker
-IMAGES = Path(__file__).resolve().parent / "images"
+HERE = Path(__file__).resolve().parent
+IMAGES = HERE / "images"  # the tracked pictures the README shows: only --save-images
+OUT = HERE / "out"  # git-ignored: every run's plots
 
 TARGET_VS_UUID4 = 3.0
 TARGET_VS_PACKAGE = 0.8
@@ -130,22 +136,61 @@ def btree(rows: int) -> list[btree_experiment.BtreeResult]:
     return results
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+class Targets:
+    """Each target as a PASS/FAIL line; `report()` closes with `targets: N of M met`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.met = 0
+
+    def check(self, ok: bool, claim: str) -> None:
+        self.met += ok
+        self.lines.append(f"  {'PASS' if ok else 'FAIL'}  {claim}")
+
+    def report(self, headline: str) -> int:
+        print("\nTargets")
+        print("\n".join(self.lines))
+        print(f"\nheadline: {headline}")
+        print(f"targets: {self.met} of {len(self.lines)} met")
+        return 0 if self.met == len(self.lines) else 1
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number from 1 to 10**9 (a bigger one is a typo)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 10**9:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1,000,000,000, got {value:,}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per peer (median taken)")
-    parser.add_argument("--ids", type=int, default=1_000_000, help="ids per round")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per B-tree run")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="rounds per peer, median taken (5)"
+    )
+    parser.add_argument("--ids", type=positive_int, default=1_000_000, help="ids per round")
+    parser.add_argument("--rows", type=positive_int, default=1_000_000, help="rows per B-tree run")
     parser.add_argument("--skip-btree", action="store_true", help="only the generator benches")
+    parser.add_argument(
+        "--save-images",
+        action="store_true",
+        help=f"write the plot to {IMAGES.relative_to(HERE.parent)}/ (the README's) "
+        f"instead of {OUT.relative_to(HERE.parent)}/",
+    )
     args = parser.parse_args(argv)
-    for name in ("rounds", "ids"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.rows < btree_experiment.BATCH_ROWS or args.rows % btree_experiment.BATCH_ROWS:
-        parser.error(f"--rows must be a positive multiple of {btree_experiment.BATCH_ROWS:,}")
+    if args.rounds > 100:
+        parser.error(f"--rounds must be at most 100, got {args.rounds:,}")
+    if args.ids > 100_000_000:
+        parser.error(f"--ids must be at most 100,000,000, got {args.ids:,}")
+    if args.rows % btree_experiment.BATCH_ROWS or args.rows > 10_000_000:
+        parser.error(
+            f"--rows must be a multiple of {btree_experiment.BATCH_ROWS:,} "
+            f"up to 10,000,000, got {args.rows:,}"
+        )
+    targets = Targets()
 
     print(f"Machine: {machine()}")
     print(f"\n1. IDs/s from one thread (median of {args.rounds} rounds of {args.ids:,})")
@@ -157,12 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'ceiling: 4,096 ids/ms/worker':<30} {CEILING:>11,}")
     vs_uuid = ours / rates["uuid.uuid4()"]
     vs_package = ours / rates[PACKAGE]
+    targets.check(
+        vs_uuid >= TARGET_VS_UUID4, f"one thread >= {TARGET_VS_UUID4}x uuid4: {vs_uuid:.2f}x"
+    )
+    targets.check(
+        vs_package >= TARGET_VS_PACKAGE,
+        f"one thread >= {TARGET_VS_PACKAGE}x snowflake-id: {vs_package:.2f}x "
+        f"({ours / CEILING:.0%} of the ceiling)",
+    )
 
     print(f"\n2. Four threads ({args.ids // 4:,} ids each)")
-    for name, rate in four_threads(args.ids // 4).items():
+    for name, rate in four_threads(max(1, args.ids // 4)).items():
         print(f"  {name:<40} {rate:>11,.0f} IDs/s")
 
-    btree_ratio = None
+    headline = f"one thread mints {ours:,.0f} ids/s, {vs_package:.2f}x snowflake-id"
     if not args.skip_btree:
         print(f"\n3. The B-tree claim: {args.rows:,} rows into SQLite per key kind")
         print(
@@ -190,25 +243,16 @@ def main(argv: list[str] | None = None) -> int:
             f"commit wrote to the WAL once the table was full)"
         )
         btree_ratio = results[1].seconds / results[0].seconds
-        IMAGES.mkdir(exist_ok=True)
-        btree_experiment.plot(results, IMAGES / "btree_inserts.png")
-        print(f"  plot: {IMAGES / 'btree_inserts.png'}")
-
-    print("\nTargets")
-    print(
-        f"  {verdict(vs_uuid >= TARGET_VS_UUID4)}  one thread >= {TARGET_VS_UUID4}x uuid4: "
-        f"{vs_uuid:.2f}x"
-    )
-    print(
-        f"  {verdict(vs_package >= TARGET_VS_PACKAGE)}  one thread >= {TARGET_VS_PACKAGE}x "
-        f"snowflake-id: {vs_package:.2f}x ({ours / CEILING:.0%} of the ceiling)"
-    )
-    if btree_ratio is not None:
-        print(
-            f"  {verdict(btree_ratio >= TARGET_BTREE)}  {args.rows:,} Snowflake-keyed inserts "
-            f">= {TARGET_BTREE:.0f}x faster than uuid4-keyed: {btree_ratio:.1f}x"
+        plot = (IMAGES if args.save_images else OUT) / "btree_inserts.png"
+        btree_experiment.plot(results, plot)
+        print(f"  plot: {plot}")
+        targets.check(
+            btree_ratio >= TARGET_BTREE,
+            f"{args.rows:,} Snowflake-keyed inserts >= {TARGET_BTREE:.0f}x faster than "
+            f"uuid4-keyed: {btree_ratio:.1f}x",
         )
-    return 0
+        headline += f"; Snowflake keys insert {btree_ratio:.1f}x faster than uuid4 into SQLite"
+    return targets.report(headline)
 
 
 if __name__ == "__main__":

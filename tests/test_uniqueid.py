@@ -498,12 +498,33 @@ def test_cli_reports_an_unknown_id_clearly(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["--shards", "0", "recent"], ["--shards", "x", "recent"], ["get", "abc"], []]
+    "args",
+    [
+        ["--shards", "0", "recent"],
+        ["--shards", "x", "recent"],
+        ["get", "abc"],
+        ["get", "99999999999999999999"],
+        ["recent", "--limit", "99999999999999999999"],  # was an OverflowError traceback
+        ["recent", "--limit", "-1"],
+        ["recent", "--limit", "9" * 5000],
+        [],
+    ],
 )
 def test_cli_bad_arguments_exit_2_with_a_message(tmp_path, args):
     result = cli("--db-dir", str(tmp_path), *args)
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()[-1]) < 200, "the error line echoes a bounded text"
+
+
+@pytest.mark.parametrize(
+    "args", [["--ids", "0"], ["--rounds", "99999999999999999999"], ["--rows", "150000"]]
+)
+def test_bench_refuses_bad_arguments_before_measuring(args):
+    result = run_script("UniqueIdGeneration/bench.py", *args, timeout=30)
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert "Machine:" not in result.stdout
 
 
 @pytest.mark.parametrize("script", ["BlogService.py", "break_it.py", "demo.py", "bench.py"])
