@@ -9,7 +9,9 @@
    producer blocked (backpressure); the unbounded one grew, and memory with it.
 3. Shutdown, both ways: shutdown() lets the consumers finish what is queued,
    shutdown(immediate=True) discards it; either way no thread is left blocked.
-Writes images/queue_depth.png and exits non-zero if the lesson did not show.
+Ends with a `Lesson:` line, or with `Lesson not shown:` and exit code 1 when the
+run did not show it. The plot goes to out/queue_depth.png (git-ignored); only
+`--save-images` (`make images`) rewrites images/queue_depth.png, the README's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import producer_consumer  # noqa: E402
 
 from BlockingQueue import BlockingQueue  # noqa: E402
 
-IMAGES = Path(__file__).resolve().parent / "images"
+HERE = Path(__file__).resolve().parent
+IMAGES = HERE / "images"  # the tracked pictures the README shows: only --save-images
+OUT = HERE / "out"  # git-ignored: every other run's plots
 SECONDS = 3.0  # each run; the shutdown ends it
 MAXSIZE = 50
 PRODUCERS, PRODUCE_RATE = 1, 2_000.0  # one fast producer: 2,000 items/s
@@ -99,20 +103,26 @@ def main() -> int:
         description="A fast producer and slow consumers through a bounded and an unbounded "
         "BlockingQueue: depth, memory, backpressure, then both kinds of shutdown. About 8 s."
     )
-    parser.add_argument(
-        "--plot",
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--save-images",
+        action="store_true",
+        help="write the plot to images/, the picture the README shows (make images)",
+    )
+    where.add_argument(
+        "--out",
         type=Path,
-        default=IMAGES / "queue_depth.png",
-        help="where to write the depth plot (default: images/queue_depth.png)",
+        default=OUT,
+        help="folder for the plot (default: BlockingQueue/out/, git-ignored)",
     )
     args = parser.parse_args()
-    if args.plot.suffix.lower() != ".png" or args.plot.is_dir():
-        parser.error(f"--plot must name a .png file, got {args.plot}")
+    folder = IMAGES if args.save_images else args.out
+    plot_path = folder / "queue_depth.png"
     try:  # find out now, not after the runs, whether the plot can be written there
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        args.plot.touch()
+        folder.mkdir(parents=True, exist_ok=True)
+        plot_path.touch()
     except OSError as error:
-        parser.error(f"cannot write the plot to {args.plot}: {error.strerror}")
+        parser.error(f"cannot write the plot to {plot_path}: {error.strerror}")
     failures: list[str] = []
 
     heading(
@@ -190,22 +200,24 @@ def main() -> int:
         if not stats.exactly_once:
             failures.append(f"{name}: items were lost, duplicated or reordered")
 
-    plot(bounded, unbounded, args.plot)
-    shown = args.plot.resolve()
+    plot(bounded, unbounded, plot_path)
+    shown = plot_path.resolve()
     if shown.is_relative_to(Path.cwd()):
         shown = shown.relative_to(Path.cwd())
     print(f"\n  plot: {shown}")
 
-    for failure in failures:
-        print(f"FAILED: {failure}")
-    print(
-        f"\nLesson: with maxsize {MAXSIZE} the queue never held more than "
+    seen = (
+        f"with maxsize {MAXSIZE} the queue never held more than "
         f"{bounded.max_depth} items and {bounded.peak_memory / MiB:.1f} MiB while the producer "
         f"blocked {bounded.producer_blocks:,} times; unbounded it grew to "
         f"{unbounded.max_depth:,} items and {unbounded.peak_memory / MiB:.1f} MiB "
         f"in {SECONDS:.0f} s"
     )
-    return 1 if failures else 0
+    if failures:
+        print(f"\nLesson not shown: {'; '.join(failures)}. Seen: {seen}")
+        return 1
+    print(f"\nLesson: {seen}")
+    return 0
 
 
 def yes(flag: bool) -> str:

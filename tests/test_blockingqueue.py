@@ -835,12 +835,17 @@ def test_producer_consumer_refuses_bad_input_clearly(args, message):
 
 
 @pytest.mark.parametrize(
-    "plot, message",
-    [("images", "must name a .png file"), ("no/such/dir/x.png", "cannot write the plot")],
+    "args, message",
+    [
+        (["--out", "a-file"], "cannot write the plot"),
+        (["--out", "a-file/below"], "cannot write the plot"),
+        (["--out", "x", "--save-images"], "not allowed with argument"),
+    ],
 )
-def test_demo_refuses_a_plot_path_it_cannot_write_before_running(tmp_path, plot, message):
-    (tmp_path / "no").write_text("a file where a directory should be")
-    result = run_script("BlockingQueue/demo.py", "--plot", str(tmp_path / plot))
+def test_demo_refuses_a_plot_folder_it_cannot_write_before_running(tmp_path, args, message):
+    (tmp_path / "a-file").write_text("a file where a folder should be")
+    args = [str(tmp_path / a) if a.startswith(("a-file", "x")) else a for a in args]
+    result = run_script("BlockingQueue/demo.py", *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert "Lesson" not in result.stdout  # refused before the runs, not after
@@ -854,8 +859,8 @@ def test_every_script_has_help(script):
 
 
 def test_demo_shows_its_lesson(tmp_path):
-    plot = tmp_path / "queue_depth.png"
-    result = run_script("BlockingQueue/demo.py", "--plot", str(plot), timeout=90)
+    result = run_script("BlockingQueue/demo.py", "--out", str(tmp_path), timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Lesson: with maxsize 50 the queue never held more than" in result.stdout
-    assert plot.stat().st_size > 10_000
+    lesson = [line for line in result.stdout.splitlines() if line.startswith("Lesson")]
+    assert len(lesson) == 1 and lesson[0].startswith("Lesson: with maxsize 50 the queue never")
+    assert (tmp_path / "queue_depth.png").stat().st_size > 10_000
