@@ -6,8 +6,10 @@ Everything is measured in this one run, on this machine:
 2. the cost of adding and removing a node on a 1,000-node ring;
 3. memory per virtual node;
 4. balance (busiest/mean, std/mean) at 100 nodes and 1,000,000 keys for
-   several virtual-node counts, plotted to images/balance_vs_vnodes.png;
-and PASS/FAIL for each target of the folder's issue.
+   several virtual-node counts, plotted to out/balance_vs_vnodes.png
+   (`--save-images`: to images/, the README's copy);
+then a PASS or FAIL line per target, a `headline:` line and `targets: N of M
+met`; the exit status is 1 when any target is missed.
 
     python ConsistentHashing/bench.py            # 25 s idle, about a minute on busy cores
     python ConsistentHashing/bench.py --quick    # fewer keys and rounds
@@ -41,8 +43,6 @@ from strategies import (
 )
 from uhashring import HashRing
 
-IMAGES = Path(__file__).resolve().parent / "images"
-
 # The targets of the issue.
 SPEEDUP_TARGET = 3.0  # get_node lookups/s over uhashring's, same 160 virtual nodes
 BALANCE_TARGET_VNODES = 256
@@ -53,6 +53,7 @@ LOOKUP_NODES = 100
 CHURN_NODES = 1000  # ring size for the add/remove cost
 BALANCE_NODES = 100
 BALANCE_VNODES = (1, 10, 100, 256, 1000)
+MAX_KEYS = 10_000_000  # --keys ceiling: about 1 GiB of keys and placements
 
 
 def machine() -> str:
@@ -237,7 +238,7 @@ def bench_memory() -> None:
     print(experiment.format_table(["ring", "bytes per virtual node", "MiB in all"], rows))
 
 
-def bench_balance(key_count: int) -> tuple[dict[int, tuple], list[str]]:
+def bench_balance(key_count: int, plot_dir: Path) -> tuple[dict[int, tuple], list[str]]:
     heading(
         f"4. Balance: {BALANCE_NODES} nodes, {key_count:,} keys "
         f"(mean {key_count // BALANCE_NODES:,} keys a node)"
@@ -289,7 +290,7 @@ def bench_balance(key_count: int) -> tuple[dict[int, tuple], list[str]]:
             f"{label}: max/mean {references[label][0]:.3f}, std/mean {references[label][1]:.3f} "
             "(no virtual nodes; what is left is the noise of sampling keys)"
         )
-    path = plot_balance(results, references, key_count)
+    path = plot_balance(results, references, key_count, plot_dir)
     print(f"wrote {experiment.shown(path)}")
     ring_at_target = results[BALANCE_TARGET_VNODES][0]
     worst_bounded = max(result[2] for result in results.values())
@@ -302,7 +303,9 @@ def bench_balance(key_count: int) -> tuple[dict[int, tuple], list[str]]:
     ]
 
 
-def plot_balance(results: dict[int, tuple], references: dict[str, tuple], key_count: int) -> Path:
+def plot_balance(
+    results: dict[int, tuple], references: dict[str, tuple], key_count: int, plot_dir: Path
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -337,7 +340,7 @@ def plot_balance(results: dict[int, tuple], references: dict[str, tuple], key_co
         fontsize=11,
     )
     figure.tight_layout()
-    path = IMAGES / "balance_vs_vnodes.png"
+    path = plot_dir / "balance_vs_vnodes.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -375,25 +378,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer keys and rounds")
     parser.add_argument("--keys", type=int, help="keys for the balance section (default 1e6)")
+    parser.add_argument(
+        "--save-images",
+        action="store_true",
+        help="write the balance plot into images/, replacing the README's picture "
+        "(default: the git-ignored out/)",
+    )
     args = parser.parse_args(argv)
-    if args.keys is not None and args.keys < BALANCE_NODES:
-        parser.error(f"--keys must be at least {BALANCE_NODES}")
+    if args.keys is not None and not BALANCE_NODES <= args.keys <= MAX_KEYS:
+        parser.error(f"--keys must be between {BALANCE_NODES} and {MAX_KEYS:,}")
     balance_keys = args.keys or (200_000 if args.quick else 1_000_000)
     lookup_keys = experiment.make_keys(50_000 if args.quick else 200_000, random.Random(1))
     rounds = 3 if args.quick else 7
 
     print(f"Machine: {machine()}")
     print(f"uhashring {version('uhashring')}, mmh3 {version('mmh3')}, numpy {version('numpy')}")
-    _, verdicts = bench_lookups(lookup_keys, rounds)
+    speedup, verdicts = bench_lookups(lookup_keys, rounds)
     bench_membership(repeat=5 if args.quick else 15)
     bench_memory()
-    _, balance_verdicts = bench_balance(balance_keys)
+    plot_dir = experiment.IMAGES if args.save_images else experiment.OUT
+    _, balance_verdicts = bench_balance(balance_keys, plot_dir)
     verdicts += balance_verdicts
     verdicts += check_movement(lookup_keys)
     heading("Targets")
     for line in verdicts:
         print(line)
-    return 0
+    met = sum(line.startswith("PASS") for line in verdicts)
+    print(f"headline: get_node does {speedup:.2f}x uhashring's lookups per second")
+    print(f"targets: {met} of {len(verdicts)} met")
+    return 0 if met == len(verdicts) else 1
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
 2. The same change for modulo, jump, rendezvous and bounded-load hashing.
 3. Balance: how far the busiest node sits above the mean, by virtual nodes.
 
-Exits non-zero if the lesson did not show: the ring moved more than twice the
-theoretical share, modulo hashing moved less than 80%, or any key moved that
-consistent hashing says must stay.
+Ends with a `Lesson:` line, or with `Lesson not shown:` and exit status 1 if
+the ring moved more than twice the theoretical share, modulo hashing moved
+less than 80%, or any key moved that consistent hashing says must stay. The
+plots go to the folder's git-ignored out/ (`--save-images`: to images/, the
+README's copies).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import simulate_resharding as experiment
@@ -54,7 +57,7 @@ def clear_progress() -> None:
         print("\r" + " " * PROGRESS_WIDTH + "\r", end="", flush=True)
 
 
-def step_experiment() -> experiment.Trial:
+def step_experiment(plot_dir: Path) -> experiment.Trial:
     heading(f"1. The brief's experiment: {SHARDS} shards, {KEYS} keys, remove {REMOVE}, add {ADD}")
     trials = []
     for number in range(TRIALS):
@@ -63,10 +66,10 @@ def step_experiment() -> experiment.Trial:
     clear_progress()
     rows = experiment.summary_rows(trials, REMOVE, ADD, SHARDS)
     print(experiment.format_table(experiment.SUMMARY_HEADER, rows))
-    paths = experiment.write_plots(trials[0], experiment.IMAGES, DEFAULT_VNODES)
+    paths = experiment.write_plots(trials[0], plot_dir, DEFAULT_VNODES)
     print("plots of trial 1:")
     for path in paths:
-        print(f"  images/{path.name}")
+        print(f"  {experiment.shown(path)}")
     return trials[0]
 
 
@@ -222,9 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         description="The guided run: what moves when shards come and go, for the ring "
         "and its rivals, and how virtual nodes buy balance (10-20 s).",
     )
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--save-images",
+        action="store_true",
+        help="write the plots into images/, replacing the README's pictures "
+        "(default: the git-ignored out/)",
+    )
+    args = parser.parse_args(argv)
     started = time.perf_counter()
-    trial = step_experiment()
+    trial = step_experiment(experiment.IMAGES if args.save_images else experiment.OUT)
     results = step_strategies(trial)
     ring_max = step_balance()
 
@@ -236,21 +245,24 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("the ring moved more than twice the theoretical share")
     if modulo["removal"] < MODULO_FLOOR:
         problems.append(f"modulo hashing moved less than {MODULO_FLOOR:.0%} of keys")
-    if ring["strays"] or results["rendezvous"]["strays"]:
-        problems.append("a key moved that consistent hashing says must stay")
+    strays = ring["strays"] + results["rendezvous"]["strays"]
+    if strays:
+        problems.append(f"{strays} keys moved that consistent hashing says must stay")
 
     print(f"\n(demo took {time.perf_counter() - started:.1f} s)")
-    print(
-        f"Lesson: removing {REMOVE} of {SHARDS} shards moved "
+    figures = (
+        f"removing {REMOVE} of {SHARDS} shards moved "
         f"{experiment.percent(ring['removal'])} of keys on the ring, adding {ADD} moved "
         f"{experiment.percent(ring['addition'])} (theory {experiment.percent(theory_out)}; "
         f"modulo hashing: {experiment.percent(modulo['removal'])}); "
         f"{BALANCE_VNODES[-1]} virtual nodes keep the busiest node at "
         f"{ring_max[BALANCE_VNODES[-1]]:.2f}x the mean (1 virtual node: {ring_max[1]:.2f}x)"
     )
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    if problems:
+        print(f"Lesson not shown: {'; '.join(problems)}: {figures}")
+        return 1
+    print(f"Lesson: {figures}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ with the theoretical share and with modulo hashing, and draws the three
 distributions. README section "The experiment" shows and explains the output.
 
     python ConsistentHashing/simulate_resharding.py --trials 10
+
+The plots go to the folder's git-ignored out/; `--save-images` (the brief's
+numbers only) rewrites the copies in images/ that the README shows.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import mmh3
 from ConsistentHashRing import DEFAULT_VNODES, ConsistentHashRing, HashFunction
 from strategies import ModuloHashing
 
-IMAGES = Path(__file__).resolve().parent / "images"
+HERE = Path(__file__).resolve().parent
+IMAGES = HERE / "images"  # the README's pictures: rewritten only with --save-images
+OUT = HERE / "out"  # git-ignored: where a run's plots go by default
 
 # The brief's figures: 1,000 shards and 10,000 keys; remove 50, then add 50.
 DEFAULT_SHARDS = 1000
@@ -34,6 +39,9 @@ DEFAULT_REMOVE = 50
 DEFAULT_ADD = 50
 DEFAULT_TRIALS = 10
 DEFAULT_SEED = 1
+# Ceilings for the command line, so a typo cannot ask for hours or all the memory.
+LIMITS = {"shards": 100_000, "keys": 10_000_000, "trials": 1000, "vnodes": 10_000}
+MAX_POINTS = 10_000_000  # virtual nodes on the ring at once
 
 # Hash functions to try on the ring. Only murmur3 is a good choice: the
 # checksums spread short, similar strings badly, and Python's hash() is salted
@@ -403,18 +411,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out-dir",
         type=Path,
-        default=IMAGES,
-        help="where the three plots go (default: the folder's images/)",
+        default=OUT,
+        help="where the three plots go (default: the folder's git-ignored out/)",
+    )
+    parser.add_argument(
+        "--save-images",
+        action="store_true",
+        help="write the plots into images/, replacing the README's pictures "
+        "(only with the brief's numbers)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip drawing the plots")
     args = parser.parse_args(argv)
-    for name in ("shards", "keys", "trials", "vnodes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.save_images:
+        brief = (DEFAULT_SHARDS, DEFAULT_KEYS, DEFAULT_REMOVE, DEFAULT_ADD, DEFAULT_SEED)
+        if (args.shards, args.keys, args.remove, args.add, args.seed) != brief:
+            parser.error(
+                "--save-images rewrites the README's pictures, which show the brief's numbers: "
+                "drop --shards/--keys/--remove/--add/--seed, or use --out-dir"
+            )
+        if args.out_dir != OUT or args.no_plots or args.vnodes != DEFAULT_VNODES:
+            parser.error("--save-images cannot be combined with --out-dir, --no-plots or --vnodes")
+        if args.hash != "murmur3":
+            parser.error("--save-images draws the README's pictures with murmur3 only")
+        args.out_dir = IMAGES
+    for name, most in LIMITS.items():
+        if not 1 <= getattr(args, name) <= most:
+            parser.error(f"--{name} must be between 1 and {most:,}")
     if not 0 <= args.remove < args.shards:
         parser.error(f"--remove must be between 0 and {args.shards - 1} (at least one shard stays)")
-    if args.add < 0:
-        parser.error("--add must be 0 or more")
+    if not 0 <= args.add <= LIMITS["shards"]:
+        parser.error(f"--add must be between 0 and {LIMITS['shards']:,}")
+    if (args.shards + args.add) * args.vnodes > MAX_POINTS:
+        parser.error(
+            f"(--shards + --add) x --vnodes is {(args.shards + args.add) * args.vnodes:,} "
+            f"virtual nodes; the limit is {MAX_POINTS:,} (about 1 GiB)"
+        )
     if not args.no_plots:  # find out now, not after the trials have run
         if args.out_dir.exists() and not args.out_dir.is_dir():
             parser.error(f"--out-dir {args.out_dir} is a file, not a directory")

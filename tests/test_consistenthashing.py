@@ -639,9 +639,13 @@ def test_simulate_resharding_names_plots_after_its_arguments(tmp_path):
     "args, message",
     [
         (["--remove", "1000"], "--remove must be between 0 and 999"),
-        (["--trials", "0"], "--trials must be at least 1"),
+        (["--trials", "0"], "--trials must be between 1 and 1,000"),
         (["--hash", "md5"], "invalid choice"),
         (["--out-dir", __file__], "is a file, not a directory"),
+        (["--keys", "10000000000"], "--keys must be between 1 and 10,000,000"),
+        (["--shards", "50000", "--vnodes", "1000"], "the limit is 10,000,000"),
+        (["--save-images", "--shards", "10"], "show the brief's numbers"),
+        (["--save-images", "--out-dir", "elsewhere"], "cannot be combined"),
     ],
 )
 def test_simulate_resharding_rejects_bad_arguments(args, message):
@@ -657,3 +661,16 @@ def test_the_experiment_counts_moves_key_by_key():
     assert trial.moved_on_removal == on_removed / 4000
     on_new = sum(node in set(trial.added) for node in trial.after_addition.values())
     assert trial.moved_on_addition == on_new / 4000
+
+
+@pytest.mark.parametrize("script", ["demo.py", "bench.py", "simulate_resharding.py"])
+def test_every_script_explains_itself_and_where_its_plots_go(script):
+    result = run_script(f"{FOLDER}/{script}", "--help")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "--save-images" in result.stdout
+
+
+def test_bench_refuses_a_bad_key_count_at_once():
+    result = run_script(f"{FOLDER}/bench.py", "--keys", "99999999999")
+    assert result.returncode == 2
+    assert "--keys must be between" in result.stderr and "Traceback" not in result.stderr
