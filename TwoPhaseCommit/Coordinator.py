@@ -24,10 +24,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from flask import Flask, abort, jsonify
 from twopc_node import (
+    OUT_DIR,
     DurableStore,
     Faults,
     Messenger,
@@ -46,7 +46,7 @@ from twopc_node import (
 )
 
 DEFAULT_PORT = 5000
-DEFAULT_DB = Path(__file__).resolve().parent / "data" / "coordinator.db"  # git-ignored
+DEFAULT_DB = OUT_DIR / "coordinator.db"  # git-ignored, created on first use
 CRASH_POINTS = ("before-decision", "after-decision", "after-first-commit")
 STARTED, COMMITTED, ABORTED = "STARTED", "COMMITTED", "ABORTED"
 MAX_PARALLEL_MESSAGES = 128  # threads sending prepares; 2 per order in flight

@@ -20,6 +20,7 @@ import twopc_participant
 from flask import abort, jsonify
 from twopc_node import (
     MAX_TEXT,
+    OUT_DIR,
     DurableStore,
     add_server_args,
     check_server_args,
@@ -28,7 +29,7 @@ from twopc_node import (
 from twopc_participant import Participant, Refused
 
 DEFAULT_PORT = 5002
-DEFAULT_DB = Path(__file__).resolve().parent / "data" / "delivery.db"  # git-ignored
+DEFAULT_DB = OUT_DIR / "delivery.db"  # git-ignored, created on first use
 DEFAULT_RIDERS = 3
 MAX_RIDERS = 100_000
 RIDER_NAMES = ["Ana", "Bo", "Chen", "Dev", "Eva", "Femi", "Gus", "Hana", "Ivo", "Jun"]

@@ -20,6 +20,7 @@ import twopc_participant
 from flask import jsonify
 from twopc_node import (
     MAX_QUANTITY,
+    OUT_DIR,
     DurableStore,
     add_server_args,
     check_server_args,
@@ -27,7 +28,7 @@ from twopc_node import (
 from twopc_participant import Participant, Refused
 
 DEFAULT_PORT = 5001
-DEFAULT_DB = Path(__file__).resolve().parent / "data" / "inventory.db"  # git-ignored
+DEFAULT_DB = OUT_DIR / "inventory.db"  # git-ignored, created on first use
 DEFAULT_STOCK = "pizza=10,sushi=5,burger=8"
 
 STOCK_SCHEMA = """

@@ -8,7 +8,9 @@ no free rider; out of stock; the coordinator crashing after its decision; a
 participant crashing after voting yes; and the blocking problem, where the
 coordinator dies before deciding and both services must hold the food and the
 rider until it comes back. After each step it prints both services' state.
-Exits non-zero if any order ended half done.
+The databases stay in out/demo/ (git-ignored) for you to open afterwards.
+Ends with a `Lesson:` line, or with `Lesson not shown:` and exit status 1 if
+any step did not go as 2PC promises (an order half done, a reservation stuck).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from twopc_cluster import Cluster, ServiceDown
+from twopc_cluster import OUT_DIR, Cluster, ServiceDown, fresh_workdir
 
 STOCK = "pizza=6,sushi=2"
 # Fast doubt resolution so the run is short; the coordinator's phase-2 retry
@@ -253,40 +254,49 @@ class Walkthrough:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        cluster = Cluster(
-            workdir,
-            STOCK,
-            riders=1,
-            participant_args=PARTICIPANT_ARGS,
-            coordinator_args=COORDINATOR_ARGS,
-        )
-        print(f"Starting InventoryService ({STOCK}), DeliveryService (1 rider), Coordinator ...")
-        try:
-            with cluster:
-                demo = Walkthrough(cluster, workdir)
-                demo.step_commit()
-                demo.step_no_rider()
-                demo.step_out_of_stock()
-                demo.step_coordinator_crash_after_decision()
-                demo.step_participant_crash_after_yes()
-                blocked = demo.step_blocking()
-                half_done = demo.check_atomic()
-        except ServiceDown as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-    for failure in demo.failures:
-        print(f"FAILED: {failure}")
-    print(f"\n({time.monotonic() - started:.1f} s)")
-    print(
-        f"\nLesson: {len(demo.orders)} orders through 3 crashes ended with {half_done} half done, "
-        f"but an undecided order held 2 pizzas and a rider for {blocked:.1f} s, "
-        "until its coordinator came back (the blocking problem)"
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=OUT_DIR / "demo",
+        help="folder for the three databases (default TwoPhaseCommit/out/demo)",
     )
-    return 1 if demo.failures else 0
+    parser.add_argument(
+        "--save-images", action="store_true", help="accepted for `make images`; draws no pictures"
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    workdir = fresh_workdir(args.out)
+    cluster = Cluster(
+        workdir,
+        STOCK,
+        riders=1,
+        participant_args=PARTICIPANT_ARGS,
+        coordinator_args=COORDINATOR_ARGS,
+    )
+    print(f"Starting InventoryService ({STOCK}), DeliveryService (1 rider), Coordinator ...")
+    try:
+        with cluster:
+            demo = Walkthrough(cluster, workdir)
+            demo.step_commit()
+            demo.step_no_rider()
+            demo.step_out_of_stock()
+            demo.step_coordinator_crash_after_decision()
+            demo.step_participant_crash_after_yes()
+            blocked = demo.step_blocking()
+            half_done = demo.check_atomic()
+    except ServiceDown as err:
+        print(f"\nLesson not shown: a service stopped answering: {err}")
+        return 1
+    print(f"\n({time.monotonic() - started:.1f} s; databases in {workdir})")
+    seen = (
+        f"{len(demo.orders)} orders through 3 crashes ended with {half_done} half done; "
+        f"an undecided order held 2 pizzas and a rider for {blocked:.1f} s"
+    )
+    if demo.failures:
+        print(f"\nLesson not shown: {'; '.join(demo.failures)}. Seen: {seen}")
+        return 1
+    print(f"\nLesson: {seen} until its coordinator came back (the blocking problem)")
+    return 0
 
 
 if __name__ == "__main__":

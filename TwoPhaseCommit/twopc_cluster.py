@@ -1,9 +1,10 @@
 """Start, kill and restart the three services as real processes (for demo.py and bench.py).
 
 Each service runs as its own `python <script> --port ...` subprocess with its
-own SQLite file in a working directory. A restarted service comes back on the
-same port with the same file, which is what a crashed server does after a
-reboot, and what lets the others reach it again at the address they know.
+own SQLite file in a working directory (demo.py and bench.py use the
+git-ignored out/). A restarted service comes back on the same port with the
+same file, which is what a crashed server does after a reboot, and what lets
+the others reach it again at the address they know.
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ from pathlib import Path
 import requests
 
 HERE = Path(__file__).resolve().parent
+OUT_DIR = HERE / "out"  # git-ignored; demo.py and bench.py keep their databases here
+DATABASES = ("inventory.db", "delivery.db", "coordinator.db")
 STARTUP_TIMEOUT = 20.0  # s for a service to print its Listening line
 HTTP_TIMEOUT = 15.0  # s for one request from the demo or bench
 LISTENING = "Listening on "
+
+
+def fresh_workdir(directory: Path) -> Path:
+    """Create `directory` and delete the databases an earlier run left there: a fresh start."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in DATABASES:
+        for suffix in ("", "-wal", "-shm"):
+            (directory / (name + suffix)).unlink(missing_ok=True)
+    return directory
 
 
 class ServiceDown(RuntimeError):

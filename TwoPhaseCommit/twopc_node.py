@@ -31,6 +31,7 @@ MAX_QUANTITY = 100  # one order cannot empty a warehouse by a typo
 MAX_TEXT = 200  # longest item name or address we accept
 TXID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CRASH_EXIT_CODE = 75  # what an injected crash exits with, so a test can tell it from a bug
+OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored: databases of runs by hand
 
 
 # -- the durable log -------------------------------------------------------------
@@ -48,7 +49,7 @@ class DurableStore:
 
     def __init__(self, path: str | Path, schema: str) -> None:
         try:
-            Path(path).parent.mkdir(exist_ok=True)  # the default data/ on a first run
+            Path(path).parent.mkdir(exist_ok=True)  # the default out/ on a first run
             self.db = sqlite3.connect(
                 str(path), check_same_thread=False, isolation_level=None, timeout=10
             )
@@ -277,8 +278,7 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int, default_
 def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
-    default_dir = Path(__file__).resolve().parent / "data"  # created on first use
-    if not args.db.parent.is_dir() and args.db.parent != default_dir:
+    if not args.db.parent.is_dir() and args.db.parent != OUT_DIR:  # OUT_DIR: made on first use
         parser.error(f"--db: directory {args.db.parent} does not exist")
 
 
