@@ -2,8 +2,9 @@
 
 Two tasks run at once on one connection (full duplex): one reads your lines
 and sends them, the other prints every message the server pushes the moment it
-arrives. If an established connection drops, the client reconnects with
-exponential backoff. See the README's "Run it".
+arrives. If an established connection drops, the library's own reconnect loop
+(`async for ws in connect(...)`) dials again with exponential backoff and
+jitter, and a line whose send failed goes out first. See the README's "Run it".
 
     python WebSockets/Client.py --url ws://127.0.0.1:8765/broadcast     # interactive
     python WebSockets/Client.py --url ws://127.0.0.1:8765/echo --send hello
@@ -14,17 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import sys
 import threading
+from collections.abc import Iterator
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import backoff, process_exception
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 DEFAULT_URL = "ws://127.0.0.1:8765/echo"
 DEFAULT_TIMEOUT = 10.0  # seconds a non-interactive run waits for its messages
-BACKOFF_FIRST = 0.5  # seconds before the first reconnect attempt
+BACKOFF_FIRST = 0.5  # seconds: the first delay is random in [0, this), then this
 BACKOFF_MAX = 15.0  # never wait longer than this between attempts
+BACKOFF_FACTOR = 2.0  # each failed attempt doubles the delay
 RECONNECT_ATTEMPTS = 8  # then give up: the server is not coming back soon
 
 
@@ -50,21 +53,29 @@ def describe_close(ws: ClientConnection) -> str:
     return "the connection dropped without a close frame (code 1006)"
 
 
+def as_cannot_connect(exc: Exception, url: str, timeout: float) -> CannotConnect:
+    """The many ways a connection attempt fails, as one clear message."""
+    if isinstance(exc, (InvalidURI, ValueError)):  # ValueError: a port out of range
+        return CannotConnect(f"{url} is not a WebSocket URL: {exc}")
+    if isinstance(exc, InvalidHandshake):
+        return CannotConnect(f"{url} refused the WebSocket handshake: {exc}")
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused (nothing is listening there)"
+    elif isinstance(exc, TimeoutError):
+        why = f"no answer within {timeout:g} s"
+    elif isinstance(exc, OSError):  # an unknown host, a TLS failure, ...
+        why = exc.strerror or str(exc) or type(exc).__name__
+    else:
+        why = str(exc) or type(exc).__name__
+    return CannotConnect(f"cannot connect to {url}: {why}. Is Server.py running?")
+
+
 async def open_connection(url: str, timeout: float) -> ClientConnection:
-    """Connect, turning the many ways it can fail into one clear message."""
+    """Connect once, turning any failure into one clear message."""
     try:
         return await connect(url, open_timeout=timeout)
-    except (InvalidURI, ValueError) as err:  # ValueError: a port out of range
-        raise CannotConnect(f"{url} is not a WebSocket URL: {err}") from None
-    except InvalidHandshake as err:
-        raise CannotConnect(f"{url} refused the WebSocket handshake: {err}") from None
-    except ConnectionRefusedError:
-        why = "connection refused (nothing is listening there)"
-    except TimeoutError:
-        why = f"no answer within {timeout:g} s"
-    except OSError as err:  # an unknown host, a TLS failure, ...
-        why = err.strerror or str(err) or type(err).__name__
-    raise CannotConnect(f"cannot connect to {url}: {why}. Is Server.py running?")
+    except (InvalidURI, InvalidHandshake, ValueError, OSError, TimeoutError) as err:
+        raise as_cannot_connect(err, url, timeout) from None
 
 
 async def one_shot(url: str, send: str | None, count: int, timeout: float) -> int:
@@ -103,22 +114,72 @@ def read_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]
             return
 
 
+class Reconnection:
+    """The policy for the library's own reconnect loop (`async for ws in connect(...)`).
+
+    The library reconnects at once when an established connection closes and
+    backs off between failed attempts; this class decides the rest:
+
+    - the very first connection must succeed: failing that, the URL or the
+      server is wrong, and waiting would only hide it;
+    - after RECONNECT_ATTEMPTS failures in a row, give up with a clear message;
+    - the delays: the library's exponential backoff with a random first delay
+      (RFC 6455 section 7.2.3), so a thousand clients that lost the same server
+      do not all knock on it in the same instant, with shorter bounds than its
+      defaults (first 5 s, at most 90 s), which suit a server farm more than a
+      learner's terminal.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.connected_once = False
+        self.failures = 0  # failed attempts since the last successful connection
+
+    def delays(self) -> Iterator[float]:
+        """The library asks for a fresh series after every successful connection."""
+        attempts = backoff(BACKOFF_FIRST, BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_FACTOR)
+        for attempt, delay in enumerate(attempts, 1):
+            print(f"Reconnecting in {delay:.1f} s (attempt {attempt})...", file=sys.stderr)
+            yield delay
+
+    def process_exception(self, exc: Exception) -> Exception | None:
+        """None: try again after the next delay; an exception: stop and raise it."""
+        failure = as_cannot_connect(exc, self.url, self.timeout)
+        if not self.connected_once:
+            return failure  # never connected at all: say why and stop
+        self.failures += 1
+        print(failure, file=sys.stderr)
+        if self.failures >= RECONNECT_ATTEMPTS or process_exception(exc) is not None:
+            return CannotConnect(
+                f"gave up after {self.failures} attempts to reconnect to {self.url}: {failure}"
+            )
+        return None
+
+
 async def interactive(url: str, timeout: float) -> int:
     lines: asyncio.Queue[str | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     threading.Thread(target=read_lines, args=(loop, lines), daemon=True).start()
     held: list[str] = []  # a line whose send failed: it goes first on the next connection
-    ws = await open_connection(url, timeout)
-    print(f"Connected to {url}. Type a line to send it; Ctrl-D to quit.", file=sys.stderr)
-    try:
-        while True:
-            outcome = await session(ws, lines, held)
-            if outcome == "done":
-                return 0
-            print(f"Connection lost: {describe_close(ws)}.", file=sys.stderr)
-            ws = await reconnect(url, timeout)
-    finally:
-        await ws.close()
+    policy = Reconnection(url, timeout)
+    connections = connect(
+        url,
+        open_timeout=timeout,
+        reconnect_delays=policy.delays,
+        process_exception=policy.process_exception,
+    )
+    async for ws in connections:
+        if policy.connected_once:
+            print(f"Reconnected to {url}.", file=sys.stderr)
+        else:
+            print(f"Connected to {url}. Type a line to send it; Ctrl-D to quit.", file=sys.stderr)
+        policy.connected_once, policy.failures = True, 0
+        if await session(ws, lines, held) == "done":
+            return 0
+        # Leaving this iteration closes the connection; the library dials again.
+        print(f"Connection lost: {describe_close(ws)}.", file=sys.stderr)
+    return 0
 
 
 async def session(ws: ClientConnection, lines: asyncio.Queue[str | None], held: list[str]) -> str:
@@ -149,25 +210,6 @@ async def session(ws: ClientConnection, lines: asyncio.Queue[str | None], held: 
     for task in pending:
         task.cancel()
     return "done" if any(t.result() == "done" for t in done) else "lost"
-
-
-async def reconnect(url: str, timeout: float) -> ClientConnection:
-    """Exponential backoff with jitter, so a thousand clients that lost the same
-    server do not all knock on it in the same instant when it comes back."""
-    delay = BACKOFF_FIRST
-    for attempt in range(1, RECONNECT_ATTEMPTS + 1):
-        wait = random.uniform(delay / 2, delay)
-        print(f"Reconnecting in {wait:.1f} s (attempt {attempt})...", file=sys.stderr)
-        await asyncio.sleep(wait)
-        try:
-            ws = await open_connection(url, timeout)
-        except CannotConnect as err:
-            print(err, file=sys.stderr)
-            delay = min(delay * 2, BACKOFF_MAX)
-            continue
-        print(f"Reconnected to {url}.", file=sys.stderr)
-        return ws
-    raise CannotConnect(f"gave up after {RECONNECT_ATTEMPTS} attempts to reconnect to {url}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -9,7 +9,9 @@ Three routes, chosen by the request path during the opening handshake:
     python WebSockets/Server.py --port 8765
     python WebSockets/Client.py --url ws://127.0.0.1:8765/echo
 
-See the README's "Run it", "Close codes" and "Backpressure".
+Browsers may connect only from a page whose origin is allowed with
+--allowed-origin; programs (which send no Origin header) always may.
+See the README's "Run it", "Who may connect", "Close codes" and "Backpressure".
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
@@ -34,6 +37,7 @@ DEFAULT_INTERVAL = 1.0  # seconds between /time ticks
 DEFAULT_PING_INTERVAL = 20.0  # seconds; a peer that misses a pong is dropped
 DEFAULT_MAX_BUFFER = 1024 * 1024  # bytes queued for one /broadcast member before we drop it
 SUPPORTED_VERSION = "13"  # RFC 6455 is version 13; nothing else is in use
+ANY_ORIGIN = "*"  # --allowed-origin '*': no Origin check at all (experiments only)
 
 log = logging.getLogger("ws-server")
 
@@ -145,6 +149,21 @@ def check_request(connection: ServerConnection, request: Request) -> Response | 
     return None
 
 
+def accepted_origins(allowed: list[str]) -> list[str | None] | None:
+    """What the library's `origins=` check accepts, from the --allowed-origin values.
+
+    A browser always sends the origin of the page that opens a WebSocket, and
+    the same-origin policy does not apply to WebSockets: without this check,
+    any web page the user visits could talk to this server with the user's
+    cookies and network position (cross-site WebSocket hijacking). Programs
+    send no Origin header, and nothing a web page does can remove it, so `None`
+    (no header) is always accepted. `*` turns the check off.
+    """
+    if ANY_ORIGIN in allowed:
+        return None
+    return [None, *allowed]
+
+
 def serve_routes(
     host: str,
     port: int,
@@ -152,10 +171,13 @@ def serve_routes(
     max_size: int = DEFAULT_MAX_SIZE,
     ping_interval: float = DEFAULT_PING_INTERVAL,
     max_buffer: int = DEFAULT_MAX_BUFFER,
+    allowed_origins: list[str] = (),
 ) -> serve:
     """The server, not yet started: use it as `async with serve_routes(...) as server:`.
 
     `max_buffer` = 0 lets a stalled /broadcast member's queue grow without limit.
+    A handshake whose Origin is not in `allowed_origins` gets 403 (see
+    `accepted_origins`); one without an Origin header is served.
     """
     routes = make_routes(interval, max_buffer)
 
@@ -174,6 +196,7 @@ def serve_routes(
         host,
         port,
         process_request=check_request,
+        origins=accepted_origins(list(allowed_origins)),
         max_size=max_size,
         ping_interval=ping_interval,
         ping_timeout=ping_interval,
@@ -187,7 +210,13 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set_result, signum)
 
     async with serve_routes(
-        args.host, args.port, args.interval, args.max_size, args.ping_interval, args.max_buffer
+        args.host,
+        args.port,
+        args.interval,
+        args.max_size,
+        args.ping_interval,
+        args.max_buffer,
+        args.allowed_origin,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6, as in a URL
@@ -196,6 +225,18 @@ async def run(args: argparse.Namespace) -> None:
         # Leaving the `async with` closes the server: new handshakes get 503 and
         # every open connection is closed with 1001 (going away).
     print("Server stopped; open connections were closed with 1001 (going away).", flush=True)
+
+
+def valid_origin(origin: str) -> bool:
+    """An origin as browsers send it (RFC 6454): scheme://host[:port], or the word null."""
+    if origin == "null":  # sandboxed iframes, file:// pages: allow only on purpose
+        return True
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.hostname) and origin == f"{parts.scheme}://{parts.netloc}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -226,8 +267,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="bytes queued for a /broadcast member that stopped reading before it is "
         "dropped (default 1 MiB; 0: never drop)",
     )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (e.g. http://localhost:8000) connect; repeatable. "
+        "Others get 403; clients that send no Origin header (programs) are always served. "
+        "'*' allows every origin",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     args = parser.parse_args(argv)
+    for origin in args.allowed_origin:
+        if origin != ANY_ORIGIN and not valid_origin(origin):
+            parser.error(
+                f"--allowed-origin must look like scheme://host[:port] (no path), got {origin!r}"
+            )
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in 0..65535, got {args.port}")
     if not args.interval > 0:  # written so that nan fails too

@@ -229,7 +229,14 @@ async def main_async(args: argparse.Namespace) -> int:
     ]
     print("\nTargets")
     print_rows([("target", "measured", "")] + [(t, m, verdict(ok)) for t, m, ok in checks])
-    return 0 if all(ok for _, _, ok in checks) else 1
+    met = sum(ok for _, _, ok in checks)
+    print(
+        f"\nheadline: push p50 {push.percentile(50):.2f} ms vs {polling.percentile(50):.1f} ms "
+        f"polling every {args.poll_ms:g} ms ({latency_ratio:.0f}x), {byte_ratio:.1f}x fewer bytes; "
+        f"{fan['clients']:,} clients fan-out p99 {fan['p99']:.1f} ms, {fan['lost']} lost"
+    )
+    print(f"targets: {met} of {len(checks)} met")
+    return 0 if met == len(checks) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,10 @@ from aiohttp import ClientSession, web
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-IMAGES = Path(__file__).resolve().parent / "images"
+HERE = Path(__file__).resolve().parent
+PLOT_NAME = "polling_vs_push.png"
+OUT = HERE / "out"  # git-ignored: what a plain run writes
+IMAGES = HERE / "images"  # the README's picture: only --save-images rewrites it
 DEFAULT_UPDATES = 100
 DEFAULT_MEAN_GAP_MS = 100.0  # average time between updates (exponentially distributed)
 DEFAULT_POLL_MS = 100.0
@@ -295,9 +298,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--plot", type=Path, default=IMAGES / "polling_vs_push.png", help="where to write the plot"
+        "--plot", type=Path, help=f"where to write the plot (default: out/{PLOT_NAME})"
+    )
+    parser.add_argument(
+        "--save-images",
+        action="store_true",
+        help=f"write the plot to images/{PLOT_NAME}, the picture the README shows",
     )
     args = parser.parse_args(argv)
+    if args.plot is None:
+        args.plot = default_plot(args.save_images)
     if args.updates < 1:
         parser.error("--updates must be at least 1")
     if args.poll_ms <= 0 or args.mean_gap_ms <= 0:
@@ -312,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"  plot: {args.plot}")
     return 0
+
+
+def default_plot(save_images: bool) -> Path:
+    """out/ for a plain run (git-ignored); images/, the README's picture, with --save-images."""
+    return (IMAGES if save_images else OUT) / PLOT_NAME
 
 
 def check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 import requests
 from conftest import ROOT, child_env, load_module, run_script
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 handshake = load_module("WebSockets", "handshake")
 polling_vs_websocket = load_module("WebSockets", "polling_vs_websocket")
@@ -189,6 +189,57 @@ def test_unknown_path_gets_404(start_server):
     answer = raw_handshake(server.host, server.port, "/nowhere")
     assert answer.startswith(b"HTTP/1.1 404 ")
     assert b"/echo" in answer  # says where to go instead
+
+
+async def origin_answer(url: str, origin: str | None) -> int:
+    """The HTTP status the server gives a handshake sending this Origin (None: no header)."""
+    try:
+        async with connect(url, origin=origin) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            return 101
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+def test_a_foreign_origin_gets_403_an_allowed_one_and_programs_are_served(start_server):
+    page = "http://localhost:8000"
+    server = start_server(SERVER, "--allowed-origin", page, "--allowed-origin", "https://chat.test")
+    url = ws_url(server, "/echo")
+    answers = {
+        origin: run(origin_answer(url, origin))
+        for origin in (
+            page,
+            "https://chat.test",
+            None,  # a program: no Origin header at all
+            "https://evil.test",
+            "http://localhost:8001",  # another port is another origin
+            "null",  # a sandboxed iframe or a file:// page
+        )
+    }
+    assert answers == {
+        page: 101,
+        "https://chat.test": 101,
+        None: 101,
+        "https://evil.test": 403,
+        "http://localhost:8001": 403,
+        "null": 403,
+    }
+
+
+def test_by_default_no_browser_origin_is_allowed_and_star_allows_all(start_server):
+    closed = start_server(SERVER)
+    assert run(origin_answer(ws_url(closed, "/echo"), "http://127.0.0.1:8000")) == 403
+    assert run(origin_answer(ws_url(closed, "/echo"), None)) == 101
+    open_to_all = start_server(SERVER, "--allowed-origin", "*")
+    assert run(origin_answer(ws_url(open_to_all, "/echo"), "https://evil.test")) == 101
+
+
+@pytest.mark.parametrize("origin", ["localhost:8000", "http://localhost:8000/", "http://h:99999"])
+def test_server_refuses_an_allowed_origin_that_is_not_an_origin(origin):
+    result = run_script(SERVER, "--allowed-origin", origin)
+    assert result.returncode == 2 and "--allowed-origin" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_garbage_instead_of_a_handshake_does_not_stop_the_server(start_server):
@@ -540,7 +591,35 @@ def test_interactive_client_reconnects_when_the_server_comes_back(start_server):
         assert client.quit() == 0
 
 
+def test_lines_typed_while_offline_arrive_in_order_after_reconnecting(start_server):
+    server = start_server(SERVER)
+    port = server.port
+    client = InteractiveClient(ws_url(server, "/echo"))
+    try:
+        assert client.wait_for("Connected to")
+        server.stop()
+        assert client.wait_for("Connection lost")
+        for n in range(1, 6):
+            client.type(f"offline line {n}")
+        assert client.wait_for("Reconnecting in")  # the library's loop, backing off
+        start_server(SERVER, port=port)
+        assert client.wait_for("offline line 5", timeout=20)
+        echoed = [line for line in client.lines if line.startswith("offline line")]
+        assert echoed == [f"offline line {n}" for n in range(1, 6)]
+    finally:
+        assert client.quit() == 0
+    assert not any("Traceback" in line for line in client.lines)
+
+
 # -- interoperability: other RFC 6455 implementations ------------------------------
+
+
+REFUSED_IN_BROWSER = """(url) => new Promise((resolve) => {
+    const ws = new WebSocket(url);
+    let opened = false;
+    ws.onopen = () => { opened = true; };
+    ws.onclose = (event) => resolve({opened, code: event.code});
+})"""
 
 
 def test_a_browser_websocket_talks_to_the_server(start_server):
@@ -553,7 +632,12 @@ def test_a_browser_websocket_talks_to_the_server(start_server):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    server = start_server(SERVER, "--interval", "0.05")
+    port = free_port()
+    # The page comes from the server's own origin (its 426 answer to plain
+    # HTTP; from about:blank, Chromium's local-network rules refuse a
+    # connection to a loopback address). Only that origin is allowed.
+    allowed = f"http://127.0.0.1:{port}"
+    server = start_server(SERVER, "--interval", "0.05", "--allowed-origin", allowed, port=port)
     script = """async (base) => {
         const open = (path) => new Promise((resolve, reject) => {
             const ws = new WebSocket(base + path);
@@ -588,13 +672,16 @@ def test_a_browser_websocket_talks_to_the_server(start_server):
         )
         try:
             page = browser.new_page()
-            # A page from the server's own origin (its 426 answer to plain
-            # HTTP): from about:blank, Chromium's local-network rules refuse
-            # a connection to a loopback address.
-            page.goto(f"http://{server.host}:{server.port}/echo")
+            page.goto(f"{allowed}/echo")
             seen = page.evaluate(script, server.url)
+            # The same server, the same page, but from another origin
+            # (localhost is not 127.0.0.1 to a browser): the handshake is refused.
+            foreign = browser.new_page()
+            foreign.goto(f"http://localhost:{port}/echo")
+            refused = foreign.evaluate(REFUSED_IN_BROWSER, server.url + "/echo")
         finally:
             browser.close()
+    assert refused == {"opened": False, "code": 1006}
     assert seen == {
         "text": "héllo from the browser",
         "binary": [0, 1, 2, 255],
