@@ -37,6 +37,7 @@ from twopc_node import (
     add_server_args,
     bind,
     check_order,
+    check_seconds,
     check_server_args,
     json_object,
     new_app,
@@ -328,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     check_server_args(parser, args)
-    for name in ("vote_timeout", "retry_interval", "retry_max"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    check_seconds(parser, args, "vote_timeout", "retry_interval", "retry_max")
     participants = participant_urls(parser, args)
     try:
         store = DurableStore(args.db, SCHEMA)

@@ -31,6 +31,8 @@ MAX_QUANTITY = 100  # one order cannot empty a warehouse by a typo
 MAX_TEXT = 200  # longest item name or address we accept
 TXID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CRASH_EXIT_CODE = 75  # what an injected crash exits with, so a test can tell it from a bug
+MAX_DELAY_MS = 60_000  # longest injected delay: a minute is "very late", more is a typo
+MAX_SECONDS = 3600.0  # longest timeout, back-off or interval any flag accepts
 OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored: databases of runs by hand
 
 
@@ -174,8 +176,12 @@ class Faults:
         if not isinstance(vote_no, bool):
             raise ValueError("vote_no must be true or false")
         delay_ms = changes.get("delay_ms", self.delay_ms)
-        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms:
-            raise ValueError("delay_ms must be a whole number >= 0")
+        if (
+            isinstance(delay_ms, bool)
+            or not isinstance(delay_ms, int)
+            or not 0 <= delay_ms <= MAX_DELAY_MS
+        ):
+            raise ValueError(f"delay_ms must be a whole number 0..{MAX_DELAY_MS}")
         self.crash_at, self.vote_no, self.delay_ms = crash_at, vote_no, delay_ms
 
     def crash_if(self, point: str, txid: str) -> None:
@@ -280,6 +286,14 @@ def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--port must be 0..65535, got {args.port}")
     if not args.db.parent.is_dir() and args.db.parent != OUT_DIR:  # OUT_DIR: made on first use
         parser.error(f"--db: directory {args.db.parent} does not exist")
+
+
+def check_seconds(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Each named flag must be a number of seconds in (0, MAX_SECONDS]; nan and inf are refused."""
+    for name in names:
+        if not 0 < getattr(args, name) <= MAX_SECONDS:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} must be > 0 and at most {MAX_SECONDS:g} s")
 
 
 def add_participant_url_args(parser: argparse.ArgumentParser) -> None:

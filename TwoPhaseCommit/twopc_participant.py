@@ -23,12 +23,14 @@ from typing import Any, Protocol
 
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
+    MAX_DELAY_MS,
     DurableStore,
     Faults,
     Messenger,
     StoreError,
     Unreachable,
     bind,
+    check_seconds,
     check_txid,
     crash_now,
     json_object,
@@ -384,7 +386,6 @@ def add_participant_args(parser: Any) -> None:
 
 
 def check_participant_args(parser: Any, args: Any) -> None:
-    if args.delay_ms < 0:
-        parser.error("--delay-ms cannot be negative")
-    if not args.in_doubt_after > 0 or not args.ask_max > 0:
-        parser.error("--in-doubt-after and --ask-max must be > 0")
+    if not 0 <= args.delay_ms <= MAX_DELAY_MS:
+        parser.error(f"--delay-ms must be 0..{MAX_DELAY_MS}")
+    check_seconds(parser, args, "in_doubt_after", "ask_max")
