@@ -6,7 +6,8 @@ at the end a table shows each concept, whether its lesson showed, how long it
 took, and the demo's own `Lesson:` line (or its `Lesson not shown:` line).
 
 `--save-images` passes the same flag to every demo, which then rewrites the
-pictures its README shows (`make images`). `--bench` runs every folder's
+pictures its README shows (`make images`), and to every bench that draws one
+of them too (its --help lists the flag). `--bench` runs every folder's
 bench.py instead (`make bench`): the table then shows how many of each bench's
 targets were met and its headline figure, and is also written as JSON to
 out/bench-summary.json.
@@ -94,6 +95,17 @@ def run_script(concept: str, script: str, args: list[str]) -> Result:
     return result
 
 
+def draws_pictures(concept: str, script: str) -> bool:
+    """Whether a folder's script offers --save-images (it draws a README picture)."""
+    path = ROOT / concept / script
+    if not path.is_file():
+        return False
+    usage = subprocess.run(
+        [sys.executable, str(path), "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    return "--save-images" in usage.stdout
+
+
 def print_summary(results: list[Result], bench: bool) -> None:
     headers = ["Concept", "Result", "Seconds"] + (["Targets"] if bench else [])
     rows = []
@@ -169,11 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     script = "bench.py" if args.bench else "demo.py"
     script_args = ["--save-images"] if args.save_images else []
 
+    runs = [(concept, script) for concept in chosen]
+    if args.save_images:  # a bench may draw a README picture too
+        runs += [(concept, "bench.py") for concept in chosen if draws_pictures(concept, "bench.py")]
     results = []
-    for i, concept in enumerate(chosen, 1):
-        heading = f"=== [{i}/{len(chosen)}] {concept}/{script} "
+    for i, (concept, ran) in enumerate(runs, 1):
+        heading = f"=== [{i}/{len(runs)}] {concept}/{ran} "
         print(heading + "=" * max(0, 72 - len(heading)), flush=True)
-        results.append(run_script(concept, script, script_args))
+        result = run_script(concept, ran, script_args)
+        if ran != script:
+            result.concept += f"/{ran}"
+        results.append(result)
 
     print_summary(results, bench=args.bench)
     if args.bench:

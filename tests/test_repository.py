@@ -353,3 +353,31 @@ def test_ci_fails_when_make_test_leaves_the_tree_changed():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     after_make_test = ci[ci.index("make test") :]
     assert "git status --porcelain" in after_make_test and "exit 1" in after_make_test
+
+
+FAKE_DRAWER = """
+import argparse, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--save-images", action="store_true")
+args = parser.parse_args()
+folder = "images" if args.save_images else "out"
+path = pathlib.Path(__file__).parent / folder / "{name}.png"
+path.parent.mkdir(exist_ok=True)
+path.write_text("picture")
+print("Lesson: drew {name}")
+"""
+
+
+def test_images_mode_lets_demos_and_picture_drawing_benches_rewrite_images(tmp_path, monkeypatch):
+    folder = tmp_path / "Threading"
+    folder.mkdir()
+    (folder / "demo.py").write_text(FAKE_DRAWER.format(name="demo"))
+    (folder / "bench.py").write_text(FAKE_DRAWER.format(name="bench"))
+    (tmp_path / "BlockingQueue").mkdir()  # a bench without --save-images is not run
+    (tmp_path / "BlockingQueue" / "demo.py").write_text(FAKE_DRAWER.format(name="demo"))
+    (tmp_path / "BlockingQueue" / "bench.py").write_text("import sys\nsys.exit(3)\n")
+    tour = load_tour(monkeypatch, tmp_path)
+    assert tour.main(["--save-images", "Threading", "BlockingQueue"]) == 0
+    assert sorted(p.name for p in (folder / "images").iterdir()) == ["bench.png", "demo.png"]
+    assert not (folder / "out").exists()
+    assert [p.name for p in (tmp_path / "BlockingQueue" / "images").iterdir()] == ["demo.png"]
