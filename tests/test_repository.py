@@ -365,6 +365,7 @@ path = pathlib.Path(__file__).parent / folder / "{name}.png"
 path.parent.mkdir(exist_ok=True)
 path.write_text("picture")
 print("Lesson: drew {name}")
+print("targets: 1 of 1 met")
 """
 
 
