@@ -5,12 +5,15 @@ command lines that refuse bad input cleanly. No timing is asserted anywhere."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
-from conftest import load_module, run_script
+from conftest import ROOT, load_module, run_script
 
 workloads = load_module("Threading", "workloads")
 MultiThreading = load_module("Threading", "MultiThreading")
@@ -274,3 +277,40 @@ def test_deadlock_script_reports_the_deadlock_and_exits():
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("DEADLOCK detected") >= 1
     assert "2 of 2 transfers done" in result.stdout
+
+
+# --- the demo's verdict ---------------------------------------------------------------
+
+
+def run_demo_on_one_core(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """demo.py --quick pinned to one core: processes cannot compute in parallel there."""
+    one_core = min(os.sched_getaffinity(0))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "Threading" / "demo.py"), "--quick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.sched_setaffinity(0, {one_core}),
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_demo_on_one_core_says_the_lesson_was_not_shown_instead_of_claiming_it(tmp_path):
+    result = run_demo_on_one_core("--out", str(tmp_path))
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert not any(line.startswith("Lesson:") for line in lines), result.stdout
+    assert lines[-1].startswith("Lesson not shown: on 1 core"), result.stdout
+    assert "one core cannot run two processes at once" in lines[-1]
+    assert (tmp_path / "speedup.png").stat().st_size > 0  # the plot went where it was told
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_refuses_a_plot_folder_it_cannot_write_before_measuring(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_script("Threading/demo.py", "--out", str(blocker / "plots"), timeout=30)
+    assert result.returncode == 2
+    assert "cannot write the plot" in result.stderr
+    assert "Step 1" not in result.stdout
