@@ -1,7 +1,8 @@
 """Snowflake ids: unique, time-ordered 64-bit integers that any worker can mint alone.
 
 The layout is the brief's (README, "The bit layout"); this module makes it safe
-under threads, clock steps and bursts of more than 4,096 ids in a millisecond.
+under threads, clock steps and bursts of more than 4,096 ids in a millisecond,
+and, given a worker-id lease, against pauses (README, "Worker ids for real").
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 # The 64 bits, from the top: 6 unused (always zero), then the three fields.
 TIMESTAMP_BITS = 41  # milliseconds since EPOCH: about 69.7 years of ids
@@ -35,6 +36,36 @@ MAX_BACKWARDS_WAIT_MS = 10
 
 NS_PER_MS = 1_000_000
 Clock = Callable[[], int]  # nanoseconds since the Unix epoch, like time.time_ns
+
+
+class MonotonicClock:
+    """Sonyflake's clock: the wall clock read once, then advanced by a monotonic one.
+
+    Its readings never go back, whatever NTP or an operator does to the wall
+    clock after start; the price is that they drift from the wall clock by
+    every step made since (README, "Two kinds of timestamp").
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], int] = time.time_ns,
+        elapsed: Callable[[], int] = time.monotonic_ns,
+    ):
+        self.elapsed = elapsed  # IdGenerator calls this one directly on its hot path
+        self.offset = wall() - elapsed()
+
+    def __call__(self) -> int:
+        return self.elapsed() + self.offset
+
+
+class Lease(Protocol):
+    """What IdGenerator needs from a worker-id lease (WorkerIdLease.py has one)."""
+
+    def valid_worker_id(self) -> int | None:
+        """The worker id if the lease is still known to be held at this instant."""
+
+    def wait_until_held(self) -> int:
+        """Block until a worker id is held again (or raise); return it."""
 
 
 class ClockMovedBackwardsError(RuntimeError):
@@ -92,24 +123,63 @@ def decode(snowflake_id: int, epoch: datetime = EPOCH) -> SnowflakeParts:
 class IdGenerator:
     """Mints ids for one worker. Any number of threads may share one generator.
 
-    Guarantees: every id is unique for this worker id, and each id is greater
-    than the one before it. It never returns None: when the 4,096 sequence
-    numbers of a millisecond are used up it waits for the next millisecond, and
-    when the clock steps back it waits (small step) or raises (large step).
+    Guarantees: each id is greater than the one this generator returned before
+    it, so no generator repeats itself. It never returns None: when the 4,096
+    sequence numbers of a millisecond are used up it waits for the next
+    millisecond, and when the clock steps back it waits (small step) or raises
+    (large step).
+
+    Ids are unique across generators only while no two of them use the same
+    worker id at once. A fixed `worker_id` leaves that to whoever hands them
+    out; a `lease` (WorkerIdLease) proves it: the generator then mints an id
+    only for a millisecond in which it checked, after reading the clock, that
+    its lease's deadline had not passed, and otherwise waits for the lease to
+    be re-acquired (possibly as another worker id). That holds two generators
+    apart under the lease's assumptions (WorkerIdLease's docstring).
+
+    `clock` gives nanoseconds since the Unix epoch: the wall clock by default,
+    or a MonotonicClock, which never steps back.
     """
 
-    __slots__ = ("_clock", "_epoch_ms", "_worker_bits", "_lock", "_ms_start", "_ms_end", "_last_id")
+    __slots__ = (
+        "_clock",
+        "_clock_offset",
+        "_epoch_ms",
+        "_lease",
+        "_worker_bits",
+        "_lock",
+        "_ms_start",
+        "_ms_end",
+        "_last_id",
+    )
 
-    def __init__(self, worker_id: int, epoch: datetime = EPOCH, clock: Clock = time.time_ns):
+    def __init__(
+        self,
+        worker_id: int | None = None,
+        epoch: datetime = EPOCH,
+        clock: Clock = time.time_ns,
+        *,
+        lease: Lease | None = None,
+    ):
+        if (worker_id is None) == (lease is None):
+            raise ValueError("give either a worker_id or a lease, not both or neither")
+        if lease is not None:
+            worker_id = lease.wait_until_held()
         if isinstance(worker_id, bool) or not isinstance(worker_id, int):
             raise ValueError(f"worker_id must be an int in 0..{MAX_WORKER_ID}, got {worker_id!r}")
         if not 0 <= worker_id <= MAX_WORKER_ID:
             raise ValueError(
                 f"worker_id must be in 0..{MAX_WORKER_ID} ({WORKER_ID_BITS} bits), got {worker_id}"
             )
-        self._clock = clock
+        # A MonotonicClock is read through its monotonic part plus a fixed
+        # offset, so its hot path costs no more than the wall clock's.
+        if isinstance(clock, MonotonicClock):
+            self._clock, self._clock_offset = clock.elapsed, clock.offset
+        else:
+            self._clock, self._clock_offset = clock, 0
+        self._lease = lease
         self._epoch_ms = epoch_ms(epoch)
-        now_ms = clock() // NS_PER_MS
+        now_ms = (self._clock() + self._clock_offset) // NS_PER_MS
         if self._epoch_ms > now_ms:
             raise ValueError(
                 f"epoch {epoch.isoformat()} is in the future: ids would have negative timestamps"
@@ -121,9 +191,10 @@ class IdGenerator:
             )
         self._worker_bits = worker_id << WORKER_ID_SHIFT
 
-        # Guards the three fields below: the millisecond of the last id (as a
-        # half-open range of clock readings, so the hot path compares instead of
-        # dividing) and the last id itself, whose low bits are the sequence.
+        # Guards the fields below: the worker bits (a lease may change them),
+        # the millisecond of the last id (as a half-open range of clock
+        # readings, so the hot path compares instead of dividing) and the last
+        # id itself, whose low bits are the sequence.
         self._lock = threading.Lock()
         self._ms_start = 0
         self._ms_end = 0
@@ -142,7 +213,9 @@ class IdGenerator:
         up, and up to MAX_BACKWARDS_WAIT_MS when the clock stepped back a little.
 
         Raises ClockMovedBackwardsError if the clock stepped back further, and
-        IdSpaceExhaustedError after IDS_RUN_OUT.
+        IdSpaceExhaustedError after IDS_RUN_OUT. With a lease, blocks while the
+        lease is being re-acquired, and raises what its wait_until_held() raises
+        (WorkerIdUnavailableError, LeaseReleasedError) if that fails.
         """
         # acquire/try/finally rather than `with`: on CPython 3.11 the with
         # statement costs about twice as much, and this lock is most of the cost.
@@ -182,22 +255,42 @@ class IdGenerator:
         with self._lock:
             if last_id > self._last_id:
                 ms = self._epoch_ms + (last_id >> TIMESTAMP_SHIFT)
-                self._ms_start = ms * NS_PER_MS
+                self._ms_start = ms * NS_PER_MS - self._clock_offset
                 self._ms_end = self._ms_start + NS_PER_MS
                 self._last_id = last_id
 
     # -- the slow paths, each taken at most once per millisecond -------------
 
     def _start_millisecond(self, now: int) -> int:
-        ms = now // NS_PER_MS
+        if self._lease is not None:
+            now = self._fence(now)
+        ms = (now + self._clock_offset) // NS_PER_MS
         timestamp = ms - self._epoch_ms
         if timestamp > MAX_TIMESTAMP:
             raise IdSpaceExhaustedError(
                 f"the {TIMESTAMP_BITS}-bit timestamp ran out at {IDS_RUN_OUT.isoformat()}"
             )
-        self._ms_start = ms * NS_PER_MS
+        self._ms_start = ms * NS_PER_MS - self._clock_offset
         self._ms_end = self._ms_start + NS_PER_MS
         return (timestamp << TIMESTAMP_SHIFT) | self._worker_bits  # sequence 0
+
+    def _fence(self, now: int) -> int:
+        """With a lease: may this millisecond's ids be minted? Returns the reading to use.
+
+        The lease is checked *after* `now` was read, so a pass proves the lease
+        held at an instant inside that millisecond; a pause between the two
+        makes the check fail rather than the id wrong. Checking once per
+        millisecond instead of once per id keeps the lease off the hot path.
+        """
+        worker_id = self._lease.valid_worker_id()
+        while worker_id is None:  # deadline passed: mint nothing until held again
+            self._lease.wait_until_held()
+            now = self._clock()  # the old reading predates the new hold
+            if now < self._ms_end:
+                now = self._wait_for_next_millisecond()
+            worker_id = self._lease.valid_worker_id()
+        self._worker_bits = worker_id << WORKER_ID_SHIFT
+        return now
 
     def _wait_for_next_millisecond(self) -> int:
         # Spin: the wait is under a millisecond, shorter than a sleep's wake-up.

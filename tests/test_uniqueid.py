@@ -3,6 +3,9 @@ processes, clock steps and bursts, and the sharded BlogService built on it."""
 
 from __future__ import annotations
 
+import json
+import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -270,6 +273,39 @@ def test_a_step_just_over_the_bound_raises_without_sleeping_first():
     with pytest.raises(ids.ClockMovedBackwardsError):
         generator.next_id()
     assert clock.reads == 3  # construction, first id, the refused read
+
+
+def test_monotonic_mode_keeps_minting_in_order_through_a_wall_clock_step_back():
+    wall = OffsetClock()
+    stepping = ids.IdGenerator(1, clock=wall)
+    steady = ids.IdGenerator(2, clock=ids.MonotonicClock(wall=wall))
+    before = [g.next_id() for g in (stepping, steady)]
+    wall.offset_ns = -2_000 * NS_PER_MS  # NTP steps the wall clock back 2 s
+    time.sleep(0.002)
+    with pytest.raises(ids.ClockMovedBackwardsError):
+        stepping.next_id()
+    after = [steady.next_id() for _ in range(20_000)]
+    assert all(a < b for a, b in zip([before[1], *after], after, strict=False))
+    # It read the wall clock once, at start: its timestamps are still real time.
+    drift = ids.decode(after[-1]).timestamp - datetime.now(UTC)
+    assert abs(drift) < timedelta(seconds=1)
+
+
+def test_monotonic_mode_timestamps_follow_the_anchor_and_elapsed_time():
+    # Read when anchored, when the generator is made, then once per id.
+    elapsed = ScriptedClock(5, 5, 5, 5, 6)  # the monotonic clock, in ms
+    start_ms = now_ms()
+    clock = ids.MonotonicClock(wall=lambda: start_ms * NS_PER_MS, elapsed=elapsed)
+    generator = ids.IdGenerator(3, clock=clock)
+    first, second, third = (generator.next_id() for _ in range(3))
+    assert [i >> ids.TIMESTAMP_SHIFT for i in (first, second, third)] == [
+        start_ms - EPOCH_MS,
+        start_ms - EPOCH_MS,
+        start_ms - EPOCH_MS + 1,
+    ]
+    assert second == first + 1
+    generator.resume_after(third + 5)  # the offset is applied when resuming, too
+    assert generator.next_id() == third + 6
 
 
 # -- arguments ------------------------------------------------------------------
@@ -593,3 +629,313 @@ def test_random_keys_dirty_far_more_pages_per_commit_than_rising_keys(tmp_path):
     assert 0 < rising < btree.ROWS_PER_TRANSACTION / 10
     assert results["uuid4"].pages_per_commit > 5 * rising
     assert results["random"].pages_per_commit > 5 * rising
+
+
+# -- worker ids leased from etcd -------------------------------------------------------
+
+lease_mod = load_module("UniqueIdGeneration", "WorkerIdLease")
+
+TEST_TTL = 2  # etcd 3.4's shortest lease
+TEST_MARGIN = 0.5
+
+
+def new_lease(etcd, **kwargs):
+    kwargs = {"ttl": TEST_TTL, "safety_margin": TEST_MARGIN, **kwargs}
+    return lease_mod.WorkerIdLease(etcd.url, **kwargs)
+
+
+@pytest.fixture
+def leases(etcd_server):
+    """Make leases on the test's etcd; every one is released at teardown."""
+    made = []
+
+    def make(**kwargs):
+        made.append(new_lease(etcd_server, **kwargs))
+        return made[-1]
+
+    yield make
+    for lease in made:
+        lease.release()
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_leases_take_the_lowest_free_ids_and_never_the_same(etcd_server, leases):
+    held = [leases().acquire() for _ in range(5)]
+    assert held == [0, 1, 2, 3, 4]
+    keys = lease_mod.EtcdGateway(etcd_server.url).prefix(lease_mod.PREFIX)
+    assert sorted(keys) == [f"{lease_mod.PREFIX}{w:02d}" for w in range(5)]
+
+
+def test_a_released_id_is_reused_and_the_33rd_lease_fails_clearly(etcd_server, leases):
+    held = [leases() for _ in range(32)]
+    assert [lease.acquire() for lease in held] == list(range(32))
+    with pytest.raises(lease_mod.NoFreeWorkerIdError, match=r"all 32 worker ids \(0-31\)"):
+        leases().acquire()
+    held[7].release()
+    assert leases().acquire() == 7, "the freed id is the lowest free one"
+
+
+def test_racing_leases_each_get_a_different_id(etcd_server, leases):
+    # Eight threads ask at once: the create-if-absent transaction lets one win each id.
+    contenders = [leases(worker_ids=range(8)) for _ in range(8)]
+    got: list[int] = []
+    threads = [
+        threading.Thread(target=lambda c=c: got.append(c.acquire(timeout=20))) for c in contenders
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(8))
+
+
+def test_a_generator_built_from_a_lease_mints_with_its_worker_id(leases):
+    leases().acquire()
+    lease = leases()
+    assert lease.acquire() == 1
+    generator = ids.IdGenerator(lease=lease)
+    minted = [generator.next_id() for _ in range(20_000)]
+    assert {ids.decode(i).worker_id for i in minted} == {1}
+    assert minted == sorted(set(minted))
+
+
+def test_a_generator_needs_an_acquired_lease_and_stops_after_release(leases):
+    lease = leases()
+    with pytest.raises(RuntimeError, match="acquire"):
+        ids.IdGenerator(lease=lease)
+    lease.acquire()
+    generator = ids.IdGenerator(lease=lease)
+    generator.next_id()
+    lease.release()
+    time.sleep(0.002)  # into a new millisecond, where the lease is checked
+    with pytest.raises(lease_mod.LeaseReleasedError):
+        generator.next_id()
+
+
+class JumpingClock:
+    """The lease's monotonic clock plus a jump: a pause, as the process sees it afterwards."""
+
+    def __init__(self) -> None:
+        self.jump_ns = 0
+
+    def __call__(self) -> int:
+        return lease_mod.lease_clock_ns() + self.jump_ns
+
+
+def test_past_its_deadline_a_generator_mints_nothing_until_the_lease_is_renewed(leases):
+    clock = JumpingClock()
+    lease = leases(clock=clock, reacquire_timeout=0.2)
+    lease.acquire()
+    generator = ids.IdGenerator(lease=lease)
+    before = generator.next_id()
+    lease.stopping.set()  # no renewals: the keeper sleeps through the "pause"
+    lease.keeper.join()
+    clock.jump_ns = TEST_TTL * 10**9  # the deadline (TTL - margin after renewal) has passed
+    time.sleep(0.002)
+    with pytest.raises(lease_mod.WorkerIdUnavailableError):
+        generator.next_id()
+    lease.stopping.clear()  # the keeper renews, which moves the deadline ahead again
+    lease.keeper = threading.Thread(target=lease.keep, daemon=True)
+    lease.keeper.start()
+    wait_for(lambda: lease.valid_worker_id() is not None, what="renewal")
+    assert generator.next_id() > before
+
+
+def test_a_killed_holders_id_is_taken_over_within_the_ttl(etcd_server, leases):
+    holder = subprocess.Popen(
+        [
+            sys.executable, str(ROOT / "UniqueIdGeneration/WorkerIdLease.py"),
+            "--etcd", etcd_server.url, "--ttl", str(TEST_TTL), "--worker-ids", "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert "holding worker id 0" in holder.stdout.readline()
+        waiting = leases(worker_ids=range(1))
+        with pytest.raises(lease_mod.NoFreeWorkerIdError):
+            waiting.acquire()
+        holder.kill()  # no chance to release: only the TTL frees the id
+        killed_at = time.monotonic()
+        assert waiting.acquire(timeout=30) == 0
+        # etcd expires a lease up to ~0.5 s late; add one polling interval and slack.
+        assert time.monotonic() - killed_at < TEST_TTL + 5
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_etcd_outage_stops_minting_and_the_same_id_resumes_after(etcd_server, leases):
+    lease = leases(reacquire_timeout=0.2)
+    lease.acquire()
+    generator = ids.IdGenerator(lease=lease)
+    before = generator.next_id()
+    etcd_server.kill()
+    try:
+        wait_for(lambda: lease.valid_worker_id() is None, what="the deadline passing")
+        time.sleep(0.002)
+        with pytest.raises(lease_mod.WorkerIdUnavailableError, match="unreachable"):
+            generator.next_id()
+    finally:
+        etcd_server.start()
+    # etcd keeps leases across a restart (and extends them), so the hold resumes.
+    wait_for(lambda: lease.valid_worker_id() is not None, what="renewal after the restart")
+    after = generator.next_id()
+    assert after > before and ids.decode(after).worker_id == ids.decode(before).worker_id
+    assert len(lease.history) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"ttl": 1}, "ttl"),
+        ({"ttl": 2.5}, "ttl"),
+        ({"ttl": 10, "safety_margin": 0}, "safety_margin"),
+        ({"ttl": 10, "safety_margin": 7}, "safety_margin"),
+        ({"worker_ids": []}, "worker_ids"),
+        ({"worker_ids": [31, 32]}, "worker_ids"),
+        ({"prefix": "/no/slash"}, "prefix"),
+    ],
+)
+def test_lease_settings_out_of_range_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lease_mod.WorkerIdLease("http://127.0.0.1:9", **kwargs)
+
+
+def test_an_unreachable_etcd_is_a_clear_error():
+    lease = lease_mod.WorkerIdLease("http://127.0.0.1:9", ttl=2)
+    with pytest.raises(lease_mod.EtcdUnavailableError, match="did not answer"):
+        lease.acquire()
+
+
+def lease_cli(*args: str, timeout: float = 30):
+    return run_script("UniqueIdGeneration/WorkerIdLease.py", *args, timeout=timeout)
+
+
+def test_lease_cli_says_clearly_when_every_id_is_taken(etcd_server, leases):
+    leases(worker_ids=range(2)).acquire()
+    leases(worker_ids=range(2)).acquire()
+    result = lease_cli("--etcd", etcd_server.url, "--worker-ids", "2")
+    assert result.returncode == 1
+    assert "error: all 2 worker ids (0-1) are held" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--etcd", "127.0.0.1:2379"],
+        ["--etcd", "http://x", "--ttl", "1"],
+        ["--etcd", "http://x", "--ttl", "99999999999999999999"],
+        ["--etcd", "http://x", "--margin", "nan"],
+        ["--etcd", "http://x", "--worker-ids", "33"],
+        ["--etcd", "http://x", "--rate", "0"],
+        ["--etcd", "http://x", "--ttl", "10", "--margin", "9"],
+        [],
+    ],
+)
+def test_lease_cli_refuses_bad_arguments(args):
+    result = lease_cli(*args)
+    assert result.returncode == 2
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chaos_paused_holders_and_an_etcd_crash_never_give_a_duplicate(etcd_server, tmp_path):
+    """8 processes, 4 worker ids: holders are frozen (SIGSTOP) past the TTL and
+    thawed while waiters take their ids, and etcd crashes once. Every id minted
+    on a worker id must come from its newest holder at that millisecond."""
+    rng = random.Random(19)
+    etcd = lease_mod.EtcdGateway(etcd_server.url)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "UniqueIdGeneration/WorkerIdLease.py"),
+                "--etcd",
+                etcd_server.url,
+                "--ttl",
+                str(TEST_TTL),
+                "--margin",
+                str(TEST_MARGIN),
+                "--worker-ids",
+                "4",
+                "--wait",
+                "120",
+                "--rate",
+                "1000",
+                "--quiet",
+                "--record",
+                str(tmp_path / f"worker-{n}.json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for n in range(8)
+    ]
+    by_pid = {w.pid: w for w in workers}
+
+    def holder_pids() -> list[int]:
+        try:
+            values = etcd.prefix(lease_mod.PREFIX).values()
+        except lease_mod.EtcdUnavailableError:
+            return []
+        return [int(json.loads(value)["owner"].split()[-1]) for value, _ in values]
+
+    paused = []
+    try:
+        wait_for(lambda: len(holder_pids()) == 4, what="4 of the 8 workers holding ids")
+        for _ in range(3):
+            victim = by_pid[rng.choice(holder_pids())]
+            victim.send_signal(signal.SIGSTOP)
+            paused.append(victim.pid)
+            time.sleep(TEST_TTL + 2)  # its lease expires and a waiter takes the id
+            victim.send_signal(signal.SIGCONT)
+            time.sleep(0.5)
+        etcd_server.kill()
+        time.sleep(1)
+        etcd_server.start()
+        time.sleep(1.5)
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGCONT)
+            w.send_signal(signal.SIGTERM)
+        outcomes = [w.communicate(timeout=30) for w in workers]
+    assert [w.returncode for w in workers] == [0] * 8, outcomes
+
+    records = {
+        w.pid: json.loads((tmp_path / f"worker-{n}.json").read_text())
+        for n, w in enumerate(workers)
+    }
+    every = [i for record in records.values() for i in record["ids"]]
+    assert len(every) > 10_000
+    assert len(set(every)) == len(every), "duplicate ids"
+
+    # Who held each worker id from when: every hold, from every process.
+    holds: dict[int, list[tuple[int, int]]] = {}
+    for pid, record in records.items():
+        for hold in record["holds"]:
+            holds.setdefault(hold["worker_id"], []).append((hold["acquired_wall_ns"], pid))
+    for timeline in holds.values():
+        timeline.sort()
+    takeovers = sum(len({pid for _, pid in timeline}) - 1 for timeline in holds.values())
+    assert takeovers >= 1, "no waiter ever took a paused holder's id: the test showed nothing"
+
+    def newest_holder(worker_id: int, at_ms: int) -> int:
+        # Ids minted under a hold carry timestamps from after etcd confirmed it.
+        started = [pid for ns, pid in holds[worker_id] if ns // NS_PER_MS <= at_ms]
+        return started[-1]
+
+    for pid, record in records.items():
+        strays = [
+            i
+            for i in record["ids"]
+            if newest_holder(ids.decode(i).worker_id, EPOCH_MS + (i >> ids.TIMESTAMP_SHIFT)) != pid
+        ]
+        assert not strays, f"pid {pid} (paused: {pid in paused}) minted after losing its id"
