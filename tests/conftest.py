@@ -20,9 +20,9 @@ import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -260,24 +260,45 @@ def engine_binary(name: str, *globs: str) -> str:
     pytest.skip(message)
 
 
-def run_as_unprivileged(path: Path) -> dict:
-    """Hand `path` to UNPRIVILEGED_USER when running as root; Popen kwargs to run as them.
+UNPRIVILEGED_TMP = Path(tempfile.gettempdir()) / "engines-run-unprivileged"
 
-    The user must also be able to walk down to `path`, so its ancestors get
-    the search (x) bit for others (pytest makes its temporary root 0700).
+
+def unprivileged_dir(link: Path) -> tuple[Path, dict]:
+    """A new directory that UNPRIVILEGED_USER owns and can reach; Popen kwargs to run as them.
+
+    Not root: `link` itself, and no kwargs. As root (CI): pytest's temporary
+    root is root's and 0700 (and pytest resets it to 0700 at every run), so
+    that user could not reach anything under tmp_path. The directory is then
+    made under a shared, world-searchable folder in /tmp instead, owned by the
+    user, and `link` (in tmp_path) points at it, so its files still sit beside
+    the test's others. `remove_unprivileged_dir(link)` deletes it.
     """
     if os.geteuid() != 0:
-        return {}
+        link.mkdir(parents=True)
+        return link, {}
     user = pwd.getpwnam(UNPRIVILEGED_USER)
-    for ancestor in path.parents:
-        mode = ancestor.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            ancestor.chmod(mode | stat.S_IXOTH)
+    UNPRIVILEGED_TMP.mkdir(exist_ok=True)
+    UNPRIVILEGED_TMP.chmod(0o711)  # others may pass through, not list
+    real = Path(tempfile.mkdtemp(prefix=f"{link.name}-", dir=UNPRIVILEGED_TMP))
+    os.chown(real, user.pw_uid, user.pw_gid)
+    link.symlink_to(real, target_is_directory=True)
+    return real, {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def give_to_unprivileged(path: Path) -> None:
+    """Make UNPRIVILEGED_USER own everything under `path` (as root; else nothing to do)."""
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam(UNPRIVILEGED_USER)
     for root, dirs, files in os.walk(path):
         os.chown(root, user.pw_uid, user.pw_gid)
         for name in dirs + files:
             os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def remove_unprivileged_dir(link: Path) -> None:
+    if link.is_symlink():
+        shutil.rmtree(link.resolve(), ignore_errors=True)
 
 
 class Engine:
@@ -536,12 +557,12 @@ POSTGRES_SETTINGS = {
 
 
 @pytest.fixture(scope="session")
-def postgres_template(tmp_path_factory) -> Path:
+def postgres_template(tmp_path_factory) -> Iterator[Path]:
     """An initdb'ed data directory, made once per test process and copied for each test."""
     initdb = engine_binary("initdb", POSTGRES_BIN_GLOB + "initdb")
-    template = tmp_path_factory.mktemp("postgres-template") / "data"
-    template.mkdir(mode=0o700)
-    as_user = run_as_unprivileged(template.parent)
+    link = tmp_path_factory.mktemp("postgres") / "template"
+    home, as_user = unprivileged_dir(link)
+    template = home / "data"
     made = subprocess.run(
         [initdb, "-D", str(template), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
         capture_output=True,
@@ -551,7 +572,8 @@ def postgres_template(tmp_path_factory) -> Path:
     )
     if made.returncode != 0:
         raise RuntimeError(f"initdb failed:\n{made.stdout}{made.stderr}")
-    return template
+    yield template
+    remove_unprivileged_dir(link)
 
 
 class PostgresInstance(Engine):
@@ -561,7 +583,7 @@ class PostgresInstance(Engine):
     which `start()` runs crash recovery on the same data directory and port.
     """
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, as_user: dict) -> None:
         import psycopg
 
         self.port = port
@@ -583,7 +605,7 @@ class PostgresInstance(Engine):
             ready,
             data_dir.parent / "postgres.log",
             stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown
-            popen_kwargs=run_as_unprivileged(data_dir.parent),
+            popen_kwargs=as_user,
         )
 
     def connect(self, **kwargs):
@@ -593,19 +615,25 @@ class PostgresInstance(Engine):
 
 
 @pytest.fixture
-def postgres_server(tmp_path, postgres_template, engines) -> PostgresInstance:
+def postgres_server(tmp_path, postgres_template, engines) -> Iterator[PostgresInstance]:
     """A running private PostgreSQL 15 cluster for this test (superuser `postgres`, trust auth)."""
+    homes: list[Path] = []
 
     def make() -> PostgresInstance:
         port = free_port()
-        home = tmp_path / f"postgres-{port}"
-        home.mkdir()
+        link = tmp_path / f"postgres-{port}"
+        home, as_user = unprivileged_dir(link)
+        homes.append(link)
         shutil.copytree(postgres_template, home / "data", symlinks=True)
-        return PostgresInstance(home / "data", port)
+        give_to_unprivileged(home)
+        return PostgresInstance(home / "data", port, as_user)
 
     instance = start_engine(make)
     engines.append(instance)
-    return instance
+    yield instance
+    instance.stop()
+    for link in homes:
+        remove_unprivileged_dir(link)
 
 
 # --- etcd ------------------------------------------------------------------
