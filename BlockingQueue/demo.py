@@ -20,13 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import producer_consumer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import producer_consumer  # noqa: E402
-
-from BlockingQueue import BlockingQueue  # noqa: E402
+from BlockingQueue import BlockingQueue
 
 HERE = Path(__file__).resolve().parent
 IMAGES = HERE / "images"  # the tracked pictures the README shows: only --save-images
@@ -74,6 +70,11 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, path: Path) -> None:
+    import matplotlib  # here, not at the top: --help and bad arguments answer at once
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, (depth_ax, memory_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for stats, name, colour in (
         (unbounded, "unbounded (maxsize 0)", "tab:red"),

@@ -6,7 +6,9 @@ consumers are slower, a bounded queue fills up and put() blocks: the producers
 are held to the consumers' pace (backpressure). The run counts how often and
 how long producers blocked, samples the queue's depth and the memory the
 program holds, checks that every item arrived exactly once and in order, and
-keeps a live progress line. README.md ("Backpressure") explains the figures.
+keeps a live progress line. If any thread dies, the run notices, stops the
+others and reports the cause instead of hanging. README.md ("Backpressure")
+explains the figures.
 
     python BlockingQueue/producer_consumer.py --producers 2 --consumers 2 --maxsize 100
 """
@@ -18,7 +20,8 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from BlockingQueue import BlockingQueue, Full, ShutDown
@@ -35,9 +38,16 @@ DEFAULT_PAYLOAD = 4_096  # bytes per item: enough that a growing queue shows in 
 SAMPLE_EVERY = 0.02  # seconds between two looks at the queue's depth and memory
 JOIN_TIMEOUT = 10.0  # seconds to wait for a thread that should already be finishing
 PROGRESS_LINES = 4  # lines printed when the output is not a terminal (every 25%)
-MAX_THREADS = 256  # per side: more is a typo, not an experiment
+
+# What the command line accepts. Anything outside is a typo, not an experiment,
+# and is refused with a one-line error before a thread starts.
 MiB = 1024 * 1024
-MAX_PAYLOAD = 16 * MiB  # bytes per item: a queue of 100 such items already holds 1.6 GiB
+MAX_THREADS = 256  # per side
+MAX_MAXSIZE = 1_000_000
+MAX_ITEMS = 10_000_000
+MIN_RATE, MAX_RATE = 0.1, 1_000_000.0  # items/s per thread: one per 10 s .. one per µs
+MAX_PAYLOAD = 16 * MiB  # bytes per item
+MAX_HELD = 1024 * MiB  # payload bytes the queue and the threads may hold at once
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Stats:
     blocked_by: list[float] = field(init=False)  # seconds blocked in put()
     longest_by: list[float] = field(init=False)  # longest single blocked put()
     samples: list[Sample] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "consumer-0 died: ...", one per dead thread
     # Checked at the end, from what the consumers received:
     duplicates: int = 0  # items received more than once
     queued_at_shutdown: int = 0  # qsize() just before shutdown() (a producer may add one more)
@@ -118,13 +129,14 @@ class Stats:
         return self.duplicates == 0 and self.lost == 0 and self.out_of_order == 0
 
 
-def pause(rate: float) -> Callable[[], None]:
+def pause(rate: float, stopping: threading.Event) -> Callable[[], None]:
     """A function that sleeps 1/rate seconds: the time it takes to make or to process one item.
 
-    `rate` 0 means no pause at all (as fast as the queue allows).
+    `rate` 0 means no pause at all (as fast as the queue allows). The sleep is a
+    wait on `stopping`, so a run that is being stopped does not sit out a long pause.
     """
     interval = 1.0 / rate if rate > 0 else 0.0
-    return (lambda: time.sleep(interval)) if interval else (lambda: None)
+    return (lambda: stopping.wait(interval)) if interval else (lambda: None)
 
 
 class Progress:
@@ -173,7 +185,7 @@ def run_pipeline(
     stop_after: float | None = None,
     immediate: bool = False,
     progress: bool = True,
-    on_sample: Callable[[Stats, Sample], None] | None = None,
+    crash_consumer_after: int | None = None,
 ) -> Stats:
     """Run producers and consumers through `queue` and measure what happened.
 
@@ -183,13 +195,29 @@ def run_pipeline(
     `queue.shutdown(immediate)`: blocked producers get `ShutDown`, consumers
     finish what is queued (or, if `immediate`, it is discarded) and get
     `ShutDown` too. Every thread is joined (each bounded by JOIN_TIMEOUT).
+
+    A thread that dies (any exception) ends the run early: its cause goes to
+    `stats.failures`, the queue is shut down immediately and every pause cut
+    short, so the others stop too. Without that, one dead consumer would leave
+    the producers blocked on a full queue forever. `crash_consumer_after=n`
+    makes consumer 0 raise after n items, to watch it happen.
     """
     stats = Stats(producers, consumers, queue.maxsize)
     received: list[list[tuple[int, int]]] = [[] for _ in range(consumers)]
     shares = share_out(items, producers)
+    stopping = threading.Event()  # set when a thread died: the others stop too
+
+    @contextmanager
+    def reporting_death() -> Iterator[None]:
+        try:
+            yield
+        except BaseException as error:  # noqa: BLE001 - anything that ends a thread early
+            name = threading.current_thread().name
+            stats.failures.append(f"{name} died: {type(error).__name__}: {error}")
+            stopping.set()
 
     def produce(me: int) -> None:
-        make_item = pause(produce_rate)
+        make_item = pause(produce_rate, stopping)
         share = shares[me]
         try:
             while share is None or stats.produced_by[me] < share:
@@ -209,11 +237,13 @@ def run_pipeline(
             pass  # stopped; the put() that raised added nothing
 
     def consume(me: int) -> None:
-        process_item = pause(consume_rate)
+        process_item = pause(consume_rate, stopping)
         mine = received[me]
         try:
             while True:
                 producer, sequence, _ = queue.get()
+                if me == 0 and stats.consumed_by[0] == crash_consumer_after:
+                    raise RuntimeError(f"crashed on purpose after {crash_consumer_after} items")
                 mine.append((producer, sequence))
                 process_item()
                 queue.task_done()
@@ -221,12 +251,16 @@ def run_pipeline(
         except ShutDown:
             pass  # shut down and drained (or shut down immediately)
 
+    def run(body: Callable[[int], None], me: int) -> None:
+        with reporting_death():
+            body(me)
+
     threads = [
-        threading.Thread(target=produce, args=(p,), name=f"producer-{p}", daemon=True)
+        threading.Thread(target=run, args=(produce, p), name=f"producer-{p}", daemon=True)
         for p in range(producers)
     ]
     threads += [
-        threading.Thread(target=consume, args=(c,), name=f"consumer-{c}", daemon=True)
+        threading.Thread(target=run, args=(consume, c), name=f"consumer-{c}", daemon=True)
         for c in range(consumers)
     ]
     tracing = tracemalloc.is_tracing()
@@ -243,13 +277,14 @@ def run_pipeline(
             )
             stats.samples.append(sample)
             display.update(stats, sample)
-            if on_sample:
-                on_sample(stats, sample)
+            if stopping.is_set():  # a thread died: stop everyone
+                break
             if stop_after is not None and sample.seconds >= stop_after:
                 break
             if not any(t.is_alive() for t in threads[:producers]) and sample.depth == 0:
                 break
-            time.sleep(SAMPLE_EVERY)
+            stopping.wait(SAMPLE_EVERY)
+        immediate = immediate or stopping.is_set()
         stats.queued_at_shutdown = queue.qsize()
         finished_before = stats.consumed
         queue.shutdown(immediate=immediate)
@@ -262,7 +297,8 @@ def run_pipeline(
         display.finish()
         if not tracing:
             tracemalloc.stop()
-    stats.joined = join_within(queue, JOIN_TIMEOUT)
+    # A dead consumer never marks its last item done, so join() could not return.
+    stats.joined = not stats.failures and join_within(queue, JOIN_TIMEOUT)
     check_delivery(stats, received, immediate)
     return stats
 
@@ -322,6 +358,7 @@ def print_report(stats: Stats) -> None:
         ("time producers spent blocked", f"{stats.producer_blocked:.2f} s (all producers)"),
         ("longest single block", f"{stats.longest_block * 1000:.0f} ms"),
         ("delivered exactly once, in order", "yes" if stats.exactly_once else "NO"),
+        *([("discarded when the run stopped", f"{stats.discarded:,}")] if stats.discarded else []),
         ("threads left running", f"{stats.threads_left}"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -329,24 +366,29 @@ def print_report(stats: Stats) -> None:
         print(f"  {name:<{width}}  {value}")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_THREADS}, got {value}")
-    return value
+def bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` between `low` and `high`, or a one-line error."""
 
-
-def non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = kind(text)
-        if value != value:  # nan: no number compares equal to it, not even itself
-            raise argparse.ArgumentTypeError(f"must be a number, got {text}")
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+        if not low <= value <= high:  # also refuses nan, which compares false to everything
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its error message
     return parse
+
+
+def rate(text: str) -> float:
+    """Items per second per thread: 0 (no pause at all) or MIN_RATE..MAX_RATE."""
+    value = float(text)
+    if value != value:  # nan: no number compares equal to it, not even itself
+        raise argparse.ArgumentTypeError(f"must be a number, got {text}")
+    if value != 0 and not MIN_RATE <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 or between {MIN_RATE:g} and {MAX_RATE:,.0f} items/s, got {text}"
+        )
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,32 +396,52 @@ def main(argv: list[str] | None = None) -> int:
         description="Producers -> a bounded BlockingQueue -> consumers, with the "
         "backpressure measured: how often and how long producers blocked on a full queue."
     )
-    parser.add_argument("--producers", type=positive_int, default=DEFAULT_PRODUCERS)
-    parser.add_argument("--consumers", type=positive_int, default=DEFAULT_CONSUMERS)
+    threads = bounded(int, 1, MAX_THREADS)
+    parser.add_argument("--producers", type=threads, default=DEFAULT_PRODUCERS)
+    parser.add_argument("--consumers", type=threads, default=DEFAULT_CONSUMERS)
     parser.add_argument(
-        "--maxsize", type=int, default=DEFAULT_MAXSIZE, help="queue limit; 0 or less: unbounded"
+        "--maxsize",
+        type=bounded(int, 0, MAX_MAXSIZE),
+        default=DEFAULT_MAXSIZE,
+        help="queue limit; 0: unbounded",
     )
     parser.add_argument(
-        "--items", type=non_negative(int), default=DEFAULT_ITEMS, help="items in all"
+        "--items", type=bounded(int, 0, MAX_ITEMS), default=DEFAULT_ITEMS, help="items in all"
     )
     parser.add_argument(
         "--produce-rate",
-        type=non_negative(float),
+        type=rate,
         default=DEFAULT_PRODUCE_RATE,
         help="items per second per producer (0: as fast as possible)",
     )
     parser.add_argument(
         "--consume-rate",
-        type=non_negative(float),
+        type=rate,
         default=DEFAULT_CONSUME_RATE,
         help="items per second per consumer (0: as fast as possible)",
     )
     parser.add_argument(
-        "--payload", type=non_negative(int), default=DEFAULT_PAYLOAD, help="bytes per item"
+        "--payload",
+        type=bounded(int, 0, MAX_PAYLOAD),
+        default=DEFAULT_PAYLOAD,
+        help="bytes per item",
+    )
+    parser.add_argument(
+        "--crash-consumer-after",
+        type=bounded(int, 0, MAX_ITEMS),
+        metavar="N",
+        help="fault injection: consumer 0 raises after N items, to watch the run stop",
     )
     args = parser.parse_args(argv)
-    if args.payload > MAX_PAYLOAD:
-        parser.error(f"--payload must be at most {MAX_PAYLOAD:,} bytes, got {args.payload:,}")
+    # The most items alive at once: a full queue, plus one in each thread's hands.
+    capacity = args.maxsize or args.items
+    held = (capacity + args.producers + args.consumers) * args.payload
+    if held > MAX_HELD:
+        parser.error(
+            f"--payload {args.payload:,} x (queue of {capacity:,} + "
+            f"{args.producers + args.consumers} threads) would hold up to {held / MiB:,.0f} MiB; "
+            f"the limit is {MAX_HELD / MiB:,.0f} MiB"
+        )
 
     print(
         f"{args.producers} producers at {args.produce_rate:g}/s each -> queue "
@@ -393,10 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         produce_rate=args.produce_rate,
         consume_rate=args.consume_rate,
         payload=args.payload,
+        crash_consumer_after=args.crash_consumer_after,
     )
     print_report(stats)
+    sys.stdout.flush()  # the report first, then the cause on stderr
+    for cause in stats.failures:
+        print(f"run stopped: {cause}", file=sys.stderr)
     delivered = stats.produced == stats.consumed == args.items
-    return 0 if delivered and stats.exactly_once and not stats.threads_left and stats.joined else 1
+    ok = delivered and stats.exactly_once and not stats.threads_left and stats.joined
+    return 0 if ok and not stats.failures else 1
 
 
 if __name__ == "__main__":

@@ -804,6 +804,66 @@ def test_pipeline_counts_what_an_immediate_shutdown_discards():
     assert stats.produced == stats.consumed + stats.discarded
 
 
+def run_pipeline_within_bound(**kwargs):
+    """run_pipeline in a helper thread, so a pipeline that hangs fails the test instead."""
+    run = Worker(pipeline.run_pipeline, bq.BlockingQueue(kwargs.pop("maxsize")), **kwargs)
+    run.join(2 * pipeline.JOIN_TIMEOUT + BOUND)
+    assert not run.is_alive(), "run_pipeline hangs"
+    assert run.error is None, run.error
+    return run.result
+
+
+def test_pipeline_stops_when_its_consumers_die():
+    # The issue's own case: a rate so low that sleep(1 / rate) raises OverflowError
+    # in both consumers; the producers then blocked forever on a full queue.
+    stats = run_pipeline_within_bound(
+        maxsize=5, producers=2, consumers=2, items=200, consume_rate=1e-300, progress=False
+    )
+    assert stats.failures  # the first death stops the run; the other may not get to die
+    for cause in stats.failures:
+        assert cause.startswith("consumer-") and "died: OverflowError" in cause
+    assert stats.threads_left == 0  # the producers blocked on the full queue were released
+    assert stats.duplicates == stats.out_of_order == 0
+
+
+def test_pipeline_reports_producers_that_die_instead_of_a_clean_empty_run():
+    stats = run_pipeline_within_bound(maxsize=5, items=100, payload=-1, progress=False)
+    assert stats.failures and all("died: ValueError" in c for c in stats.failures)
+    assert stats.produced == 0 and stats.threads_left == 0
+
+
+def test_pipeline_stops_the_others_when_one_consumer_dies():
+    # The other consumer alone could finish the work: the run must still stop and
+    # say so, not hide the crash behind a slower success.
+    stats = run_pipeline_within_bound(
+        maxsize=10,
+        producers=1,
+        consumers=2,
+        items=100_000,
+        produce_rate=0,
+        consume_rate=0,
+        payload=16,
+        crash_consumer_after=50,
+        progress=False,
+    )
+    assert stats.failures == ["consumer-0 died: RuntimeError: crashed on purpose after 50 items"]
+    assert stats.consumed_by[0] == 50
+    assert stats.produced < 100_000  # stopped early, not run to the end
+    assert stats.threads_left == 0 and stats.duplicates == stats.out_of_order == 0
+
+
+def test_producer_consumer_script_exits_non_zero_with_the_cause_when_a_consumer_dies():
+    result = run_script(
+        "BlockingQueue/producer_consumer.py",
+        *("--items", "100000", "--produce-rate", "0", "--consume-rate", "0"),
+        *("--crash-consumer-after", "20"),
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "consumer-0 died: RuntimeError: crashed on purpose after 20 items" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_producer_consumer_script_runs_and_prints_its_report():
     result = run_script(
         "BlockingQueue/producer_consumer.py",
@@ -820,11 +880,20 @@ def test_producer_consumer_script_runs_and_prints_its_report():
     "args, message",
     [
         (["--producers", "0"], "must be between 1 and"),
-        (["--consumers", "x"], "invalid positive_int value"),
-        (["--items", "-5"], "must not be negative"),
-        (["--consume-rate", "-1"], "must not be negative"),
+        (["--consumers", "x"], "invalid int value"),
+        (["--producers", "1000"], "must be between 1 and 256"),
+        (["--items", "-5"], "must be between 0 and"),
+        (["--consume-rate", "-1"], "must be 0 or between"),
         (["--produce-rate", "nan"], "must be a number"),
-        (["--payload", "100000000000"], "--payload must be at most"),
+        (["--payload", "100000000000"], "must be between 0 and"),
+        (["--consume-rate", "1e-300"], "must be 0 or between"),
+        (["--produce-rate", "inf"], "must be 0 or between"),
+        (["--maxsize", "-1"], "must be between 0 and"),
+        (["--maxsize", "99999999999999999999"], "must be between 0 and"),
+        (["--items", "99999999999999999999"], "must be between 0 and"),
+        (["--crash-consumer-after", "-1"], "must be between 0 and"),
+        (["--maxsize", "1000", "--payload", "16000000"], "would hold up to"),
+        (["--maxsize", "0", "--items", "1000000", "--payload", "4096"], "would hold up to"),
     ],
 )
 def test_producer_consumer_refuses_bad_input_clearly(args, message):
