@@ -386,9 +386,13 @@ def read_request_body(reader: Reader, request: Request, body_timeout: float) -> 
 # --- writing ------------------------------------------------------------------
 
 
-def serialize_head(status: int, reason: str, headers: Headers) -> bytes:
-    lines = [f"HTTP/1.1 {status} {reason}"]
-    lines += [f"{name}: {value}" for name, value in headers]
+def serialize_head(start_line: str, headers: Headers) -> bytes:
+    """A message head as sent: the start line, then `Name: value` lines, then a blank line.
+
+    Every value here was parsed by httptools (which refuses CR, LF and NUL
+    in a field) or made by the edge, so none can split a message in two.
+    """
+    lines = [start_line] + [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
 
 
@@ -404,7 +408,7 @@ def serialize_response(
     if send_body and status not in (204, 304) and status >= 200:
         headers = without(headers, FRAMING) + [("Content-Length", str(len(body)))]
     payload = body if send_body and status not in (204, 304) else b""
-    return serialize_head(status, reason, headers) + payload
+    return serialize_head(f"HTTP/1.1 {status} {reason}", headers) + payload
 
 
 def error_response(status: int, message: str, close: bool = False) -> Response:

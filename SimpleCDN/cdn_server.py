@@ -1,196 +1,478 @@
-"""The edge server: sockets, one thread per connection, and the command line.
+"""The edge server: connections on one asyncio event loop (uvloop if installed), the command line.
 
     python SimpleCDN/origin_server.py --port 8000
     python SimpleCDN/cdn_server.py --origin http://127.0.0.1:8000 --port 8080
     curl -i http://127.0.0.1:8080/index.html
 
-What to answer is decided in `cdn_edge.py`; this file only reads requests
-off the wire (`cdn_http.py`), hands them over, and writes the answers back,
-with a deadline on every step so that no client, however slow or broken,
-can hold up the others.
-README section: "Running it yourself".
+What to answer is decided in `cdn_policy.py` and carried out in
+`cdn_proxy.py`; this file reads requests off the wire (parsed by httptools,
+the HTTP/1.1 parser of Node.js), hands them over, and writes the answers
+back, with a deadline on every step, so that no client, however slow or
+broken, can hold up the others or hold memory for long:
+
+- a request's headers must arrive within --header-timeout (else 408), its
+  body within BODY_TIMEOUT; an idle keep-alive connection closes after
+  --idle-timeout;
+- an answer is written in chunks of at most WRITE_CHUNK bytes, and each
+  must leave the edge's buffer within --send-timeout: a client that reads
+  slowly is served at its own pace, one that stops reading is dropped.
+
+README sections: "Running it yourself" and "Slow clients: a deadline per write".
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import re
 import signal
 import socket
-import socketserver
 import sys
-import threading
-import time
 import traceback
 from urllib.parse import urlsplit
 
-from cdn_edge import (
-    DEFAULT_CACHE_SIZE,
-    DEFAULT_MAX_OBJECT_SIZE,
-    DEFAULT_ORIGIN_TIMEOUT,
-    Edge,
-    EdgeConfig,
-    InterimSender,
-)
+import h11
+import httptools
 from cdn_http import (
-    ClientClosed,
-    ClientTimeout,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_COUNT,
+    MAX_REQUEST_BODY,
+    MAX_REQUEST_LINE,
     Headers,
     HttpError,
-    Reader,
     Request,
-    Response,
     end_to_end,
-    error_response,
-    read_request_body,
-    read_request_head,
+    get_all,
     serialize_head,
-    serialize_response,
+    without,
 )
+from cdn_proxy import (
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_OBJECT_SIZE,
+    DEFAULT_ORIGIN_TIMEOUT,
+    Answer,
+    Edge,
+    EdgeConfig,
+    Plan,
+    error_answer,
+)
+
+try:
+    import uvloop
+except ImportError:  # the standard event loop works too, only slower
+    uvloop = None
 
 DEFAULT_ORIGIN = "http://127.0.0.1:8000"
 IDLE_TIMEOUT = 15.0  # a keep-alive connection with no new request is closed
 HEADER_TIMEOUT = 10.0  # a request's line and headers must arrive within this
 BODY_TIMEOUT = 30.0  # and its body within this
-SEND_TIMEOUT = 30.0  # a client that will not read its response is dropped
+SEND_TIMEOUT = 30.0  # a client that accepts nothing for this long is dropped
 LISTEN_BACKLOG = 1024  # connections the kernel queues before accept()
-MAX_CONNECTIONS = 2000  # open client connections (each is a thread) before 503s
+MAX_CONNECTIONS = 2000  # open client connections before new ones get 503
 MAX_TIMEOUT = 24 * 3600.0  # the largest --*-timeout accepted, in seconds
 LINGER_SECONDS = 2.0  # after an error, how long to drain a client's unread input
+MAX_PIPELINED = 16  # requests read ahead on one connection before reading pauses
+# Answers are written in pieces of at most this size, and the socket's
+# buffer may hold about as much again: what one slow connection can pin.
+WRITE_CHUNK = 256 * 1024
+# Methods the fast parser (llhttp) knows. A request with any other method
+# (RFC 9110 allows new ones, e.g. BREW) is read with h11 instead, so it is
+# forwarded like any other.
+FAST_PARSER_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE OPTIONS PATCH PURGE TRACE CONNECT".split()
+)
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class EdgeServer(socketserver.ThreadingTCPServer):
-    """Accepts connections and gives each its own thread, so a slow or
-    malicious client ties up only its own thread, never the others'."""
+class ClientGone(Exception):
+    """The client closed the connection, or was dropped for making no progress."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        edge: Edge,
-        idle_timeout: float = IDLE_TIMEOUT,
-        header_timeout: float = HEADER_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS,
-    ) -> None:
+class EdgeServer:
+    """What every connection shares: the edge, the timeouts, the count of open connections."""
+
+    def __init__(self, edge: Edge, args: argparse.Namespace) -> None:
         self.edge = edge
-        self.idle_timeout = idle_timeout
-        self.header_timeout = header_timeout
-        # One slot per open connection: a flood of connections gets a quick
-        # 503 instead of a thread each, so the edge cannot be starved of memory.
-        self.slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(address, ConnectionHandler)
-        host, port = self.server_address[:2]
-        edge.same_site |= {(host, port), ("localhost", port), ("127.0.0.1", port)}
+        self.idle_timeout = args.idle_timeout
+        self.header_timeout = args.header_timeout
+        self.send_timeout = args.send_timeout
+        self.max_connections = args.max_connections
+        self.connections = 0
 
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.sendall(
-                    serialize_response(
-                        503, "Service Unavailable", [("Connection", "close")], b"edge busy\n"
-                    )
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
+    def connection(self) -> ClientConnection:
+        return ClientConnection(self)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: requests are parsed as bytes arrive and answered in order."""
+
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+        self.edge = server.edge
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client_address = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self.slow_parser: h11.Connection | None = None  # for a method llhttp does not know
+        self.counted = False
+        # The request being read.
+        self.in_message = False
+        self.url = b""
+        self.headers: Headers = []
+        self.head_bytes = 0  # raw bytes of a head still incomplete after one read
+        self.field_bytes = 0  # bytes of the header fields parsed so far
+        self.request: Request | None = None
+        self.body = bytearray()
+        # Requests read and waiting for their answer, in order; `busy` while
+        # one is being answered asynchronously.
+        self.queue: collections.deque[Request] = collections.deque()
+        self.busy = False
+        self.refusal: HttpError | None = None  # to answer once the queue is empty, then close
+        self.closing = False
+        self.reading_paused = False
+        self.timer: asyncio.TimerHandle | None = None  # idle, header or body deadline
+        self.writable: asyncio.Future | None = None  # resolved when the socket drains
+
+    # --- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if server.connections >= server.max_connections:
+            # a flood of connections gets a quick 503, not a slot each
+            self.refuse(HttpError(503, "edge busy: too many open connections"))
             return
-        super().process_request(request, client_address)
+        server.connections += 1
+        self.counted = True
+        peer = transport.get_extra_info("peername")
+        self.client_address = peer[0] if peer else "unknown"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(high=WRITE_CHUNK)
+        self.set_timer(server.idle_timeout, self.transport.close)
 
-    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.server.connections -= 1
+            self.counted = False
+        self.closing = True
+        self.cancel_timer()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_exception(ClientGone())
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # draining a client we are hanging up on
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+            if self.slow_parser is not None or (
+                not self.in_message and self.extension_method_ahead(data)
+            ):
+                self.read_slowly(data)
+                return
+            if self.in_message and not self.headers_done:
+                # httptools gathers a header line before calling on_header: bound
+                # what a head spread over many reads may grow to before then
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+                    raise HttpError(431, "request header fields too large")
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            context = exc.__context__
+            self.refuse(context if isinstance(context, HttpError) else HttpError(400, str(exc)))
+        except httptools.HttpParserInvalidMethodError:
+            self.refuse(HttpError(501, "send a request with an extension method on its own"))
+        except httptools.HttpParserError as exc:
+            self.refuse(HttpError(400, f"malformed request: {exc}"))
+        except HttpError as exc:
+            self.refuse(exc)
 
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
 
-class ConnectionHandler(socketserver.BaseRequestHandler):
-    """One client connection: read requests in turn (keep-alive) and answer each."""
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
 
-    server: EdgeServer
+    # --- reading requests (httptools callbacks) ------------------------------------------
 
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        edge, server = self.server.edge, self.server
-        reader = Reader(sock)
+    @property
+    def headers_done(self) -> bool:
+        return self.request is not None
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.url, self.headers, self.request = b"", [], None
+        self.head_bytes = self.field_bytes = 0
+        self.body = bytearray()
+        self.set_timer(self.server.header_timeout, self.too_slow)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_REQUEST_LINE:
+            raise HttpError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self.field_bytes += len(name) + len(value) + 4
+        if len(self.headers) > MAX_HEADER_COUNT or self.field_bytes > MAX_HEADER_BYTES:
+            raise HttpError(431, "request header fields too large")
+
+    def on_headers_complete(self) -> None:
+        version = self.parser.get_http_version()
+        method = self.parser.get_method().decode("latin-1")
+        self.head_complete(method, self.url.decode("latin-1"), version, self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > MAX_REQUEST_BODY:
+            raise HttpError(413, f"request body over the limit of {MAX_REQUEST_BODY} bytes")
+
+    def on_message_complete(self) -> None:
+        request = self.request
+        if request is None:
+            return
+        request.body = bytes(self.body)
+        self.in_message, self.request, self.body = False, None, bytearray()
+        self.cancel_timer()
+        self.queue.append(request)
+        if len(self.queue) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+        if not self.busy:
+            self.answer_queued()
+
+    def head_complete(self, method: str, target: str, version: str, headers: Headers) -> None:
+        """The request line and headers are in: check them before any body is read."""
+        if not version.startswith("1."):
+            raise HttpError(505, f"HTTP/{version} is not supported; speak HTTP/1.1")
+        request = Request(method, target, (1, int(version[2:])), headers)
+        if request.version >= (1, 1) and len(get_all(headers, "host")) != 1:
+            raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+        length = request.header("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > MAX_REQUEST_BODY:
+            # refused before any 100 Continue, so the client never sends the body
+            raise HttpError(413, f"body of {length} bytes; the limit is {MAX_REQUEST_BODY}")
+        expect = request.header("expect")
+        if expect is not None:
+            if expect.lower() != "100-continue":
+                raise HttpError(417, f"cannot meet Expect: {expect}")
+            if not self.busy and not self.queue and self.transport is not None:
+                self.transport.write(CONTINUE)
+        self.request = request
+        self.set_timer(BODY_TIMEOUT, self.too_slow)
+
+    def extension_method_ahead(self, data: bytes) -> bool:
+        """Does the next request use a method the fast parser does not know?"""
+        method = data.lstrip(b"\r\n").split(b" ", 1)[0]
+        return bool(method) and method not in FAST_PARSER_METHODS and method.isalpha()
+
+    def read_slowly(self, data: bytes) -> None:
+        """Read one request with h11, which accepts any method token (RFC 9110 9.1)."""
+        if self.slow_parser is None:
+            self.slow_parser = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=MAX_REQUEST_LINE + MAX_HEADER_BYTES
+            )
+            self.on_message_begin()
+        parser = self.slow_parser
+        parser.receive_data(data)
         try:
             while True:
-                try:
-                    request = read_request_head(reader, server.idle_timeout, server.header_timeout)
-                    if request is None:
-                        return
-                    if request.expects_continue:
-                        self.send(sock, b"HTTP/1.1 100 Continue\r\n\r\n")
-                    read_request_body(reader, request, BODY_TIMEOUT)
-                except HttpError as exc:
-                    self.send_response(sock, error_response(exc.status, exc.message, close=True))
-                    self.lingering_close(sock)
+                event = parser.next_event()
+                if event is h11.NEED_DATA:
                     return
-                except ClientTimeout:
-                    self.send_response(sock, error_response(408, "request too slow", close=True))
-                    self.lingering_close(sock)
+                if isinstance(event, h11.Request):
+                    raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers]
+                    version = event.http_version.decode()
+                    self.url = event.target
+                    self.head_complete(
+                        event.method.decode(), event.target.decode("latin-1"), version, raw
+                    )
+                elif isinstance(event, h11.Data):
+                    self.on_body(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    rest = parser.trailing_data[0]
+                    self.slow_parser = None
+                    self.on_message_complete()
+                    if rest:
+                        self.data_received(rest)
                     return
-                except ClientClosed:
-                    return
+        except h11.RemoteProtocolError as exc:
+            raise HttpError(exc.error_status_hint, f"malformed request: {exc}") from exc
 
-                try:
-                    response = edge.handle(request, self.interim_sender(sock, request))
-                except Exception:  # a bug must cost one request, not the edge
-                    traceback.print_exc()
-                    response = error_response(500, "internal error in the edge")
-                keep_alive = request.keep_alive
-                if not keep_alive:
-                    response.headers.append(("Connection", "close"))
-                self.send_response(sock, response)
-                if not keep_alive:
-                    return
-        except OSError:
-            return  # the client went away mid-response
+    # --- answering, in order ---------------------------------------------------------
 
-    def interim_sender(self, sock: socket.socket, request: Request) -> InterimSender:
+    def answer_queued(self) -> None:
+        """Answer queued requests: at once when the edge can, else in a task, one at a time."""
+        while self.queue and not self.busy and not self.closing:
+            request = self.queue.popleft()
+            try:
+                decided = self.edge.decide(request, self.client_address, self.interim(request))
+            except Exception:  # a bug must cost one request, not the edge
+                traceback.print_exc()
+                decided = error_answer(500, "internal error in the edge")
+            if (
+                isinstance(decided, Answer)
+                and self.writable is None
+                and len(decided.body) <= WRITE_CHUNK
+            ):
+                self.write_at_once(request, decided)
+                continue
+            self.busy = True
+            self.loop.create_task(self.answer_later(request, decided))
+            return
+        if self.busy or self.closing or self.transport is None:
+            return
+        if self.refusal is not None:
+            self.send_refusal()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if not self.in_message:
+            self.set_timer(self.server.idle_timeout, self.transport.close)
+
+    async def answer_later(self, request: Request, decided: Answer | Plan) -> None:
+        try:
+            answer = decided if isinstance(decided, Answer) else await self.edge.carry_out(decided)
+            await self.send(request, answer)
+        except ClientGone:
+            self.closing = True
+            return
+        except Exception:  # a bug must cost one request, not the edge
+            traceback.print_exc()
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.busy = False
+        self.answer_queued()
+
+    def framed_head(self, request: Request, answer: Answer) -> tuple[bytes, bool]:
+        """The status line and headers as sent, with framing; and whether to close after."""
+        headers = answer.headers
+        close = not request.keep_alive
+        if answer.send_body and answer.status >= 200 and answer.status not in (204, 304):
+            length = len(answer.body) if answer.cursor is None else answer.length
+            headers = without(headers, {"content-length"})
+            if length is None:
+                close = True  # no length known: the body ends where the connection does
+            else:
+                headers.append(("Content-Length", str(length)))
+        if close:
+            headers = headers + [("Connection", "close")]
+        return serialize_head(f"HTTP/1.1 {answer.status} {answer.reason}", headers), close
+
+    def write_at_once(self, request: Request, answer: Answer) -> None:
+        """A small answer from memory: one write, no waiting (the common case: a hit)."""
+        assert self.transport is not None
+        head, close = self.framed_head(request, answer)
+        self.transport.write(head + answer.body if answer.send_body else head)
+        if close:
+            self.closing = True
+            self.transport.close()
+
+    async def send(self, request: Request, answer: Answer) -> None:
+        """Write an answer piece by piece, each within --send-timeout."""
+        head, close = self.framed_head(request, answer)
+        cursor = answer.cursor
+        try:
+            await self.write(head)
+            if cursor is not None and answer.send_body:
+                while (piece := await cursor.next()) is not None:
+                    await self.write(piece)
+                    cursor.sent()
+            elif answer.send_body:
+                body = memoryview(answer.body)
+                for start in range(0, len(body), WRITE_CHUNK):
+                    await self.write(body[start : start + WRITE_CHUNK])
+        except ClientGone:
+            raise
+        except Exception:  # the origin failed mid-body: the client sees a cut-off answer
+            if self.transport is not None:
+                self.transport.abort()
+            raise ClientGone() from None
+        finally:
+            if cursor is not None:
+                cursor.close()
+        if close and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    async def write(self, data: bytes | memoryview) -> None:
+        """Hand `data` to the socket; wait while its buffer is full, at most --send-timeout."""
+        if self.transport is None or self.transport.is_closing():
+            raise ClientGone()
+        self.transport.write(data)
+        if self.writable is None:
+            return
+        try:
+            async with asyncio.timeout(self.server.send_timeout):
+                await self.writable
+        except TimeoutError:
+            # No progress for --send-timeout: the client stopped reading.
+            self.edge.stats.slow_clients_dropped += 1
+            if self.transport is not None:
+                self.transport.abort()
+            raise ClientGone() from None
+
+    def interim(self, request: Request):
         """Relays the origin's 1xx (e.g. 103 Early Hints) to an HTTP/1.1 client."""
         if request.version < (1, 1):
             return None  # HTTP/1.0 clients do not understand interim responses
 
         def send_interim(status: int, reason: str, headers: Headers) -> None:
-            self.send(sock, serialize_head(status, reason, end_to_end(headers)))
+            if self.transport is not None:
+                line = f"HTTP/1.1 {status} {reason}"
+                self.transport.write(serialize_head(line, end_to_end(headers)))
 
         return send_interim
 
-    def send_response(self, sock: socket.socket, response: Response) -> None:
-        payload = serialize_response(
-            response.status,
-            response.reason,
-            response.headers,
-            response.body,
-            send_body=response.send_body,
-        )
-        self.send(sock, payload)
+    # --- refusing and hanging up -----------------------------------------------------
 
-    @staticmethod
-    def lingering_close(sock: socket.socket) -> None:
-        """Stop writing, then drain what the client is still sending for a moment.
+    def refuse(self, error: HttpError) -> None:
+        """A request the edge will not read: answer it after those before it, then close."""
+        self.refusal = error
+        self.closing = True  # read nothing more
+        self.cancel_timer()
+        if not self.busy:
+            self.send_refusal()
+
+    def too_slow(self) -> None:
+        self.refuse(HttpError(408, "request too slow"))
+
+    def send_refusal(self) -> None:
+        """Answer with the error, stop writing, and drain the client's input for a moment.
 
         Closing a socket with unread input makes the kernel send a reset, and
         the client may lose the error response we just wrote (RFC 9112 9.6).
         """
-        try:
-            sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_SECONDS
-            while (remaining := deadline - time.monotonic()) > 0:
-                sock.settimeout(remaining)
-                if not sock.recv(65536):
-                    break
-        except OSError:
-            pass
+        transport, error = self.transport, self.refusal
+        if transport is None or error is None:
+            return
+        self.refusal = None
+        answer = error_answer(error.status, error.message)
+        headers = answer.headers + [
+            ("Content-Length", str(len(answer.body))),
+            ("Connection", "close"),
+        ]
+        line = f"HTTP/1.1 {answer.status} {answer.reason}"
+        transport.write(serialize_head(line, headers) + answer.body)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.set_timer(LINGER_SECONDS, transport.close)
 
-    @staticmethod
-    def send(sock: socket.socket, data: bytes) -> None:
-        sock.settimeout(SEND_TIMEOUT)
-        sock.sendall(data)
+    def set_timer(self, seconds: float, callback) -> None:
+        self.cancel_timer()
+        self.timer = self.loop.call_later(seconds, callback)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 # --- command line -------------------------------------------------------------
@@ -210,50 +492,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="A caching edge (shared HTTP cache, RFC 9111) in front of one origin."
     )
-    parser.add_argument(
-        "--origin", default=DEFAULT_ORIGIN, help="origin URL (default: %(default)s)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0 = any free)")
-    parser.add_argument("--name", default="edge", help="this edge's name in Via (e.g. eu-west)")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--origin", default=DEFAULT_ORIGIN, help="origin URL (default: %(default)s)")
+    add("--host", default="127.0.0.1", help="address to listen on")
+    add("--port", type=int, default=8080, help="port to listen on (0 = any free)")
+    add("--name", default="edge", help="this edge's name in Via (e.g. eu-west)")
+    # memory
+    add(
         "--cache-size",
         type=parse_size,
         default=DEFAULT_CACHE_SIZE,
         help="cache capacity in bytes, e.g. 64MB (default 64MB)",
     )
-    parser.add_argument(
+    add(
         "--max-object-size",
         type=parse_size,
         default=None,
-        help="largest response the cache stores, e.g. 8MB (default 8MB, or the cache size)",
+        help="largest response the cache stores; larger ones stream through, still coalesced "
+        "(default 8MB, or the cache size)",
     )
-    parser.add_argument(
+    add(
+        "--max-inflight-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_INFLIGHT,
+        help="bytes held for responses on their way from the origin, all together (default 64MB)",
+    )
+    # time
+    add(
         "--origin-timeout",
         type=float,
         default=DEFAULT_ORIGIN_TIMEOUT,
-        help="seconds the origin has to answer before a 504 (default 10)",
+        help="seconds the origin has to answer (and to resume a paused body) before a 504 "
+        "(default 10)",
     )
-    parser.add_argument("--purge-token", help="enables PURGE for requests with this X-Purge-Token")
-    parser.add_argument(
+    add(
+        "--send-timeout",
+        type=float,
+        default=SEND_TIMEOUT,
+        help="seconds a client may accept no bytes at all before it is dropped; a slow "
+        f"reader is never cut off for taking long in total (default {SEND_TIMEOUT:g})",
+    )
+    add(
         "--idle-timeout",
         type=float,
         default=IDLE_TIMEOUT,
-        help="seconds an idle keep-alive connection stays open (default 15)",
+        help=f"seconds an idle keep-alive connection stays open (default {IDLE_TIMEOUT:g})",
     )
-    parser.add_argument(
+    add(
         "--header-timeout",
         type=float,
         default=HEADER_TIMEOUT,
-        help="seconds a client has to send a request's headers (default 10)",
+        help=f"seconds a client has to send a request's headers (default {HEADER_TIMEOUT:g})",
     )
-    parser.add_argument(
+    add(
         "--max-connections",
         type=int,
         default=MAX_CONNECTIONS,
         help=f"open client connections before new ones get 503 (default {MAX_CONNECTIONS})",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="print a line per request")
+    add("--purge-token", help="enables PURGE for requests with this X-Purge-Token")
+    add("-v", "--verbose", action="store_true", help="print a line per request")
     return parser
 
 
@@ -271,13 +569,20 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.max_connections < 1:
         parser.error("--max-connections must be at least 1")
-    timeouts = (args.origin_timeout, args.idle_timeout, args.header_timeout)
+    timeouts = (
+        args.origin_timeout,
+        args.idle_timeout,
+        args.header_timeout,
+        args.send_timeout,
+    )
     if not all(0 < seconds <= MAX_TIMEOUT for seconds in timeouts):  # also refuses nan
         parser.error(f"timeouts must be positive, at most {MAX_TIMEOUT:g} seconds")
     if args.max_object_size is None:
         args.max_object_size = min(DEFAULT_MAX_OBJECT_SIZE, args.cache_size)
     if args.max_object_size > args.cache_size:
         parser.error("--max-object-size cannot exceed --cache-size")
+    if args.max_inflight_bytes < 64 * 1024:
+        parser.error("--max-inflight-bytes must be at least 64KB")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
         parser.error("--name may use letters, digits, '.', '_' and '-' only")
     config = EdgeConfig(
@@ -286,6 +591,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
         name=args.name,
         cache_size=args.cache_size,
         max_object_size=args.max_object_size,
+        max_inflight_bytes=args.max_inflight_bytes,
         origin_timeout=args.origin_timeout,
         purge_token=args.purge_token,
         verbose=args.verbose,
@@ -293,30 +599,34 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
     return args, config
 
 
-def main(argv: list[str] | None = None) -> None:
-    args, config = config_from_args(argv)
+async def serve(args: argparse.Namespace, config: EdgeConfig) -> int:
+    """Listen until SIGINT or SIGTERM; 0 on a clean stop."""
+    loop = asyncio.get_running_loop()
+    edge = Edge(config)
+    server = EdgeServer(edge, args)
     try:
-        server = EdgeServer(
-            (args.host, args.port),
-            Edge(config),
-            args.idle_timeout,
-            args.header_timeout,
-            args.max_connections,
+        listener = await loop.create_server(
+            server.connection, args.host, args.port, backlog=LISTEN_BACKLOG, reuse_address=True
         )
     except OSError as exc:
-        sys.exit(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    host, port = server.server_address[:2]
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    host, port = listener.sockets[0].getsockname()[:2]
+    edge.same_site |= {(host, port), ("localhost", port), ("127.0.0.1", port)}
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     print(f"Listening on http://{host}:{port}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
+    await stop.wait()
+    listener.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = config_from_args(argv)
+    if uvloop is not None:
+        return uvloop.run(serve(args, config))
+    return asyncio.run(serve(args, config))
 
 
 if __name__ == "__main__":
