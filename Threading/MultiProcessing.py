@@ -21,7 +21,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.process import BaseProcess
 
-import workloads
+import compare_runs
 from workloads import Task, do_task
 
 POLL_INTERVAL = 0.5  # seconds between checks that no child has died
@@ -112,12 +112,12 @@ def run_with_process_pool(tasks: list[Task], workers: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = workloads.argument_parser(
+    parser = compare_runs.argument_parser(
         "Run CPU-bound or I/O-bound tasks sequentially and in processes; compare wall times.",
         default_kind="cpu",
         workers_are="processes",
     )
-    return workloads.compare(
+    return compare_runs.compare(
         parser.parse_args(argv),
         {
             "multiprocessing.Process + Queue": run_with_processes,

@@ -15,7 +15,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import workloads
+import compare_runs
 from workloads import Task, do_task
 
 
@@ -60,12 +60,12 @@ def run_with_thread_pool(tasks: list[Task], workers: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = workloads.argument_parser(
+    parser = compare_runs.argument_parser(
         "Run CPU-bound or I/O-bound tasks sequentially and in threads; compare wall times.",
         default_kind="io",
         workers_are="threads",
     )
-    return workloads.compare(
+    return compare_runs.compare(
         parser.parse_args(argv),
         {"threading.Thread + Queue": run_with_threads, "ThreadPoolExecutor": run_with_thread_pool},
     )

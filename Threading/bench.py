@@ -16,9 +16,13 @@ import argparse
 import statistics
 import sys
 
+import command_line
+import compare_runs
+import machine_info
 import MultiProcessing
 import MultiThreading
 import workloads
+from slow_server import SlowServer
 
 DEFAULT_REPEATS = 5
 MAX_REPEATS = 50
@@ -35,12 +39,6 @@ TARGETS = [
     ("cpu", "threads", 2, None, 1.1),
     ("io", "threads", 32, 20.0, None),
 ]
-
-
-def worker_list(text: str) -> tuple[int, ...]:
-    """An argparse type: comma-separated worker counts, each from 1 to MAX_WORKERS."""
-    parse = workloads.bounded_int(workloads.MAX_WORKERS)
-    return tuple(sorted({parse(part.strip()) for part in text.split(",")}))
 
 
 def bench_kind(
@@ -96,27 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--repeats",
-        type=workloads.bounded_int(MAX_REPEATS),
+        type=command_line.bounded_int(MAX_REPEATS),
         default=DEFAULT_REPEATS,
         help=f"runs of each configuration; the median counts (default: {DEFAULT_REPEATS})",
     )
     parser.add_argument(
         "--workers",
-        type=worker_list,
+        type=command_line.comma_list(command_line.bounded_int(compare_runs.MAX_WORKERS)),
         default=DEFAULT_WORKERS,
         help="comma-separated worker counts (default: 1,2,4,8; the targets' counts, "
         "2 and 32, always run too)",
     )
     args = parser.parse_args(argv)
 
-    print(f"Machine: {workloads.machine_summary()}\n", flush=True)
+    print(f"Machine: {machine_info.machine_summary()}\n", flush=True)
     # The targets' worker counts always run, so every target has a figure.
     counts = {
         kind: tuple(sorted({*args.workers, *(n for k, _, n, _, _ in TARGETS if k == kind)}))
         for kind in ("cpu", "io")
     }
     medians: dict[tuple[str, str, int], float] = {}
-    with workloads.SlowServer() as server:
+    with SlowServer() as server:
         for kind in ("cpu", "io"):
             tasks = workloads.make_tasks(kind, TASKS[kind], address=server.address)
             times = bench_kind(kind, tasks, counts[kind], args.repeats)
@@ -137,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         met += ok
     # The figures are only as good as the machine was quiet.
-    print(f"\nLoad average after the run: {workloads.load_average()}")
+    print(f"\nLoad average after the run: {machine_info.load_average()}")
     print(
-        f"headline: on {workloads.usable_cores()} cores, 2 processes ran CPU-bound work "
+        f"headline: on {machine_info.usable_cores()} cores, 2 processes ran CPU-bound work "
         f"{medians[('cpu', 'processes', 2)]:.2f}x faster and 2 threads "
         f"{medians[('cpu', 'threads', 2)]:.2f}x (the GIL); 32 threads made 32 waits "
         f"{medians[('io', 'threads', 32)]:.1f}x faster"

@@ -20,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import command_line
+
 WAIT_TIMEOUT = 0.5  # seconds a thread waits for a lock before it looks for a deadlock
 MAX_WAIT = 30.0  # seconds any one lock may be waited for in total, deadlock or not
 MAX_ATTEMPTS = 5  # a transfer that backs off this often gives up
@@ -221,16 +223,6 @@ def report(run: TransferRun, indent: str = "") -> None:
     )
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0.01 <= value <= 5:
-        raise argparse.ArgumentTypeError(f"must be between 0.01 and 5 seconds, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Provoke a deadlock between two transfers, detect it with lock "
@@ -238,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout",
-        type=positive_seconds,
+        type=command_line.bounded_seconds(0.01, 5),
         default=WAIT_TIMEOUT,
         help=f"seconds to wait for a lock before looking for a deadlock (default: {WAIT_TIMEOUT})",
     )

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import deadlock
+import machine_info
 import MultiProcessing
 import MultiThreading
 import race
 import workloads
+from slow_server import SlowServer
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(plot.parent, os.W_OK):
         parser.error(f"cannot write the plot to {plot.parent}: permission denied")
     plan = QUICK if args.quick else FULL
-    cores = workloads.usable_cores()
+    cores = machine_info.usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    print(f"Machine: {workloads.machine_summary()}\n")
+    print(f"Machine: {machine_info.machine_summary()}\n")
 
     print(
         f"Step 1: CPU-bound work, {plan.cpu_tasks} tasks counting primes (pure Python), "
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nStep 2: I/O-bound work, {plan.io_tasks} requests that each wait {plan.io_delay} s"
         )
-        with workloads.SlowServer(plan.io_delay) as server:
+        with SlowServer(plan.io_delay) as server:
             tasks = workloads.make_tasks("io", plan.io_tasks, address=server.address)
             results["io"] = measure("io", tasks, (*IO_WORKERS, plan.io_tasks))
     except WrongAnswers as wrong:
@@ -294,12 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         f"the speed-up on CPU-bound work was {cpu_processes:.2f}x in {cpu_w} processes but "
         f"{cpu_threads:.2f}x in {cpu_w} threads"
     )
-    if workloads.gil_enabled():
+    if machine_info.gil_enabled():
         # On one core a "speed-up" of processes is never parallelism: two processes
         # merely get more turns than one beside other programs' work.
         cpu_shown = cores >= 2 and cpu_processes >= LESSON_PROCESS_MARGIN * cpu_threads
         cpu_lesson = f"on {on_cores}, {cpu_words} (the GIL)"
-        cpu_seen = f"on {on_cores} (load average {workloads.load_average()}), {cpu_words}: " + (
+        cpu_seen = f"on {on_cores} (load average {machine_info.load_average()}), {cpu_words}: " + (
             "one core cannot run two processes at once"
             if cores < 2
             else f"processes were not {LESSON_PROCESS_MARGIN}x faster than threads"

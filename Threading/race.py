@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-import workloads
+import command_line
 
 DEFAULT_THREADS = 8
 DEFAULT_DEPOSITS = 1_000  # per thread
@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=workloads.bounded_int(MAX_THREADS),
+        type=command_line.bounded_int(MAX_THREADS),
         default=DEFAULT_THREADS,
         help=f"depositing threads (default: {DEFAULT_THREADS})",
     )
     parser.add_argument(
         "--deposits",
-        type=workloads.bounded_int(MAX_DEPOSITS),
+        type=command_line.bounded_int(MAX_DEPOSITS),
         default=DEFAULT_DEPOSITS,
         help=f"deposits of 1 per thread (default: {DEFAULT_DEPOSITS})",
     )

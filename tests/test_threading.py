@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, load_module, run_script
 
 workloads = load_module("Threading", "workloads")
+server_module = load_module("Threading", "slow_server")
 MultiThreading = load_module("Threading", "MultiThreading")
 MultiProcessing = load_module("Threading", "MultiProcessing")
 race = load_module("Threading", "race")
@@ -31,6 +32,7 @@ RUNNERS = {
     "ProcessPoolExecutor": MultiProcessing.run_with_process_pool,
 }
 SCRIPTS = [
+    "Threading/slow_server.py",
     "Threading/MultiThreading.py",
     "Threading/MultiProcessing.py",
     "Threading/race.py",
@@ -46,7 +48,7 @@ FORK_ONLY = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def slow_server():
-    with workloads.SlowServer(delay=FAST_DELAY) as server:
+    with server_module.SlowServer(delay=FAST_DELAY) as server:
         yield server
 
 
@@ -79,6 +81,19 @@ def test_slow_server_answers_the_square_and_survives_garbage(slow_server):
     with socket.create_connection(slow_server.address, timeout=5) as sock:
         sock.close()  # a client that leaves without asking
     assert workloads.ask_slow_server(slow_server.address, 12) == 144
+
+
+def test_slow_server_script_answers_many_questions_on_one_connection(start_server):
+    server = start_server("Threading/slow_server.py", "--delay", "0")
+    assert server.url.startswith("tcp://127.0.0.1:")
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        replies = sock.makefile("rb")
+        for question in (3, -4, 10**30):
+            sock.sendall(f"{question}\n".encode())
+            assert int(replies.readline()) == question * question
+        sock.sendall(b"1" * 100 + b"\n")  # too long for one request: refused, not misread
+        assert replies.readline().startswith(b"error")
+    assert workloads.ask_slow_server((server.host, server.port), 7) == 49  # still serving
 
 
 def test_io_tasks_without_a_server_address_are_refused():
@@ -218,18 +233,25 @@ def test_every_script_explains_itself_with_help(script):
     assert result.stdout.startswith("usage:")
 
 
+COUNT_OPTIONS = [  # options that take a count from 1 up: 0, -1 and words are refused
+    ("Threading/MultiThreading.py", "--workers"),
+    ("Threading/MultiProcessing.py", "--workers"),
+    ("Threading/MultiThreading.py", "--tasks"),
+    ("Threading/bench.py", "--workers"),
+    ("Threading/bench.py", "--repeats"),
+    ("Threading/race.py", "--threads"),
+]
 BAD_ARGUMENTS = [
-    (script, option, value)
-    for script, option in [
-        ("Threading/MultiThreading.py", "--workers"),
-        ("Threading/MultiProcessing.py", "--workers"),
-        ("Threading/MultiThreading.py", "--tasks"),
-        ("Threading/bench.py", "--workers"),
-        ("Threading/bench.py", "--repeats"),
-        ("Threading/race.py", "--threads"),
-        ("Threading/deadlock.py", "--timeout"),
-    ]
-    for value in ("0", "-1", "abc")
+    *((script, option, value) for script, option in COUNT_OPTIONS for value in ("0", "-1", "abc")),
+    ("Threading/deadlock.py", "--timeout", "0"),
+    ("Threading/deadlock.py", "--timeout", "nan"),
+    ("Threading/deadlock.py", "--timeout", "abc"),
+    ("Threading/slow_server.py", "--delay", "-1"),
+    ("Threading/slow_server.py", "--delay", "nan"),
+    ("Threading/slow_server.py", "--port", "65536"),
+    ("Threading/slow_server.py", "--port", "-1"),
+    ("Threading/MultiThreading.py", "--delay", "inf"),
+    ("Threading/bench.py", "--workers", "1,,2"),
 ]
 
 

@@ -1,0 +1,146 @@
+"""The slow dependency the I/O-bound work waits on: a TCP server that answers late.
+
+Each request is one line holding a whole number; after `delay` seconds the server
+answers with the number squared, the way a database answers a query. A client
+may ask one question per connection (`workloads.ask_slow_server`) or keep one
+connection and ask many (`convoy.round_trips`). README.md, "Two kinds of work"
+and "The convoy effect", use it.
+
+    python Threading/slow_server.py --port 0 --delay 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import signal
+import socketserver
+import sys
+import time
+from multiprocessing.connection import Connection
+
+import command_line
+from workloads import IO_DELAY
+
+SERVER_STARTUP_TIMEOUT = 10.0  # seconds the server process may take to start
+SERVER_BACKLOG = 128  # pending connections the server accepts at once (32 clients arrive together)
+MAX_REQUEST_BYTES = 64  # a request is one short line: the question's number
+
+
+class ServerStartError(RuntimeError):
+    """The slow server did not report its port in time."""
+
+
+class _SlowHandler(socketserver.StreamRequestHandler):
+    """One connection: for each line, wait the server's delay, answer the number squared."""
+
+    def handle(self) -> None:
+        while line := self.rfile.readline(MAX_REQUEST_BYTES):
+            try:
+                if not line.endswith(b"\n"):  # longer than MAX_REQUEST_BYTES, or cut off
+                    raise ValueError
+                question = int(line)
+            except ValueError:
+                self.wfile.write(b"error: send one whole number per line, at most 64 bytes\n")
+                return  # a client that sends garbage gets an answer and is closed
+            time.sleep(self.server.delay)  # type: ignore[attr-defined]
+            self.wfile.write(f"{question * question}\n".encode())
+
+
+class _SlowTCPServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True  # a stuck connection never keeps the server alive
+    allow_reuse_address = True
+    request_queue_size = SERVER_BACKLOG
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        super().__init__((host, port), _SlowHandler)  # port 0: the OS picks a free port
+        self.delay = delay
+
+
+def _serve(host: str, delay: float, report_port: Connection) -> None:
+    """Child-process entry point: bind, tell the parent the port, serve until terminated."""
+    with _SlowTCPServer(host, 0, delay) as server:
+        report_port.send(server.server_address[1])
+        report_port.close()
+        server.serve_forever()
+
+
+class SlowServer:
+    """A TCP server on 127.0.0.1 that answers every request after `delay` seconds.
+
+    It stands for any slow dependency (a database, another service). It runs in a
+    process of its own, like a real one would, so its threads never compete with
+    the clients being measured for their interpreter's GIL, and the measuring
+    process stays free of extra threads (forking a process that has threads is
+    unsafe). Use it as a context manager; `address` is where it listens.
+    """
+
+    def __init__(self, delay: float = IO_DELAY, host: str = "127.0.0.1") -> None:
+        self.delay = delay
+        self.host = host
+        self.address: tuple[str, int] = (host, 0)
+        self._process: multiprocessing.Process | None = None
+
+    def __enter__(self) -> SlowServer:
+        receive_port, send_port = multiprocessing.Pipe(duplex=False)
+        self._process = multiprocessing.Process(
+            target=_serve, args=(self.host, self.delay, send_port), name="slow-server", daemon=True
+        )
+        self._process.start()
+        send_port.close()  # the child holds its own copy
+        try:
+            port = receive_port.recv() if receive_port.poll(SERVER_STARTUP_TIMEOUT) else None
+        except EOFError:  # the child exited before it could bind
+            port = None
+        finally:
+            receive_port.close()
+        if port is None:
+            exit_code = self._process.exitcode
+            self.__exit__()
+            raise ServerStartError(
+                f"the slow server on {self.host} reported no port within "
+                f"{SERVER_STARTUP_TIMEOUT:.0f} s (exit code {exit_code})"
+            )
+        self.address = (self.host, port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(timeout=SERVER_STARTUP_TIMEOUT)
+            self._process = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the slow server in the foreground, for trying it by hand (`nc 127.0.0.1 PORT`)."""
+    parser = argparse.ArgumentParser(
+        description="A TCP server that answers each line holding a number with its square, "
+        "after a delay: the slow dependency the I/O-bound work waits on."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument(
+        "--port", type=command_line.port_number, default=0, help="default: 0 (a free port)"
+    )
+    parser.add_argument(
+        "--delay",
+        type=command_line.delay_seconds,
+        default=IO_DELAY,
+        help=f"seconds to wait before each answer (default: {IO_DELAY})",
+    )
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly, like Ctrl+C
+    try:
+        with _SlowTCPServer(args.host, args.port, args.delay) as server:
+            host, port = server.server_address[:2]
+            print(f"Listening on tcp://{host}:{port}", flush=True)
+            server.serve_forever()
+    except OSError as error:
+        print(f"slow_server.py: cannot listen on {args.host}:{args.port}: {error.strerror}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
