@@ -382,3 +382,37 @@ def test_images_mode_lets_demos_and_picture_drawing_benches_rewrite_images(tmp_p
     assert sorted(p.name for p in (folder / "images").iterdir()) == ["bench.png", "demo.png"]
     assert not (folder / "out").exists()
     assert [p.name for p in (tmp_path / "BlockingQueue" / "images").iterdir()] == ["demo.png"]
+
+
+# Every folder keeps the outcome convention and leaves the tree clean
+# (../shared/DESIGN.md, "The contract of a concept folder").
+
+
+def git_status(*paths: str) -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--", *paths],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.parametrize("folder", CONCEPTS)
+def test_demo_and_bench_have_help_and_leave_the_tree_as_it_was(folder):
+    before = git_status(folder)
+    for script in ("demo.py", "bench.py"):
+        result = run_script(f"{folder}/{script}", "--help", timeout=60)
+        assert result.returncode == 0 and "usage:" in result.stdout, result.stderr
+        if script == "demo.py" and (ROOT / folder / "images").is_dir():
+            assert "--save-images" in result.stdout, f"{folder}/demo.py lacks --save-images"
+    assert git_status(folder) == before
+
+
+@pytest.mark.parametrize("folder", CONCEPTS)
+def test_demo_and_bench_report_their_outcome_in_the_shared_words(folder):
+    demo = (ROOT / folder / "demo.py").read_text(encoding="utf-8")
+    assert "Lesson: " in demo and "Lesson not shown: " in demo
+    bench = (ROOT / folder / "bench.py").read_text(encoding="utf-8")
+    assert "headline: " in bench
+    assert re.search(r"targets: \{[^}]+\} of \{[^}]+\} met", bench), "no 'targets: N of M met'"
