@@ -1,26 +1,31 @@
-"""A sharded blog whose post ids are Snowflake ids: the id alone says where a post lives.
+"""A sharded blog whose post ids say which logical shard holds them; shards can move.
 
-Each shard is its own SQLite database and its own Snowflake worker (shard i is
-worker i), so shards mint ids without talking to each other, and `get_post`
-reads the shard number straight out of the id's worker bits: no lookup table.
-See the README's "BlogService" section.
+Authors hash to one of 32 *logical* shards, and a post's id carries its logical
+shard in the worker bits (Instagram's scheme). A small mapping table (the
+catalog) sends each logical shard to a *physical* SQLite database, so a
+database can be added and shards moved onto it, live, without re-hashing a
+single author. See the README's "BlogService: logical and physical shards".
 
     python UniqueIdGeneration/BlogService.py create --author ada --title Hello --body "First!"
     python UniqueIdGeneration/BlogService.py get 7849233540591616
     python UniqueIdGeneration/BlogService.py recent --limit 5
+    python UniqueIdGeneration/BlogService.py shards
+    python UniqueIdGeneration/BlogService.py move 7 --to db-04
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import heapq
 import itertools
+import re
 import sqlite3
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,23 +33,33 @@ from pathlib import Path
 
 import IdGenerator
 
-MAX_SHARDS = IdGenerator.MAX_WORKER_ID + 1  # one worker id per shard: 32
+LOGICAL_SHARDS = IdGenerator.MAX_WORKER_ID + 1  # 32: the worker bits name the logical shard
+DEFAULT_DATABASES = 4
 DEFAULT_DB_DIR = Path(__file__).resolve().parent / "out" / "blog"  # git-ignored
-DEFAULT_SHARDS = 4
-MAX_RECENT = 10_000  # recent_posts() holds limit posts per shard in memory
+MAX_RECENT = 10_000  # recent_posts() holds up to this many posts per database in memory
+DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # a file name on every system
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's SQLite write lock
+MOVE_BATCH = 500  # rows copied per step of a move: the source is never locked for long
+MAX_LOOKUP_RETRIES = 100  # a read that keeps racing moves gives up (never seen in practice)
 
-SCHEMA = """
+CATALOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shard_map (
+    logical_shard INTEGER PRIMARY KEY,
+    db            TEXT NOT NULL,     -- the physical database that holds it: <db>.db
+    version       INTEGER NOT NULL   -- +1 at every move, so a reader can tell one happened
+);
+"""
+POSTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS posts (
-    id     INTEGER PRIMARY KEY,  -- the Snowflake id: rows are appended in time order
+    id            INTEGER PRIMARY KEY,  -- the Snowflake id: appended in time order
+    logical_shard INTEGER NOT NULL,     -- = the id's worker bits, stored to copy a shard by range
     author TEXT NOT NULL,
     title  TEXT NOT NULL,
     body   TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS shard (
-    shard_index INTEGER NOT NULL,
-    shard_count INTEGER NOT NULL
-);
+CREATE INDEX IF NOT EXISTS posts_by_shard ON posts (logical_shard, id);
 """
+COLUMNS = "id, logical_shard, author, title, body"
 
 
 class PostNotFoundError(KeyError):
@@ -54,8 +69,8 @@ class PostNotFoundError(KeyError):
         return str(self.args[0])
 
 
-class ShardLayoutError(RuntimeError):
-    """The database directory was created with a different number of shards."""
+class MoveError(RuntimeError):
+    """A shard move was refused (bad target, already there, another move running)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,8 @@ class Post:
     author: str
     title: str
     body: str
-    shard: int
+    shard: int  # the logical shard (the id's worker bits)
+    database: str  # the physical database it was read from or written to
 
     @property
     def created_at(self) -> datetime:
@@ -72,145 +88,348 @@ class Post:
         return IdGenerator.decode(self.id).timestamp
 
 
-class Shard:
-    """One database and the worker that mints ids for it."""
+@dataclass(frozen=True)
+class MoveReport:
+    shard: int
+    source: str
+    target: str
+    copied: int  # rows copied while writers went on
+    caught_up: int  # rows written during the copy, copied under the source's write lock
+    deleted: int  # rows removed from the source after the switch
+    seconds: float
+    switch_ms: float  # how long writers to the source database waited on the switch
 
-    def __init__(self, path: Path, index: int, count: int, clock: IdGenerator.Clock):
-        self.index = index
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.executescript(SCHEMA)
-        self.lock = threading.Lock()  # one writer at a time on this connection
-        self.ids = IdGenerator.IdGenerator(worker_id=index, clock=clock)
-        try:
-            self._check_layout(path, count)
-        except BaseException:
-            self.db.close()
-            raise
 
-    def _check_layout(self, path: Path, count: int) -> None:
-        with self._write_transaction():  # two processes opening a new shard at once
-            row = self.db.execute("SELECT shard_index, shard_count FROM shard").fetchone()
-            if row is None:
-                self.db.execute("INSERT INTO shard VALUES (?, ?)", (self.index, count))
-        if row is not None and row != (self.index, count):
-            raise ShardLayoutError(
-                f"{path} is shard {row[0]} of {row[1]}, but this service was started with "
-                f"{count} shards; use --shards {row[1]} or a new --db-dir"
-            )
+def connect(path: Path, schema: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for writers, nor the reverse
+        db.executescript(schema)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
-    @contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        # BEGIN IMMEDIATE takes SQLite's write lock now, so a second process on
-        # this file waits here (up to sqlite3's 5 s timeout) instead of racing.
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
-    def insert(self, author: str, title: str, body: str) -> Post:
-        with self.lock, self._write_transaction():
-            # Step past the newest stored id first. A restart within the same
-            # millisecond, or a second process writing this shard (two CLI
-            # commands at once share its worker id), must not mint it again.
-            (last_id,) = self.db.execute("SELECT max(id) FROM posts").fetchone()
-            if last_id is not None:
-                self.ids.resume_after(last_id)
-            post_id = self.ids.next_id()
-            self.db.execute(
-                "INSERT INTO posts (id, author, title, body) VALUES (?, ?, ?, ?)",
-                (post_id, author, title, body),
-            )
-        return Post(post_id, author, title, body, self.index)
+@contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    # BEGIN IMMEDIATE takes SQLite's write lock now, so a second writer on this
+    # file (another thread's connection, another process) waits here, not later.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
-    def get(self, post_id: int) -> Post | None:
+
+class Database:
+    """One physical SQLite file and this process's connection to it."""
+
+    def __init__(self, path: Path):
+        self.name = path.stem
+        self.db = connect(path, POSTS_SCHEMA)
+        self.lock = threading.RLock()  # one thread at a time on this connection
+
+    def get(self, post_id: int) -> tuple | None:
         with self.lock:
-            row = self.db.execute(
-                "SELECT id, author, title, body FROM posts WHERE id = ?", (post_id,)
+            return self.db.execute(
+                f"SELECT {COLUMNS} FROM posts WHERE id = ?", (post_id,)
             ).fetchone()
-        return Post(*row, self.index) if row else None
 
-    def newest_first(self, limit: int) -> list[Post]:
+    def newest(self, shards: list[int], limit: int) -> list[tuple]:
+        marks = ",".join("?" * len(shards))
         with self.lock:
-            rows = self.db.execute(
-                "SELECT id, author, title, body FROM posts ORDER BY id DESC LIMIT ?", (limit,)
+            return self.db.execute(
+                f"SELECT {COLUMNS} FROM posts WHERE logical_shard IN ({marks}) "
+                f"ORDER BY id DESC LIMIT ?",
+                (*shards, limit),
             ).fetchall()
-        return [Post(*row, self.index) for row in rows]
+
+    def rows_after(self, shard: int, after_id: int, limit: int) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(
+                f"SELECT {COLUMNS} FROM posts WHERE logical_shard = ? AND id > ? "
+                f"ORDER BY id LIMIT ?",
+                (shard, after_id, limit),
+            ).fetchall()
+
+    def insert_rows(self, rows: list[tuple]) -> None:
+        with self.lock, write_transaction(self.db):
+            self.db.executemany(f"INSERT INTO posts ({COLUMNS}) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def delete_shard_rows(self, shard: int, limit: int) -> int:
+        with self.lock, write_transaction(self.db):
+            return self.db.execute(
+                "DELETE FROM posts WHERE id IN "
+                "(SELECT id FROM posts WHERE logical_shard = ? LIMIT ?)",
+                (shard, limit),
+            ).rowcount
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class BlogService:
-    """Posts spread over N shards by author; found again by id alone."""
+    """Posts spread over 32 logical shards by author, found again by id alone.
+
+    Guarantees, for any number of threads and processes sharing one db_dir on
+    one machine (SQLite's file locks are the assumption): no two posts get the
+    same id, and get_post finds every stored post, also while move_shard runs.
+    Posts are never updated or deleted, which is what makes a move by id range
+    exact.
+    """
 
     def __init__(
         self,
         db_dir: str | Path = DEFAULT_DB_DIR,
-        shards: int = DEFAULT_SHARDS,
+        databases: int = DEFAULT_DATABASES,  # only for a new db_dir; the catalog decides after
         clock: IdGenerator.Clock = time.time_ns,
     ):
-        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        if (
+            isinstance(databases, bool)
+            or not isinstance(databases, int)
+            or not 1 <= databases <= LOGICAL_SHARDS
+        ):
             raise ValueError(
-                f"shards must be in 1..{MAX_SHARDS} (one worker id each), got {shards}"
+                f"databases must be in 1..{LOGICAL_SHARDS} (one logical shard each at most), "
+                f"got {databases!r}"
             )
         self.db_dir = Path(db_dir)
         self.db_dir.mkdir(parents=True, exist_ok=True)
-        self.shards: list[Shard] = []
+        self.catalog = connect(self.db_dir / "catalog.db", CATALOG_SCHEMA)
+        self.catalog_lock = threading.Lock()
+        self.databases: dict[str, Database] = {}
+        self.open_lock = threading.Lock()
+        # One generator per logical shard: its worker id *is* the shard number.
+        self.generators = [IdGenerator.IdGenerator(s, clock=clock) for s in range(LOGICAL_SHARDS)]
         try:
-            for i in range(shards):
-                self.shards.append(Shard(self.db_dir / f"shard-{i:02d}.db", i, shards, clock))
+            with self.catalog_lock, write_transaction(self.catalog):  # two creators at once
+                if not self.catalog.execute("SELECT count(*) FROM shard_map").fetchone()[0]:
+                    self.catalog.executemany(
+                        "INSERT INTO shard_map VALUES (?, ?, 0)",
+                        [(s, f"db-{s % databases:02d}") for s in range(LOGICAL_SHARDS)],
+                    )
+            for name in set(self.mapping().values()):
+                self.database(name)  # a missing or broken file shows up now, not mid-request
         except BaseException:
-            self.close()  # the shards opened before the one that failed
+            self.close()
             raise
 
-    def shard_for_author(self, author: str) -> int:
-        # crc32, not hash(): Python salts str hashes per process, and an author's
-        # posts must land on the same shard in every process, every run.
-        return zlib.crc32(author.encode("utf-8")) % len(self.shards)
+    # -- routing ---------------------------------------------------------------------
 
-    def shard_for_id(self, post_id: int) -> int:
-        """The shard that holds post_id: its worker bits, nothing else."""
-        worker_id = IdGenerator.decode(post_id).worker_id
-        if worker_id >= len(self.shards):
-            raise PostNotFoundError(
-                f"no post {post_id}: its worker id {worker_id} is not one of the "
-                f"{len(self.shards)} shards"
+    @staticmethod
+    def shard_for_author(author: str) -> int:
+        # crc32, not hash(): Python salts str hashes per process, and an author's
+        # posts must land on the same shard in every process, every run. The
+        # modulus is the fixed number of logical shards, never of databases.
+        return zlib.crc32(author.encode("utf-8")) % LOGICAL_SHARDS
+
+    @staticmethod
+    def shard_for_id(post_id: int) -> int:
+        """The logical shard that holds post_id: its worker bits, nothing else."""
+        return IdGenerator.decode(post_id).worker_id
+
+    def lookup(self, shard: int) -> tuple[str, int]:
+        """(database, version) of a logical shard, as committed right now."""
+        with self.catalog_lock:
+            return self.catalog.execute(
+                "SELECT db, version FROM shard_map WHERE logical_shard = ?", (shard,)
+            ).fetchone()
+
+    def mapping(self) -> dict[int, str]:
+        """Every logical shard and the database that holds it."""
+        return {shard: db for shard, (db, _) in self.versions().items()}
+
+    def versions(self) -> dict[int, tuple[str, int]]:
+        with self.catalog_lock:
+            rows = self.catalog.execute("SELECT logical_shard, db, version FROM shard_map")
+            return {shard: (db, version) for shard, db, version in rows}
+
+    def database(self, name: str) -> Database:
+        """The open database called name (<db_dir>/<name>.db), created if new."""
+        if not DATABASE_NAME.fullmatch(name):
+            raise ValueError(
+                f"database name {name[:40]!r} must be 1-32 of a-z, 0-9, '-', '_' "
+                f"(starting with a letter or digit)"
             )
-        return worker_id
+        with self.open_lock:
+            if name not in self.databases:
+                self.databases[name] = Database(self.db_dir / f"{name}.db")
+            return self.databases[name]
+
+    # -- posts -----------------------------------------------------------------------
 
     def create_post(self, author: str, title: str, body: str) -> Post:
-        for name, value in (("author", author), ("title", title)):
+        for field, value in (("author", author), ("title", title)):
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a non-empty string")
+                raise ValueError(f"{field} must be a non-empty string")
         if not isinstance(body, str):
             raise ValueError("body must be a string")
-        return self.shards[self.shard_for_author(author)].insert(author, title, body)
+        shard = self.shard_for_author(author)
+        for _ in range(MAX_LOOKUP_RETRIES):
+            name, version = self.lookup(shard)
+            database = self.database(name)
+            with database.lock, write_transaction(database.db):
+                # Holding this database's write lock, ask again: a move switches
+                # the map only while it holds this lock, so the answer now stays
+                # true until we commit. If it changed, write to the new home.
+                if self.lookup(shard) != (name, version):
+                    continue
+                # Step past the shard's newest stored id: another process, or
+                # this shard's previous home, may have minted ids this generator
+                # has never seen (they share the worker id: the shard number).
+                (last_id,) = database.db.execute(
+                    "SELECT max(id) FROM posts WHERE logical_shard = ?", (shard,)
+                ).fetchone()
+                generator = self.generators[shard]
+                if last_id is not None:
+                    generator.resume_after(last_id)
+                post_id = generator.next_id()
+                database.db.execute(
+                    f"INSERT INTO posts ({COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    (post_id, shard, author, title, body),
+                )
+            return Post(post_id, author, title, body, shard, name)
+        raise RuntimeError(f"shard {shard} moved {MAX_LOOKUP_RETRIES} times during one insert")
 
     def get_post(self, post_id: int) -> Post:
         try:
             shard = self.shard_for_id(post_id)
         except ValueError as err:  # not a Snowflake id at all
             raise PostNotFoundError(f"no post {post_id}: {err}") from None
-        post = self.shards[shard].get(post_id)
-        if post is None:
-            raise PostNotFoundError(f"no post {post_id} (looked in shard {shard} only)")
-        return post
+        where = self.lookup(shard)
+        for _ in range(MAX_LOOKUP_RETRIES):
+            row = self.database(where[0]).get(post_id)
+            if row is not None:
+                return Post(row[0], *row[2:], shard, where[0])
+            # A move deletes the old copy only after switching the map, so a
+            # miss under an unchanged map (same version) is a real miss.
+            now = self.lookup(shard)
+            if now == where:
+                raise PostNotFoundError(
+                    f"no post {post_id} (looked in logical shard {shard}, database {where[0]})"
+                )
+            where = now
+        raise RuntimeError(f"shard {shard} moved {MAX_LOOKUP_RETRIES} times during one read")
 
     def recent_posts(self, limit: int = 10) -> list[Post]:
-        """The newest posts across all shards: each shard's newest, merged by id.
+        """The newest posts across all databases: each one's newest, merged by id.
 
-        Ids sort by time, so a k-way merge of per-shard lists is all it takes;
-        no shard needs to know about the others.
+        Ids sort by time, so a k-way merge of per-database lists is all it
+        takes. Each database is asked only for the shards the map gives it (a
+        move leaves a copy behind for a moment); if a move switched a shard
+        meanwhile, the whole read is done again.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_RECENT:
             raise ValueError(f"limit must be an int in 0..{MAX_RECENT}, got {limit!r}")
-        per_shard = [shard.newest_first(limit) for shard in self.shards]
-        merged = heapq.merge(*per_shard, key=lambda post: post.id, reverse=True)
-        return list(itertools.islice(merged, limit))
+        for _ in range(MAX_LOOKUP_RETRIES):
+            before = self.versions()
+            homes: dict[str, list[int]] = {}
+            for shard, (name, _) in before.items():
+                homes.setdefault(name, []).append(shard)
+            per_database = [
+                [Post(r[0], *r[2:], r[1], name) for r in self.database(name).newest(shards, limit)]
+                for name, shards in homes.items()
+            ]
+            if self.versions() == before:
+                merged = heapq.merge(*per_database, key=lambda post: post.id, reverse=True)
+                return list(itertools.islice(merged, limit))
+        raise RuntimeError(f"shards moved {MAX_LOOKUP_RETRIES} times during one read")
+
+    def post_counts(self) -> dict[int, int]:
+        """Posts per logical shard, counted in each shard's current database."""
+        counts = {}
+        for shard, name in self.mapping().items():
+            database = self.database(name)
+            with database.lock:
+                (counts[shard],) = database.db.execute(
+                    "SELECT count(*) FROM posts WHERE logical_shard = ?", (shard,)
+                ).fetchone()
+        return counts
+
+    # -- moving a logical shard ------------------------------------------------------------
+
+    def move_shard(
+        self, shard: int, target: str, progress: Callable[[str, int], None] | None = None
+    ) -> MoveReport:
+        """Move a logical shard to the database `target` (created if new), live.
+
+        Copy its rows in batches while writers go on; catch up, by id, on what
+        they wrote meanwhile; switch the map while holding the source's write
+        lock (so no insert can land in the source after the last copy); then
+        delete the source's copy. Readers and writers keep working throughout.
+        One move at a time per db_dir (a lock file says so).
+        """
+        if isinstance(shard, bool) or not isinstance(shard, int):
+            raise ValueError(f"shard must be an int in 0..{LOGICAL_SHARDS - 1}, got {shard!r}")
+        if not 0 <= shard < LOGICAL_SHARDS:
+            raise ValueError(f"shard must be in 0..{LOGICAL_SHARDS - 1}, got {shard}")
+        progress = progress or (lambda step, rows: None)
+        started = time.perf_counter()
+        with self.move_lock():
+            source_name, _ = self.lookup(shard)
+            if source_name == target:
+                raise MoveError(f"logical shard {shard} is already in {target}")
+            target_db, source = self.database(target), self.database(source_name)
+            # Rows a move that crashed before its switch left behind: start clean.
+            while target_db.delete_shard_rows(shard, MOVE_BATCH):
+                pass
+
+            copied, last_id = 0, -1
+            while rows := source.rows_after(shard, last_id, MOVE_BATCH):
+                target_db.insert_rows(rows)
+                copied, last_id = copied + len(rows), rows[-1][0]
+                progress("copy", copied)
+
+            # The switch. Ids only grow within a shard (each insert steps past
+            # the newest one under this very lock), so "id > last_id" is
+            # exactly what writers added since the copy's last batch.
+            switch_started = time.perf_counter()
+            with source.lock, write_transaction(source.db):
+                tail = source.rows_after(shard, last_id, sys.maxsize)
+                if tail:
+                    target_db.insert_rows(tail)
+                with self.catalog_lock, write_transaction(self.catalog):
+                    self.catalog.execute(
+                        "UPDATE shard_map SET db = ?, version = version + 1 "
+                        "WHERE logical_shard = ?",
+                        (target, shard),
+                    )
+            switch_ms = (time.perf_counter() - switch_started) * 1000
+            progress("switch", len(tail))
+
+            deleted = 0
+            while removed := source.delete_shard_rows(shard, MOVE_BATCH):
+                deleted += removed
+                progress("delete", deleted)
+        return MoveReport(
+            shard,
+            source_name,
+            target,
+            copied,
+            len(tail),
+            deleted,
+            time.perf_counter() - started,
+            switch_ms,
+        )
+
+    @contextmanager
+    def move_lock(self) -> Iterator[None]:
+        # Two moves at once could each hold one source's write lock while
+        # waiting to write to the other's database: one at a time, machine-wide.
+        with open(self.db_dir / "moves.lock", "w") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MoveError(f"another shard move is running in {self.db_dir}") from None
+            yield
 
     def close(self) -> None:
-        for shard in self.shards:
-            shard.db.close()
+        for database in self.databases.values():
+            database.close()
+        self.catalog.close()
 
     def __enter__(self) -> BlogService:
         return self
@@ -224,10 +443,13 @@ class BlogService:
 
 def format_post(post: Post) -> str:
     when = post.created_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    return f"{post.id}  shard {post.shard}  {when} UTC  {post.author}: {post.title}"
+    return (
+        f"{post.id}  shard {post.shard:>2} ({post.database})  {when} UTC  "
+        f"{post.author}: {post.title}"
+    )
 
 
-def bounded_int(name: str, low: int, high: int):
+def bounded_int(name: str, low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in low..high, refused with a one-line error."""
 
     def parse(text: str) -> int:
@@ -245,16 +467,26 @@ def bounded_int(name: str, low: int, high: int):
     return parse
 
 
+def database_name(text: str) -> str:
+    if not DATABASE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"database names are 1-32 of a-z, 0-9, '-', '_', got {text[:40]!r}"
+        )
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="A sharded blog keyed by Snowflake ids.")
-    parser.add_argument(
-        "--shards",
-        type=bounded_int("--shards", 1, MAX_SHARDS),
-        default=DEFAULT_SHARDS,
-        help=f"1..{MAX_SHARDS} (default 4)",
+    parser = argparse.ArgumentParser(
+        description="A blog over 32 logical shards in SQLite databases, keyed by Snowflake ids."
     )
     parser.add_argument(
-        "--db-dir", type=Path, default=DEFAULT_DB_DIR, help="where the shard databases live"
+        "--databases",
+        type=bounded_int("--databases", 1, LOGICAL_SHARDS),
+        default=DEFAULT_DATABASES,
+        help=f"how many databases a new --db-dir starts with, 1..{LOGICAL_SHARDS} (default 4)",
+    )
+    parser.add_argument(
+        "--db-dir", type=Path, default=DEFAULT_DB_DIR, help="where the databases live"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="write a post and print its id")
@@ -267,13 +499,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     recent.add_argument(
         "--limit", type=bounded_int("--limit", 0, MAX_RECENT), default=10, help=f"0..{MAX_RECENT:,}"
     )
+    commands.add_parser("shards", help="which database holds each logical shard, and its posts")
+    move = commands.add_parser("move", help="move a logical shard to another database, live")
+    move.add_argument("shard", type=bounded_int("shard", 0, LOGICAL_SHARDS - 1))
+    move.add_argument("--to", required=True, type=database_name, help="e.g. db-04 (made if new)")
     return parser.parse_args(argv)
+
+
+def print_shards(blog: BlogService) -> None:
+    counts = blog.post_counts()
+    by_database: dict[str, list[int]] = {}
+    for shard, name in sorted(blog.mapping().items()):
+        by_database.setdefault(name, []).append(shard)
+    for name, shards in sorted(by_database.items()):
+        posts = sum(counts[s] for s in shards)
+        print(f"{name}: {posts:,} posts in logical shards {', '.join(map(str, shards))}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        with BlogService(args.db_dir, args.shards) as blog:
+        with BlogService(args.db_dir, args.databases) as blog:
             if args.command == "create":
                 post = blog.create_post(args.author, args.title, args.body)
                 print(post.id)
@@ -282,19 +528,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_post(post))
                 if post.body:
                     print(post.body)
-            else:
+            elif args.command == "recent":
                 for post in blog.recent_posts(args.limit):
                     print(format_post(post))
-    except (
-        PostNotFoundError,
-        ShardLayoutError,
-        ValueError,
-        IdGenerator.ClockMovedBackwardsError,
-    ) as err:
+            elif args.command == "shards":
+                print_shards(blog)
+            else:
+                report = blog.move_shard(args.shard, args.to)
+                print(
+                    f"moved logical shard {report.shard} from {report.source} to {report.target}: "
+                    f"{report.copied:,} rows copied, {report.caught_up:,} caught up during a "
+                    f"{report.switch_ms:.1f} ms switch, {report.deleted:,} deleted from "
+                    f"{report.source}, in {report.seconds:.2f} s"
+                )
+    except (PostNotFoundError, MoveError, ValueError, IdGenerator.ClockMovedBackwardsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (OSError, sqlite3.Error) as err:  # --db-dir is a file, unwritable, not SQLite
-        print(f"error: cannot use the shard databases in {args.db_dir}: {err}", file=sys.stderr)
+        print(f"error: cannot use the databases in {args.db_dir}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -376,29 +376,29 @@ AUTHORS = [f"author-{i}" for i in range(40)]
 
 
 def test_get_post_finds_the_shard_from_the_id_alone(tmp_path):
-    with blog_service.BlogService(tmp_path, shards=4) as blog:
+    with blog_service.BlogService(tmp_path, databases=4) as blog:
         posts = [blog.create_post(a, f"title {a}", "body") for a in AUTHORS]
-        assert {p.shard for p in posts} == {0, 1, 2, 3}, "authors should spread over shards"
+        assert len({p.shard for p in posts}) > 10, "authors should spread over logical shards"
+        assert {p.database for p in posts} == {"db-00", "db-01", "db-02", "db-03"}
         for post in posts:
             assert ids.decode(post.id).worker_id == post.shard
+            assert blog.mapping()[post.shard] == post.database
         target = posts[0]
-        # Close every other shard: a lookup that consulted them would now fail.
-        for shard in blog.shards:
-            if shard.index != target.shard:
-                shard.db.close()
+        # Close every other database: a lookup that consulted them would now fail.
+        for name, database in blog.databases.items():
+            if name != target.database:
+                database.close()
         assert blog.get_post(target.id) == target
 
 
 def test_an_authors_posts_always_land_on_the_same_shard(tmp_path):
-    with blog_service.BlogService(tmp_path, shards=8) as blog:
+    with blog_service.BlogService(tmp_path, databases=8) as blog:
         shards = {blog.create_post("ada", f"post {i}", "").shard for i in range(10)}
     assert len(shards) == 1
     # ...and in another process too (no salted hash()).
-    code = (
-        "import BlogService as b, sys; print(b.BlogService(sys.argv[1], 8).shard_for_author('ada'))"
-    )
+    code = "import BlogService as b; print(b.BlogService.shard_for_author('ada'))"
     out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
+        [sys.executable, "-c", code],
         cwd=ROOT / "UniqueIdGeneration",
         capture_output=True,
         text=True,
@@ -407,42 +407,51 @@ def test_an_authors_posts_always_land_on_the_same_shard(tmp_path):
     assert out.stdout.strip() == str(shards.pop())
 
 
+def test_adding_a_database_never_rehashes_an_author(tmp_path):
+    with blog_service.BlogService(tmp_path, databases=2) as blog:
+        before = {a: blog.create_post(a, "t", "").shard for a in AUTHORS}
+        blog.move_shard(before["author-0"], "db-new")
+        after = {a: blog.create_post(a, "t2", "").shard for a in AUTHORS}
+        assert after == before
+        assert blog.create_post("author-0", "t3", "").database == "db-new"
+
+
 def test_recent_posts_merges_every_shard_in_time_order(tmp_path):
-    with blog_service.BlogService(tmp_path, shards=4, clock=TickingClock()) as blog:
+    with blog_service.BlogService(tmp_path, databases=4, clock=TickingClock()) as blog:
         created = [blog.create_post(a, "t", "b") for a in AUTHORS]
         recent = blog.recent_posts(15)
         assert [p.id for p in recent] == [p.id for p in reversed(created)][:15]
-        assert len({p.shard for p in recent}) > 1
+        assert len({p.database for p in recent}) > 1
         assert blog.recent_posts(0) == []
         assert len(blog.recent_posts(1000)) == len(AUTHORS)
 
 
 def test_a_restarted_service_never_reuses_an_id_even_in_the_same_millisecond(tmp_path):
     frozen = ScriptedClock(now_ms())
-    with blog_service.BlogService(tmp_path, shards=2, clock=frozen) as blog:
+    with blog_service.BlogService(tmp_path, databases=2, clock=frozen) as blog:
         first = [blog.create_post("ada", f"p{i}", "") for i in range(5)]
-    with blog_service.BlogService(tmp_path, shards=2, clock=frozen) as blog:
+    with blog_service.BlogService(tmp_path, databases=2, clock=frozen) as blog:
         again = [blog.create_post("ada", f"q{i}", "") for i in range(5)]
         assert min(p.id for p in again) > max(p.id for p in first)
         assert len(blog.recent_posts(100)) == 10
 
 
 def test_unknown_and_malformed_ids_raise_post_not_found(tmp_path):
-    with blog_service.BlogService(tmp_path, shards=4) as blog:
+    with blog_service.BlogService(tmp_path, databases=4) as blog:
         post = blog.create_post("ada", "t", "b")
-        for missing in (post.id + 1, ids.encode(1, 30, 0), -5, ids.MAX_ID + 1):
+        for missing in (post.id + 1, ids.encode(1, 30, 0), -5, ids.MAX_ID + 1, "7", None):
             with pytest.raises(blog_service.PostNotFoundError):
                 blog.get_post(missing)
 
 
 def test_two_services_writing_one_shard_never_mint_the_same_id(tmp_path):
-    # Two CLI commands at once are two processes on one shard file: same worker
-    # id. A frozen clock makes them want the very same ids; each insert must
-    # step past what the other already stored instead.
+    # Two CLI commands at once are two processes on one database: same logical
+    # shard, same worker id. A frozen clock makes them want the very same ids;
+    # each insert must step past what the other already stored instead.
     frozen = ScriptedClock(now_ms())
     with (
-        blog_service.BlogService(tmp_path, shards=1, clock=frozen) as first,
-        blog_service.BlogService(tmp_path, shards=1, clock=frozen) as second,
+        blog_service.BlogService(tmp_path, databases=1, clock=frozen) as first,
+        blog_service.BlogService(tmp_path, databases=1, clock=frozen) as second,
     ):
         posts = [
             blog.create_post("ada", f"p{i}", "") for i in range(50) for blog in (first, second)
@@ -452,24 +461,156 @@ def test_two_services_writing_one_shard_never_mint_the_same_id(tmp_path):
         assert len(first.recent_posts(1000)) == 100
 
 
-def test_reopening_with_a_different_shard_count_is_refused(tmp_path):
-    blog_service.BlogService(tmp_path, shards=4).close()
-    with pytest.raises(blog_service.ShardLayoutError, match="--shards 4"):
-        blog_service.BlogService(tmp_path, shards=8)
+def test_the_catalog_not_the_argument_decides_an_existing_layout(tmp_path):
+    blog_service.BlogService(tmp_path, databases=4).close()
+    with blog_service.BlogService(tmp_path, databases=8) as blog:
+        assert set(blog.mapping().values()) == {"db-00", "db-01", "db-02", "db-03"}
 
 
-@pytest.mark.parametrize("shards", [0, 33, -1])
-def test_shard_counts_outside_1_to_32_are_rejected(tmp_path, shards):
-    with pytest.raises(ValueError, match="shards"):
-        blog_service.BlogService(tmp_path, shards=shards)
+@pytest.mark.parametrize("databases", [0, 33, -1, True, "4"])
+def test_database_counts_outside_1_to_32_are_rejected(tmp_path, databases):
+    with pytest.raises(ValueError, match="databases"):
+        blog_service.BlogService(tmp_path, databases=databases)
 
 
 def test_posts_need_an_author_and_a_title(tmp_path):
-    with blog_service.BlogService(tmp_path, shards=2) as blog:
+    with blog_service.BlogService(tmp_path, databases=2) as blog:
         for author, title in (("", "t"), ("ada", "  "), (None, "t")):
             with pytest.raises(ValueError):
                 blog.create_post(author, title, "")
         assert blog.recent_posts(10) == []
+
+
+# -- moving a logical shard ----------------------------------------------------------
+
+
+def rows_per_id(db_dir) -> dict[int, int]:
+    """How many stored copies each post id has, over every database file."""
+    copies: dict[int, int] = {}
+    for path in db_dir.glob("db-*.db"):
+        with sqlite3.connect(path) as db:
+            for (post_id,) in db.execute("SELECT id FROM posts"):
+                copies[post_id] = copies.get(post_id, 0) + 1
+    return copies
+
+
+def test_a_move_copies_switches_and_deletes(tmp_path):
+    with blog_service.BlogService(tmp_path, databases=2) as blog:
+        posts = [blog.create_post(f"a{i % 7}", f"t{i}", "") for i in range(300)]
+        shard = posts[0].shard
+        mine = [p for p in posts if p.shard == shard]
+        steps = []
+        report = blog.move_shard(shard, "db-02", progress=lambda step, n: steps.append(step))
+        assert (report.source, report.target) == (posts[0].database, "db-02")
+        assert report.copied + report.caught_up == report.deleted == len(mine)
+        assert steps[0] == "copy" and "switch" in steps and steps[-1] == "delete"
+        assert blog.mapping()[shard] == "db-02"
+        assert all(blog.get_post(p.id).database == "db-02" for p in mine)
+        assert blog.post_counts()[shard] == len(mine)
+    assert set(rows_per_id(tmp_path).values()) == {1}
+
+
+def test_a_move_refuses_bad_targets_and_a_second_move_at_once(tmp_path):
+    with blog_service.BlogService(tmp_path, databases=2) as blog:
+        with pytest.raises(blog_service.MoveError, match="already in db-00"):
+            blog.move_shard(0, "db-00")
+        for bad in ("../escape", "", "x" * 33, "DB"):
+            with pytest.raises(ValueError, match="database name"):
+                blog.move_shard(0, bad)
+        for shard in (-1, 32, "3", True):
+            with pytest.raises(ValueError, match="shard"):
+                blog.move_shard(shard, "db-05")
+        with blog.move_lock(), pytest.raises(blog_service.MoveError, match="another shard move"):
+            blog.move_shard(0, "db-05")
+
+
+def test_a_read_that_races_a_move_follows_the_shard_to_its_new_home(tmp_path, monkeypatch):
+    # The narrowest race, forced: the whole move (switch and delete) runs between
+    # a reader's look at the map and its query of the old database.
+    with (
+        blog_service.BlogService(tmp_path, databases=2) as blog,
+        blog_service.BlogService(tmp_path) as mover,
+    ):
+        post = blog.create_post("ada", "t", "b")
+        others = [blog.create_post(a, "t", "b") for a in AUTHORS]
+        old = blog.database(post.database)
+        real_get, real_newest = old.get, old.newest
+
+        def get_after_a_move(post_id):
+            monkeypatch.setattr(old, "get", real_get)
+            mover.move_shard(post.shard, "db-07")
+            return real_get(post_id)
+
+        monkeypatch.setattr(old, "get", get_after_a_move)
+        assert blog.get_post(post.id).database == "db-07"
+
+        def newest_after_a_move(shards, limit):
+            monkeypatch.setattr(old, "newest", real_newest)
+            mover.move_shard(post.shard, post.database)
+            return real_newest(shards, limit)
+
+        monkeypatch.setattr(old, "newest", newest_after_a_move)
+        recent = blog.recent_posts(1000)
+        assert sorted(p.id for p in recent) == sorted(p.id for p in [post, *others])
+
+
+def test_a_live_move_under_concurrent_writes_and_reads_loses_and_duplicates_nothing(tmp_path):
+    """Writers (two services, as two processes would be) keep creating posts on
+    the moving shard and others, readers keep fetching every post made so far,
+    and the shard moves there and back. Every post is found by id, exactly once."""
+    with blog_service.BlogService(tmp_path, databases=2) as setup:
+        shard = setup.shard_for_author("mover")
+        before = [setup.create_post(a, "before", "") for a in ("mover", "other") * 200]
+    writers = [blog_service.BlogService(tmp_path) for _ in range(2)]
+    reader_service, mover = blog_service.BlogService(tmp_path), blog_service.BlogService(tmp_path)
+    created: list = list(before)
+    misses: list[str] = []
+    stop = threading.Event()
+
+    def write(blog) -> None:
+        n = 0
+        while not stop.is_set():
+            created.append(blog.create_post(("mover", "other")[n % 2], f"during {n}", ""))
+            n += 1
+
+    def read() -> None:
+        while not stop.is_set():
+            for post in list(created)[-300:]:
+                try:
+                    found = reader_service.get_post(post.id)
+                except blog_service.PostNotFoundError as err:
+                    misses.append(str(err))
+                    continue
+                if (found.author, found.title) != (post.author, post.title):
+                    misses.append(f"{post.id} read back as {found}")
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in writers]
+    threads += [threading.Thread(target=read) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(created) > len(before) + 200, what="writes before the move")
+        home = before[0].database
+        reports = [mover.move_shard(shard, "db-09"), mover.move_shard(shard, home)]
+        wait_for(lambda: len(created) > len(before) + 400, what="writes after the move")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        for blog in (*writers, reader_service, mover):
+            blog.close()
+
+    assert not misses, misses[:5]
+    assert sum(r.copied + r.caught_up for r in reports) > 0
+    with blog_service.BlogService(tmp_path) as blog:
+        assert blog.mapping()[shard] == before[0].database
+        for post in created:
+            assert blog.get_post(post.id).title == post.title
+    copies = rows_per_id(tmp_path)
+    assert sorted(copies) == sorted(p.id for p in created), "every post stored, none extra"
+    assert set(copies.values()) == {1}, "no post stored twice"
+    moved = [p for p in created if p.shard == shard]
+    assert len(moved) > 200 and len({p.id for p in moved}) == len(moved)
 
 
 # -- the command line ---------------------------------------------------------------
@@ -480,7 +621,7 @@ def cli(*args: str):
 
 
 def test_cli_creates_gets_and_lists_posts(tmp_path):
-    db = ["--db-dir", str(tmp_path), "--shards", "4"]
+    db = ["--db-dir", str(tmp_path), "--databases", "4"]
     made = [
         cli(*db, "create", "--author", a, "--title", f"by {a}", "--body", "hello") for a in "xyz"
     ]
@@ -488,14 +629,14 @@ def test_cli_creates_gets_and_lists_posts(tmp_path):
     post_ids = [int(r.stdout) for r in made]
     got = cli(*db, "get", str(post_ids[1]))
     assert got.returncode == 0
-    assert f"{post_ids[1]}  shard {ids.decode(post_ids[1]).worker_id}" in got.stdout
+    assert f"{post_ids[1]}  shard {ids.decode(post_ids[1]).worker_id:>2} (db-0" in got.stdout
     assert "y: by y" in got.stdout and "hello" in got.stdout
     recent = cli(*db, "recent", "--limit", "2")
     assert [int(line.split()[0]) for line in recent.stdout.splitlines()] == post_ids[:0:-1]
 
 
 def test_cli_runs_at_the_same_time_never_collide(tmp_path):
-    db = ["--db-dir", str(tmp_path), "--shards", "1"]
+    db = ["--db-dir", str(tmp_path), "--databases", "1"]
     command = [sys.executable, str(ROOT / "UniqueIdGeneration/BlogService.py"), *db, "create"]
     procs = [
         subprocess.Popen(
@@ -519,10 +660,10 @@ def test_cli_reports_an_unusable_db_dir_clearly(tmp_path, make_bad_dir):
     else:
         db_dir = tmp_path / "shards"
         db_dir.mkdir()
-        (db_dir / "shard-00.db").write_bytes(b"not SQLite " * 500)
+        (db_dir / "catalog.db").write_bytes(b"not SQLite " * 500)
     result = cli("--db-dir", str(db_dir), "recent")
     assert result.returncode == 1
-    assert "error: cannot use the shard databases" in result.stderr
+    assert "error: cannot use the databases" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -536,8 +677,11 @@ def test_cli_reports_an_unknown_id_clearly(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
-        ["--shards", "0", "recent"],
-        ["--shards", "x", "recent"],
+        ["--databases", "0", "recent"],
+        ["--databases", "x", "recent"],
+        ["move", "32", "--to", "db-09"],
+        ["move", "3", "--to", "../../etc"],
+        ["move", "3"],
         ["get", "abc"],
         ["get", "99999999999999999999"],
         ["recent", "--limit", "99999999999999999999"],  # was an OverflowError traceback
