@@ -19,6 +19,7 @@ import threading
 import types
 from collections import deque
 from queue import Empty, Full
+from threading import TIMEOUT_MAX
 from time import monotonic
 from typing import Any
 
@@ -97,8 +98,9 @@ class BlockingQueue:
         With `block=False` it never blocks and raises `Full` at once (`timeout`
         is ignored). Raises `ShutDown` if the queue is shut down, including to
         a put() blocked when shutdown() is called. Raises `ValueError` for a
-        negative timeout on a bounded queue (an unbounded queue never waits, so,
-        as in queue.Queue, it does not look at the timeout).
+        negative or NaN timeout on a bounded queue (an unbounded queue never
+        waits, so, as in queue.Queue, it does not look at the timeout). A
+        timeout of `inf`, or too long for the lock to wait, waits like None.
         """
         with self.mutex:
             if self.is_shutdown:
@@ -110,7 +112,7 @@ class BlockingQueue:
                 elif timeout is None:
                     if len(self.queue) >= self.maxsize:
                         self._wait_for_room()
-                elif timeout < 0:
+                elif not timeout >= 0:  # negative, or nan (false in every comparison)
                     raise ValueError(NEGATIVE_TIMEOUT)
                 elif len(self.queue) >= self.maxsize:
                     self._wait_for_room(monotonic() + timeout)
@@ -136,6 +138,9 @@ class BlockingQueue:
                     timeout = deadline - monotonic()
                     if timeout <= 0.0:
                         raise Full
+                    # The lock cannot wait longer than TIMEOUT_MAX (about 292
+                    # years); an `inf` deadline simply waits that long, in turns.
+                    timeout = min(timeout, TIMEOUT_MAX)
                 try:
                     self.not_full.wait(timeout)
                 finally:
@@ -163,7 +168,9 @@ class BlockingQueue:
         `block=False` it never blocks and raises `Empty` at once (`timeout` is
         ignored). After shutdown() it still returns the items left, then
         raises `ShutDown`, including to a get() blocked when shutdown() is
-        called. Raises `ValueError` for a negative timeout.
+        called. Raises `ValueError` for a negative or NaN timeout, even when an
+        item is there (as queue.Queue does for a negative one). A timeout of
+        `inf`, or too long for the lock to wait, waits like None.
         """
         with self.mutex:
             if self.is_shutdown and not self.queue:
@@ -174,7 +181,7 @@ class BlockingQueue:
             elif timeout is None:
                 if not self.queue:
                     self._wait_for_item()
-            elif timeout < 0:
+            elif not timeout >= 0:  # as in put()
                 raise ValueError(NEGATIVE_TIMEOUT)
             elif not self.queue:
                 self._wait_for_item(monotonic() + timeout)
@@ -194,6 +201,7 @@ class BlockingQueue:
                     timeout = deadline - monotonic()
                     if timeout <= 0.0:
                         raise Empty
+                    timeout = min(timeout, TIMEOUT_MAX)
                 try:
                     self.not_empty.wait(timeout)
                 finally:

@@ -331,6 +331,41 @@ def test_a_negative_timeout_is_a_value_error(impl, call):
         q.get(timeout=-0.5)
 
 
+@pytest.mark.parametrize("call", ["get", "put", "get with an item there"])
+def test_a_nan_timeout_is_a_value_error_not_a_busy_loop(call):
+    # queue.Queue spins a core forever here: nan compares false to 0, so the
+    # "time left" check never fires and Condition.wait(nan) returns at once.
+    q = bq.BlockingQueue(1)
+    if call == "get":
+        worker = Worker(q.get, timeout=float("nan"))
+    elif call == "put":
+        q.put("filler")
+        worker = Worker(q.put, "x", timeout=float("nan"))
+    else:
+        q.put("item")
+        worker = Worker(q.get, timeout=float("nan"))
+    assert isinstance(worker.finish().error, ValueError)
+    assert_nobody_counted_waiting(q)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300])
+@pytest.mark.parametrize("side", ["get", "put"])
+def test_an_endless_timeout_waits_like_none(side, timeout):
+    # queue.Queue raises OverflowError here: the lock cannot wait that long.
+    q = bq.BlockingQueue(1)
+    if side == "get":
+        worker = Worker(q.get, timeout=timeout)
+        wait_for_sleepers(q.not_empty, 1)
+        q.put("item")
+        assert worker.finish().result == "item"
+    else:
+        q.put("filler")
+        worker = Worker(q.put, "x", timeout=timeout)
+        wait_for_sleepers(q.not_full, 1)
+        assert q.get() == "filler"
+        assert worker.finish().error is None and q.get_nowait() == "x"
+
+
 # -- task_done and join -------------------------------------------------------
 
 
