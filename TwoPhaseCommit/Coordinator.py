@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+import twopc_disk
 from flask import Flask, abort, jsonify
 from twopc_node import (
     OUT_DIR,
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     check_seconds(parser, args, "vote_timeout", "retry_interval", "retry_max")
     participants = participant_urls(parser, args)
     try:
-        store = DurableStore(args.db, SCHEMA)
+        store = DurableStore(args.db, SCHEMA, twopc_disk.disk(args.volatile_cache))
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -12,10 +12,11 @@ The protocol itself is in twopc_participant.py; see the README.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from pathlib import Path
 
+import apsw
+import twopc_disk
 import twopc_participant
 from flask import abort, jsonify
 from twopc_node import (
@@ -51,7 +52,7 @@ class Riders:
 
     name = "delivery"
 
-    def reserve(self, db: sqlite3.Connection, txid: str, order: dict) -> dict:
+    def reserve(self, db: apsw.Connection, txid: str, order: dict) -> dict:
         address = order.get("address")
         if not isinstance(address, str) or not 0 < len(address.strip()) <= MAX_TEXT:
             raise Refused(f"address must be a non-empty string of at most {MAX_TEXT} characters")
@@ -66,21 +67,21 @@ class Riders:
         )
         return {"rider": rider["id"], "name": rider["name"]}
 
-    def make_permanent(self, db: sqlite3.Connection, txid: str, detail: dict) -> None:
+    def make_permanent(self, db: apsw.Connection, txid: str, detail: dict) -> None:
         db.execute("UPDATE riders SET status = 'assigned' WHERE id = ?", (detail["rider"],))
 
-    def release(self, db: sqlite3.Connection, txid: str, detail: dict) -> None:
+    def release(self, db: apsw.Connection, txid: str, detail: dict) -> None:
         db.execute(
             "UPDATE riders SET status = 'free', txid = NULL, address = NULL WHERE id = ?",
             (detail["rider"],),
         )
 
 
-def open_store(db: Path, riders: int) -> DurableStore:
+def open_store(db: Path, riders: int, disk: twopc_disk.Disk) -> DurableStore:
     """Open the database; a new one gets `riders` free riders, an existing one keeps its own."""
-    store = DurableStore(db, twopc_participant.TRANSACTIONS_SCHEMA + RIDERS_SCHEMA)
+    store = DurableStore(db, twopc_participant.TRANSACTIONS_SCHEMA + RIDERS_SCHEMA, disk)
     with store.transaction() as conn:
-        if conn.execute("SELECT count(*) FROM riders").fetchone()[0] == 0:
+        if conn.execute("SELECT count(*) AS n FROM riders").fetchone()["n"] == 0:
             conn.executemany("INSERT INTO riders (id, name) VALUES (?, ?)", new_riders(0, riders))
     return store
 
@@ -100,7 +101,7 @@ def create_app(participant: Participant):
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_RIDERS:
             abort(400, f"count must be 1..{MAX_RIDERS}")
         with participant.store.transaction() as db:
-            (last,) = db.execute("SELECT coalesce(max(id), 0) FROM riders").fetchone()
+            last = db.execute("SELECT coalesce(max(id), 0) AS last FROM riders").fetchone()["last"]
             db.executemany("INSERT INTO riders (id, name) VALUES (?, ?)", new_riders(last, count))
         return riders()
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.riders <= MAX_RIDERS:
         parser.error(f"--riders must be 0..{MAX_RIDERS}, got {args.riders}")
     return twopc_participant.serve(
-        args, Riders(), lambda: open_store(args.db, args.riders), create_app
+        args, Riders(), lambda disk: open_store(args.db, args.riders, disk), create_app
     )
 
 

@@ -12,10 +12,11 @@ The protocol itself is in twopc_participant.py; see the README.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from pathlib import Path
 
+import apsw
+import twopc_disk
 import twopc_participant
 from flask import jsonify
 from twopc_node import (
@@ -46,7 +47,7 @@ class Stock:
 
     name = "inventory"
 
-    def reserve(self, db: sqlite3.Connection, txid: str, order: dict) -> dict:
+    def reserve(self, db: apsw.Connection, txid: str, order: dict) -> dict:
         item, quantity = order.get("item"), order.get("quantity")
         if not isinstance(item, str):
             raise Refused(f"item must be a string, got {item!r}")
@@ -65,13 +66,13 @@ class Stock:
         )
         return {"item": item, "quantity": quantity}
 
-    def make_permanent(self, db: sqlite3.Connection, txid: str, detail: dict) -> None:
+    def make_permanent(self, db: apsw.Connection, txid: str, detail: dict) -> None:
         db.execute(
             "UPDATE stock SET reserved = reserved - ?, sold = sold + ? WHERE item = ?",
             (detail["quantity"], detail["quantity"], detail["item"]),
         )
 
-    def release(self, db: sqlite3.Connection, txid: str, detail: dict) -> None:
+    def release(self, db: apsw.Connection, txid: str, detail: dict) -> None:
         db.execute(
             "UPDATE stock SET reserved = reserved - ?, available = available + ? WHERE item = ?",
             (detail["quantity"], detail["quantity"], detail["item"]),
@@ -91,11 +92,11 @@ def parse_stock(text: str) -> dict[str, int]:
     return stock
 
 
-def open_store(db: Path, stock: dict[str, int]) -> DurableStore:
+def open_store(db: Path, stock: dict[str, int], disk: twopc_disk.Disk) -> DurableStore:
     """Open the database; a new one is filled with `stock`, an existing one keeps its own."""
-    store = DurableStore(db, twopc_participant.TRANSACTIONS_SCHEMA + STOCK_SCHEMA)
+    store = DurableStore(db, twopc_participant.TRANSACTIONS_SCHEMA + STOCK_SCHEMA, disk)
     with store.transaction() as conn:
-        if conn.execute("SELECT count(*) FROM stock").fetchone()[0] == 0:
+        if conn.execute("SELECT count(*) AS n FROM stock").fetchone()["n"] == 0:
             conn.executemany(
                 "INSERT INTO stock (item, available) VALUES (?, ?)", sorted(stock.items())
             )
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         stock = parse_stock(args.stock)
     except ValueError as err:
         parser.error(f"--stock: {err}")
-    return twopc_participant.serve(args, Stock(), lambda: open_store(args.db, stock), create_app)
+    return twopc_participant.serve(
+        args, Stock(), lambda disk: open_store(args.db, stock, disk), create_app
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import apsw
 import requests
+import twopc_disk
 from flask import Flask, abort, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -39,56 +40,99 @@ OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored: databases of r
 # -- the durable log -------------------------------------------------------------
 
 
-class DurableStore:
-    """One SQLite file, written only through `transaction()`, which is durable on return.
+CHECKPOINT_EVERY = 500  # forced commits between two checkpoints of the write-ahead log
 
-    WAL journal + synchronous=FULL: every COMMIT fsyncs the write-ahead log
-    before it returns, so a change that `transaction()` has finished survives a
-    kill -9 or a power cut. That is what lets a participant promise "yes" and a
-    coordinator record a decision. `fsyncs` counts those commits (each one
-    fsync of the WAL; checkpoints add a few more that we do not count).
+
+class DurableStore:
+    """One SQLite file, written only through `transaction()`; a forced one is durable on return.
+
+    WAL journal + synchronous=FULL: a forced commit fsyncs the write-ahead log
+    before it returns, so it survives a kill -9 and a power cut. That is what
+    lets a participant promise "yes" and a coordinator record a decision. An
+    unforced commit (`forced=False`) runs with synchronous=OFF: it is written,
+    visible, and survives a kill, but a power cut may take it, until the next
+    forced commit's fsync carries it to the disk too. Presumed abort forces
+    only the writes recovery needs (README, "What each write costs").
+
+    All file I/O goes through `disk` (twopc_disk.Disk), which counts the
+    fsyncs and, when volatile, loses unsynced writes with the process.
     """
 
-    def __init__(self, path: str | Path, schema: str) -> None:
-        try:
-            Path(path).parent.mkdir(exist_ok=True)  # the default out/ on a first run
-            self.db = sqlite3.connect(
-                str(path), check_same_thread=False, isolation_level=None, timeout=10
-            )
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(schema)
-        except (sqlite3.Error, OSError) as err:
-            raise StoreError(f"cannot open database {path}: {err}") from None
+    def __init__(self, path: str | Path, schema: str, disk: twopc_disk.Disk) -> None:
+        self.path = str(Path(path).resolve())
+        self.disk = disk
         # One connection, one writer at a time: every request thread takes this
         # lock for its whole read-check-write, so two orders can never both see
         # the last pizza as available.
         self.lock = threading.Lock()
-        self.fsyncs = 0
+        self.forced_commits = 0  # commits that had to be on disk before returning
+        self.checkpoint_syncs = 0
+        try:
+            Path(path).parent.mkdir(exist_ok=True)  # the default out/ on a first run
+            self.db = apsw.Connection(self.path, vfs=disk.vfs_name)
+            self.db.set_busy_timeout(10_000)
+            self.db.row_trace = row_as_dict
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            # Checkpoints are ours (below), always with fsyncs: an automatic one
+            # could run after an unforced commit, without them.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            self.db.execute("PRAGMA mmap_size=0")  # every read through the disk's cache
+            with self.transaction() as db:
+                db.execute(schema)
+        except (apsw.Error, OSError) as err:
+            raise StoreError(f"cannot open database {path}: {err}") from None
+        self.syncs_at_open = disk.syncs_of(self.path)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT under the lock; rolled back if the block raises."""
+    def transaction(self, forced: bool = True) -> Iterator[apsw.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock; rolled back if the block raises.
+
+        forced=False: the commit is not fsynced (see the class docstring).
+        """
         with self.lock:
-            changes_before = self.db.total_changes
-            self.db.execute("BEGIN IMMEDIATE")
+            changes_before = self.db.total_changes()
+            if not forced:
+                self.db.execute("PRAGMA synchronous=OFF")
             try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-            if self.db.total_changes != changes_before:  # a read-only COMMIT writes nothing
-                self.fsyncs += 1
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            finally:
+                if not forced:
+                    self.db.execute("PRAGMA synchronous=FULL")
+            wrote = self.db.total_changes() != changes_before  # a read-only COMMIT writes nothing
+            if forced and wrote:
+                self.forced_commits += 1
+                if self.forced_commits % CHECKPOINT_EVERY == 0:
+                    self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (fsyncing both); not a protocol write."""
+        before = self.disk.syncs_of(self.path)
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.checkpoint_syncs += self.disk.syncs_of(self.path) - before
+
+    @property
+    def forced_writes(self) -> int:
+        """fsyncs since open that forced a commit to disk (checkpoints left out)."""
+        return self.disk.syncs_of(self.path) - self.syncs_at_open - self.checkpoint_syncs
 
     def read(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(row) for row in self.db.execute(sql, params).fetchall()]
+            return self.db.execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self.lock:
             self.db.close()
+
+
+def row_as_dict(cursor: apsw.Cursor, row: tuple) -> dict[str, Any]:
+    return {column: value for (column, *_), value in zip(cursor.description, row, strict=True)}
 
 
 class StoreError(RuntimeError):
@@ -143,7 +187,7 @@ class Faults:
     """Injected faults: set by flags at start, changed at run time by POST /admin/faults.
 
     crash_at  a named point in the protocol where the process exits at once
-              (os._exit: no cleanup, no flushing, like a power cut)
+              (os._exit: no cleanup; a power cut too under --volatile-cache)
     vote_no   a participant refuses every prepare
     delay_ms  a participant waits this long before it handles a prepare
     """
@@ -218,8 +262,13 @@ def new_app(name: str, store: DurableStore | None, messenger: Messenger, faults:
 
     @app.get("/stats")
     def stats():
-        fsyncs = store.fsyncs if store else 0  # the bench's baseline keeps no log
-        return jsonify(service=name, fsyncs=fsyncs, messages_sent=messenger.sent)
+        return jsonify(
+            service=name,
+            # the bench's baseline keeps no log
+            forced_writes=store.forced_writes if store else 0,
+            fsyncs=store.disk.syncs_of(store.path) - store.syncs_at_open if store else 0,
+            messages_sent=messenger.sent,
+        )
 
     @app.route("/admin/faults", methods=["GET", "POST"])
     def admin_faults():
@@ -278,6 +327,12 @@ def add_server_args(parser: argparse.ArgumentParser, default_port: int, default_
     )
     parser.add_argument(
         "--db", type=Path, default=default_db, help=f"SQLite file (default {default_db})"
+    )
+    parser.add_argument(
+        "--volatile-cache",
+        action="store_true",
+        help="keep writes that are not yet fsynced in this process, like a disk's volatile "
+        "cache: a kill -9 then loses them, as a power cut would",
     )
 
 

@@ -14,13 +14,14 @@ What differs between the two services (what a reservation is) lives in a
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import apsw
+import twopc_disk
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
     MAX_DELAY_MS,
@@ -64,14 +65,14 @@ class Resource(Protocol):
 
     name: str
 
-    def reserve(self, db: sqlite3.Connection, txid: str, order: dict) -> dict:
+    def reserve(self, db: apsw.Connection, txid: str, order: dict) -> dict:
         """Set aside what `order` needs so no other order can take it; return the detail
         to remember (JSON-able). Raise Refused with a reason to vote no."""
         ...
 
-    def make_permanent(self, db: sqlite3.Connection, txid: str, detail: dict) -> None: ...
+    def make_permanent(self, db: apsw.Connection, txid: str, detail: dict) -> None: ...
 
-    def release(self, db: sqlite3.Connection, txid: str, detail: dict) -> None: ...
+    def release(self, db: apsw.Connection, txid: str, detail: dict) -> None: ...
 
 
 class ProtocolConflict(Exception):
@@ -220,12 +221,12 @@ class Participant:
     # -- rows -------------------------------------------------------------------------
 
     @staticmethod
-    def _row(db: sqlite3.Connection, txid: str) -> sqlite3.Row | None:
+    def _row(db: apsw.Connection, txid: str) -> dict | None:
         return db.execute("SELECT * FROM transactions WHERE txid = ?", (txid,)).fetchone()
 
     @staticmethod
     def _insert(
-        db: sqlite3.Connection,
+        db: apsw.Connection,
         txid: str,
         state: str,
         detail: dict,
@@ -240,7 +241,7 @@ class Participant:
         )
 
     @staticmethod
-    def _set_state(db: sqlite3.Connection, txid: str, state: str, resolved_by: str) -> None:
+    def _set_state(db: apsw.Connection, txid: str, state: str, resolved_by: str) -> None:
         db.execute(
             "UPDATE transactions SET state = ?, resolved_by = ?, updated_at = ? WHERE txid = ?",
             (state, resolved_by, time.time(), txid),
@@ -324,7 +325,7 @@ def create_app(participant: Participant) -> Flask:
 def serve(
     args: Any,
     resource: Resource,
-    open_store: Callable[[], DurableStore],
+    open_store: Callable[[twopc_disk.Disk], DurableStore],
     create_service_app: Callable[[Participant], Flask],
 ) -> int:
     """A service's main() after parsing: open its store, build the participant, serve.
@@ -332,7 +333,7 @@ def serve(
     Returns the exit status: 1 if the database cannot be opened, else 0 once stopped.
     """
     try:
-        store = open_store()
+        store = open_store(twopc_disk.disk(args.volatile_cache))
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

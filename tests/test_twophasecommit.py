@@ -13,6 +13,7 @@ import contextlib
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import ServerProcess, run_script
+from conftest import ROOT, ServerProcess, run_script
 
 INVENTORY = "TwoPhaseCommit/InventoryService.py"
 DELIVERY = "TwoPhaseCommit/DeliveryService.py"
@@ -43,8 +44,11 @@ class Shop:
         riders: int = 10,
         vote_timeout: float = 5.0,
         coordinator_args: tuple[str, ...] = (),
+        power_cuts: bool = False,
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
+        # With a volatile cache, every kill (and every injected crash) is a power cut.
+        self.disk_args = ("--volatile-cache",) if power_cuts else ()
         self.coordinator_args = coordinator_args  # after FAST_COORDINATOR, so they win
         self.initial = {item: int(n) for item, n in (part.split("=") for part in stock.split(","))}
         self.args = {
@@ -78,7 +82,7 @@ class Shop:
         fast = (
             FAST_COORDINATOR + self.coordinator_args if name == "coordinator" else FAST_PARTICIPANT
         )
-        return ServerProcess(script, *args, *fast, port=port)
+        return ServerProcess(script, *args, *fast, *self.disk_args, port=port)
 
     def url(self, name: str) -> str:
         return self.procs[name].url
@@ -524,6 +528,75 @@ def test_the_coordinator_answers_pending_while_it_is_still_collecting_votes(shop
         shop.faults("delivery", delay_ms=0)
     decision = {"committed": "commit", "aborted": "abort"}[result["outcome"]]
     assert shop.get("coordinator", f"/decisions/{result['txid']}")["decision"] == decision
+
+
+# -- power cuts: a kill loses nothing written, a power cut loses what was not fsynced ---------
+
+DISK_PROBE = """
+import os, sys
+import twopc_disk
+from twopc_node import DurableStore
+path, disk, step = sys.argv[1:]
+schema = "CREATE TABLE IF NOT EXISTS t (k TEXT)"
+store = DurableStore(path, schema, twopc_disk.disk(disk == "volatile"))
+if step == "write":
+    with store.transaction() as db:
+        db.execute("INSERT INTO t VALUES ('forced')")
+    with store.transaction(forced=False) as db:
+        db.execute("INSERT INTO t VALUES ('unforced')")
+    print(store.forced_writes, sorted(r["k"] for r in store.read("SELECT k FROM t")), flush=True)
+    os._exit(9)  # killed: no close, no flush
+print(sorted(r["k"] for r in store.read("SELECT k FROM t")))
+"""
+
+
+@pytest.mark.parametrize(
+    ("disk", "survivors"),
+    [("plain", "['forced', 'unforced']"), ("volatile", "['forced']")],
+    ids=["kill", "power-cut"],
+)
+def test_a_kill_keeps_every_write_a_power_cut_only_the_fsynced_ones(tmp_path, disk, survivors):
+    def probe(step: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", DISK_PROBE, str(tmp_path / "t.db"), disk, step],
+            cwd=ROOT / "TwoPhaseCommit",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.stdout.strip()
+
+    # Before the kill both rows are there, and only one commit was fsynced.
+    assert probe("write") == "1 ['forced', 'unforced']"
+    assert probe("read") == survivors
+
+
+def test_a_power_cut_after_voting_yes_keeps_the_prepared_promise(shop_factory):
+    shop = shop_factory(power_cuts=True)
+    shop.faults("delivery", crash_at="after-vote")
+    result = shop.order("pizza", 2)
+    assert shop.procs["delivery"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    assert result["outcome"] == "committed"
+    # Its PREPARED row was fsynced before the yes went out, so the cut kept it.
+    back = shop.restart("delivery")
+    assert f"recovered 1 PREPARED transaction(s), in doubt: {result['txid']}" in back.text
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert shop.state("delivery", result["txid"]) == "COMMITTED"
+
+
+def test_a_power_cut_after_the_decision_keeps_the_commit_point(shop_factory):
+    shop = shop_factory(power_cuts=True)
+    txid = crash_the_coordinator_mid_order(shop, "after-first-commit", 2)
+    assert shop.state("inventory", txid) == "COMMITTED"
+    # The decision was fsynced before inventory heard it: after the cut the
+    # coordinator still knows it, and finishes the order at delivery.
+    back = shop.restart("coordinator")
+    assert "1 decision(s) to deliver again" in back.text
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert shop.state("delivery", txid) == "COMMITTED"
 
 
 # -- chaos ---------------------------------------------------------------------------------
