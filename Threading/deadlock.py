@@ -25,7 +25,7 @@ import command_line
 WAIT_TIMEOUT = 0.5  # seconds a thread waits for a lock before it looks for a deadlock
 MAX_WAIT = 30.0  # seconds any one lock may be waited for in total, deadlock or not
 MAX_ATTEMPTS = 5  # a transfer that backs off this often gives up
-BACK_OFF = 0.05  # seconds a victim waits before retrying, so the other thread gets in first
+BACK_OFF = 0.05  # seconds a transfer waits before retrying, so the other thread gets in first
 BARRIER_TIMEOUT = 10.0  # seconds the two transfers wait for each other to hold one lock
 START_BALANCE = 100
 
@@ -38,7 +38,8 @@ class LockWaitTooLong(RuntimeError):
 class Waiter:
     """One thread in a deadlock: what it holds, and the lock it is waiting for."""
 
-    thread: str
+    ident: int  # threading.get_ident(): what the monitor tells threads apart by
+    thread: str  # the thread's name, for people: two threads may share one
     holds: tuple[str, ...]
     waits_for: str
 
@@ -47,16 +48,25 @@ class Waiter:
 class Deadlock:
     """A cycle of threads, each waiting for a lock the next one holds."""
 
-    victim: str  # the thread that backed off to break the cycle
+    victim: int  # ident of the thread that backed off to break the cycle
     cycle: tuple[Waiter, ...]
 
+    def labels(self) -> dict[int, str]:
+        """Each thread's name; where two threads share one, with the thread id added."""
+        names = [waiter.thread for waiter in self.cycle]
+        return {
+            w.ident: w.thread if names.count(w.thread) == 1 else f"{w.thread} [{w.ident}]"
+            for w in self.cycle
+        }
+
     def describe(self) -> list[str]:
+        label = self.labels()
         lines = []
         for i, waiter in enumerate(self.cycle):
-            holder = self.cycle[(i + 1) % len(self.cycle)].thread
+            holder = self.cycle[(i + 1) % len(self.cycle)].ident
             lines.append(
-                f"{waiter.thread} holds {', '.join(waiter.holds)} and waits for "
-                f"{waiter.waits_for} (held by {holder})"
+                f"{label[waiter.ident]} holds {', '.join(waiter.holds)} and waits for "
+                f"{waiter.waits_for} (held by {label[holder]})"
             )
         return lines
 
@@ -64,16 +74,20 @@ class Deadlock:
 class LockMonitor:
     """Named locks that remember who holds them and who waits for them.
 
-    The bookkeeping (`holder`, `waiting`) is guarded by `_guard`, which is only
-    ever held for a few dictionary operations, never while waiting for a lock.
+    Threads are told apart by `threading.get_ident()`, never by name: names are
+    labels a program chooses, and two threads may well both be called "worker".
+    The bookkeeping (`holder`, `waiting`, `names`) is guarded by `_guard`, which
+    is only ever held for a few dictionary operations, never while waiting for a
+    lock.
     """
 
     def __init__(self, names: list[str], timeout: float = WAIT_TIMEOUT) -> None:
         self.timeout = timeout
         self._locks = {name: threading.Lock() for name in names}
         self._guard = threading.Lock()
-        self.holder: dict[str, str] = {}  # lock name -> thread that holds it
-        self.waiting: dict[str, str] = {}  # thread -> lock name it is waiting for
+        self.holder: dict[str, int] = {}  # lock name -> ident of the thread holding it
+        self.waiting: dict[int, str] = {}  # thread ident -> lock name it is waiting for
+        self.names: dict[int, str] = {}  # thread ident -> its name, for messages
         self.deadlocks: list[Deadlock] = []
 
     def acquire(self, name: str) -> bool:
@@ -82,47 +96,53 @@ class LockMonitor:
         On False the caller is the victim: it must release what it holds and
         retry later. Raises LockWaitTooLong after MAX_WAIT without a deadlock.
         """
-        me = threading.current_thread().name
+        me = threading.get_ident()
         lock = self._locks[name]
         with self._guard:
             self.waiting[me] = name
+            self.names[me] = threading.current_thread().name
         give_up = time.monotonic() + MAX_WAIT
         while not lock.acquire(timeout=self.timeout):
             with self._guard:  # one thread at a time inspects the graph and may back off
                 cycle = self._cycle_through(me)
                 if cycle:
                     del self.waiting[me]  # from now on nobody waits for us: the cycle is broken
-                    self.deadlocks.append(Deadlock(me, cycle))
+                    self.deadlocks.append(Deadlock(me, cycle))  # me: the victim
                     return False
             if time.monotonic() > give_up:  # slow, not deadlocked: still never hang
                 with self._guard:
                     del self.waiting[me]
-                raise LockWaitTooLong(f"{me} waited {MAX_WAIT:.0f} s for {name}")
+                raise LockWaitTooLong(f"{self.names[me]} waited {MAX_WAIT:g} s for {name}")
         with self._guard:
             del self.waiting[me]
             self.holder[name] = me
         return True
 
     def release(self, name: str) -> None:
+        """Let go of lock `name`. RuntimeError if the calling thread does not hold it."""
         with self._guard:
+            if self.holder.get(name) != threading.get_ident():
+                raise RuntimeError(
+                    f"{threading.current_thread().name} releases {name}, which it does not hold"
+                )
             del self.holder[name]
         self._locks[name].release()
 
-    def held_by(self, thread: str) -> tuple[str, ...]:
+    def held_by(self, thread: int) -> tuple[str, ...]:
         return tuple(sorted(name for name, owner in self.holder.items() if owner == thread))
 
-    def _cycle_through(self, start: str) -> tuple[Waiter, ...]:
+    def _cycle_through(self, start: int) -> tuple[Waiter, ...]:
         """Follow "waits for a lock held by" from `start`; the cycle if it comes back.
 
         Called with `_guard` held. Empty if the chain ends at a free lock or at a
         thread that is running (not waiting): then the wait is slow, not stuck.
         """
         chain: list[Waiter] = []
-        thread = start
+        thread: int | None = start
         while thread in self.waiting and len(chain) <= len(self.waiting):
             wanted = self.waiting[thread]
-            chain.append(Waiter(thread, self.held_by(thread), wanted))
-            thread = self.holder.get(wanted, "")
+            chain.append(Waiter(thread, self.names[thread], self.held_by(thread), wanted))
+            thread = self.holder.get(wanted)  # None: the lock is free, no chain
             if thread == start:
                 return tuple(chain)
         return ()
@@ -138,6 +158,7 @@ class TransferRun:
     balances: dict[str, int]
     completed: int
     deadlocks: list[Deadlock] = field(default_factory=list)
+    gave_up: list[str] = field(default_factory=list)  # transfers that raised LockWaitTooLong
 
 
 def transfer(
@@ -158,24 +179,30 @@ def transfer(
     just sometimes. (Ordered, that moment cannot happen: whoever gets the first
     lock in the order is the only one that can go on to want a second.)
     """
+    if source == target:
+        raise ValueError(f"a transfer needs two different accounts, got {source!r} twice")
     first, second = sorted((source, target)) if ordered else (source, target)
     for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            time.sleep(BACK_OFF)  # a victim waits a moment, so the other thread gets in first
         if not monitor.acquire(first):
             continue
-        if both_hold_one is not None and attempt == 0:
+        try:  # whatever happens from here on, the first lock is let go of
+            if both_hold_one is not None and attempt == 0:
+                try:
+                    both_hold_one.wait(timeout=BARRIER_TIMEOUT)
+                except threading.BrokenBarrierError:
+                    pass  # the other transfer is waiting on our lock: it cannot come
+            if not monitor.acquire(second):  # the victim: back off and retry
+                continue
             try:
-                both_hold_one.wait(timeout=BARRIER_TIMEOUT)
-            except threading.BrokenBarrierError:
-                pass  # the other transfer is waiting on our lock: it cannot come
-        if not monitor.acquire(second):
-            monitor.release(first)  # back off: let the other thread finish...
-            time.sleep(BACK_OFF)  # ...before trying again
-            continue
-        accounts[source] -= amount
-        accounts[target] += amount
-        monitor.release(second)
-        monitor.release(first)
-        return True
+                accounts[source] -= amount
+                accounts[target] += amount
+            finally:
+                monitor.release(second)
+            return True
+        finally:  # also when acquire(second) raised LockWaitTooLong
+            monitor.release(first)
     return False
 
 
@@ -185,9 +212,13 @@ def run_transfers(ordered: bool, timeout: float = WAIT_TIMEOUT) -> TransferRun:
     monitor = LockMonitor(sorted(accounts), timeout)
     both_hold_one = None if ordered else threading.Barrier(2)
     done: list[bool] = []
+    gave_up: list[str] = []
 
     def move_money(source: str, target: str, amount: int) -> None:
-        done.append(transfer(monitor, accounts, source, target, amount, ordered, both_hold_one))
+        try:
+            done.append(transfer(monitor, accounts, source, target, amount, ordered, both_hold_one))
+        except LockWaitTooLong as slow:  # reported with the run, not as a thread's traceback
+            gave_up.append(str(slow))
 
     threads = [
         threading.Thread(
@@ -204,7 +235,7 @@ def run_transfers(ordered: bool, timeout: float = WAIT_TIMEOUT) -> TransferRun:
     for thread in threads:
         thread.join(timeout=MAX_WAIT * MAX_ATTEMPTS)
     seconds = time.perf_counter() - started
-    return TransferRun(ordered, timeout, seconds, accounts, sum(done), monitor.deadlocks)
+    return TransferRun(ordered, timeout, seconds, accounts, sum(done), monitor.deadlocks, gave_up)
 
 
 def report(run: TransferRun, indent: str = "") -> None:
@@ -215,7 +246,10 @@ def report(run: TransferRun, indent: str = "") -> None:
         print(f"{indent}  DEADLOCK detected after waiting {run.timeout:g} s:")
         for line in deadlock.describe():
             print(f"{indent}    {line}")
-        print(f"{indent}    {deadlock.victim} backs off: releases its lock and retries")
+        victim = deadlock.labels()[deadlock.victim]
+        print(f"{indent}    {victim} backs off: releases its lock and retries")
+    for reason in run.gave_up:
+        print(f"{indent}  GAVE UP: {reason}")
     balances = ", ".join(f"{name} {balance}" for name, balance in run.balances.items())
     print(
         f"{indent}  {run.completed} of 2 transfers done in {run.seconds:.2f} s, "
@@ -246,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         and broken.completed == fixed.completed == 2
         and broken.balances == fixed.balances == expected
     )
+    if not showed:
+        print(
+            "FAILED: expected a deadlock in the first run only, both transfers done in each, "
+            f"and balances {expected}"
+        )
     return 0 if showed else 1
 
 

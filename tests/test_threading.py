@@ -166,7 +166,7 @@ def test_opposite_lock_order_deadlock_is_reported_and_both_transfers_finish():
     assert run.deadlocks
     for found in run.deadlocks:
         assert {w.thread for w in found.cycle} == {"transfer alice->bob", "transfer bob->alice"}
-        assert found.victim in {w.thread for w in found.cycle}
+        assert found.victim in {w.ident for w in found.cycle}
         for waiter in found.cycle:  # each holds one account and waits for the other
             assert len(waiter.holds) == 1 and waiter.waits_for not in waiter.holds
         assert any("holds alice and waits for bob" in line for line in found.describe())
@@ -207,6 +207,106 @@ def test_a_slow_holder_is_waited_for_not_reported_as_deadlock():
     monitor.release("a")
     holder.join(timeout=5)
     assert monitor.deadlocks == []
+
+
+def test_threads_that_share_a_name_are_told_apart_and_no_false_deadlock_is_reported():
+    # Two threads both called "worker": one holds a and b, the other waits for b.
+    # There is no cycle; keyed by name, the detector saw "worker waits for b, held
+    # by worker" and made the waiting thread a victim.
+    monitor = deadlock.LockMonitor(["a", "b"], timeout=0.02)
+    taken, release = threading.Event(), threading.Event()
+
+    def hold_both() -> None:
+        assert monitor.acquire("a") and monitor.acquire("b")
+        taken.set()
+        release.wait(timeout=10)
+        monitor.release("b")
+        monitor.release("a")
+
+    got: list[bool] = []
+
+    def wait_for_b() -> None:
+        got.append(monitor.acquire("b"))
+        if got[-1]:
+            monitor.release("b")
+
+    holder = threading.Thread(target=hold_both, name="worker", daemon=True)
+    holder.start()
+    assert taken.wait(timeout=5)
+    waiter = threading.Thread(target=wait_for_b, name="worker", daemon=True)
+    waiter.start()
+    threading.Timer(0.3, release.set).start()  # the waiter times out many times first
+    waiter.join(timeout=10)
+    holder.join(timeout=10)
+    assert got == [True]
+    assert monitor.deadlocks == []
+
+
+def test_a_deadlock_between_threads_that_share_a_name_is_still_found_and_told_apart():
+    monitor = deadlock.LockMonitor(["a", "b"], timeout=0.05)
+    both_hold_one = threading.Barrier(2)
+    outcome: list[bool] = []
+
+    def take(first: str, second: str) -> None:
+        assert monitor.acquire(first)
+        both_hold_one.wait(timeout=5)
+        got_second = monitor.acquire(second)
+        outcome.append(got_second)
+        if got_second:
+            monitor.release(second)
+        monitor.release(first)
+
+    threads = [
+        threading.Thread(target=take, args=pair, name="worker", daemon=True)
+        for pair in (("a", "b"), ("b", "a"))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(outcome) == [False, True]  # one victim backed off, the other went on
+    (found,) = monitor.deadlocks
+    assert len({waiter.ident for waiter in found.cycle}) == 2
+    described = "\n".join(found.describe())
+    assert described.count("worker [") == 4, described  # each named with its thread id
+
+
+def test_releasing_a_lock_this_thread_does_not_hold_is_refused():
+    monitor = deadlock.LockMonitor(["a"])
+    with pytest.raises(RuntimeError, match="does not hold"):
+        monitor.release("a")
+    release = threading.Event()
+    holder = hold_lock(monitor, "a", release)
+    try:
+        with pytest.raises(RuntimeError, match="does not hold"):
+            monitor.release("a")  # held, but by the holder thread, not by this one
+    finally:
+        release.set()
+        holder.join(timeout=5)
+
+
+def test_a_transfer_that_waits_too_long_lets_go_of_its_first_lock(monkeypatch):
+    monkeypatch.setattr(deadlock, "MAX_WAIT", 0.2)
+    monitor = deadlock.LockMonitor(["alice", "bob"], timeout=0.05)
+    accounts = {"alice": 100, "bob": 100}
+    release = threading.Event()
+    holder = hold_lock(monitor, "bob", release)  # slow, not deadlocked: it waits for nothing
+    try:
+        with pytest.raises(deadlock.LockWaitTooLong):
+            deadlock.transfer(monitor, accounts, "alice", "bob", 30, ordered=False)
+        assert "alice" not in monitor.holder  # it let go of the lock it had taken
+        assert monitor.acquire("alice")  # and anyone can take it now
+        monitor.release("alice")
+        assert accounts == {"alice": 100, "bob": 100}
+    finally:
+        release.set()
+        holder.join(timeout=5)
+
+
+def test_a_transfer_to_the_same_account_is_refused():
+    monitor = deadlock.LockMonitor(["alice"])
+    with pytest.raises(ValueError, match="two different accounts"):
+        deadlock.transfer(monitor, {"alice": 100}, "alice", "alice", 5, ordered=True)
 
 
 def test_a_lock_held_too_long_raises_instead_of_hanging(monkeypatch):
