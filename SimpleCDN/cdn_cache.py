@@ -6,7 +6,7 @@ reused for a request whose Accept-Encoding matches the one that produced it,
 so the store keeps a separate entry per variant and picks the newest match.
 
 Entries are immutable: refreshing one (after a 304) stores a new entry in its
-place, so a thread that is still sending the old one is never disturbed.
+place, so a connection that is still sending the old one is never disturbed.
 
 README sections: "Vary: one URL, several answers" and "Staying up" (bounded memory).
 """
@@ -45,11 +45,17 @@ def normalised_value(request_headers: Headers, name: str) -> str | None:
 
     `Foo: 1,2`, `Foo: 1, 2` and two lines `Foo: 1` / `Foo: 2` mean the same
     (RFC 9111 4.1 allows this normalisation); an absent field matches only absent.
+    `name` is lower case.
     """
     values = get_all(request_headers, name)
     if not values:
         return None
-    return ",".join(split_list(",".join(values)))
+    members = split_list(",".join(values))
+    if name == "accept-encoding":
+        # The order of codings carries no meaning, and their names no case
+        # (RFC 9110 12.5.3): `gzip, br` and `BR,gzip` are one variant, not two.
+        members = sorted(member.lower() for member in members)
+    return ",".join(members)
 
 
 def variant_of(fields: list[str], request_headers: Headers) -> Variant:

@@ -329,7 +329,7 @@ class Edge:
         reason = policy.why_not_shared(plan.request, status, headers, directives, use_expires)
         lifetime = freshness_lifetime(status, headers, directives, use_expires, response_time)
         initial_age = corrected_initial_age(headers, request_time, response_time)
-        self.remember_shareable(plan.target, reason is None and lifetime > initial_age)
+        self.remember_shareable(plan.target, reason is None)
         fields = vary_fields(headers)
         self.known_vary[plan.target] = fields
         self.known_vary.move_to_end(plan.target)

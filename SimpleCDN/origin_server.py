@@ -24,7 +24,9 @@ Pages (GET /, or see PAGES below):
                            status=404  cc=max-age%3D60  etag=v1  lm=3600 (seconds ago)
                            date=-10 (seconds from now)  expires=60  age=30
                            h=Name:Value (repeatable; h200= / h304= only on a 200 / a 304)
-                           body=text  size=bytes  sleep_ms=500  hint=</a.css>;rel=preload (103)
+                           body=text  size=bytes (up to 1 GiB, written in pieces)
+                           sleep_ms=500  hint=</a.css>;rel=preload (103)
+                           cookie=1 (Set-Cookie: session=<the request's X-User>-secret)
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ STATS_PATH = "/__origin/stats"
 LATENCY_PATH = "/__origin/latency"  # PUT ?ms=3000 makes every answer slower
 DEFAULT_LATENCY_MS = 80  # a user far from the origin: the round trip a CDN saves
 LARGE_FILE_BYTES = 2 * 1024 * 1024
-MAX_RESPOND_BYTES = 64 * 1024 * 1024  # /respond?size= beyond this is refused, not attempted
+MAX_RESPOND_BYTES = 1024**3  # /respond?size= beyond this is refused, not attempted
+PIECE_BYTES = 1024 * 1024  # a large body is written in pieces this size, never held whole
 STARTED = time.time()
 ABOUT_LAST_MODIFIED = STARTED - 10 * 24 * 3600  # "edited ten days ago"
 
@@ -86,6 +89,21 @@ def fields(specs: list[str]) -> list[tuple[str, str]]:
 
 def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
+
+
+class Filler:
+    """`size` bytes of b"x", produced piece by piece so a 100 MB body costs no 100 MB."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def pieces(self):
+        piece = b"x" * min(self.size, PIECE_BYTES)
+        for start in range(0, self.size, PIECE_BYTES):
+            yield piece[: self.size - start]
 
 
 class OriginState:
@@ -143,7 +161,7 @@ class OriginHandler(BaseHTTPRequestHandler):
         self,
         status: int,
         headers: list[tuple[str, str]],
-        body: bytes = b"",
+        body: bytes | Filler = b"",
         date: float | None = None,
     ) -> None:
         self.send_response_only(status)
@@ -157,7 +175,8 @@ class OriginHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD" and status not in (204, 304):
-            self.wfile.write(body)
+            for piece in body.pieces() if isinstance(body, Filler) else [body]:
+                self.wfile.write(piece)
 
     def not_modified(self, etag: str | None, last_modified: float | None) -> bool:
         """The origin's side of validation: does the client's copy still match?"""
@@ -361,10 +380,12 @@ class OriginHandler(BaseHTTPRequestHandler):
         if "age" in first:
             headers.append(("Age", first["age"]))
         headers += fields(query.get("h", []))
+        if "cookie" in first:  # a personal answer: a session cookie for whoever asked
+            headers.append(("Set-Cookie", f"session={self.headers.get('X-User', 'anon')}-secret"))
         if "hint" in first:  # 103 Early Hints before the real answer (RFC 8297)
             self.wfile.write(f"HTTP/1.1 103 Early Hints\r\nLink: {first['hint']}\r\n\r\n".encode())
         date = now + int(first.get("date", "0"))
-        body = first.get("body", "").encode() or b"x" * size or b"ok\n"
+        body = first.get("body", "").encode() or (Filler(size) if size else b"ok\n")
         if self.command in ("GET", "HEAD") and self.not_modified(etag, last_modified):
             self.reply(304, headers + fields(query.get("h304", [])), date=date)
         else:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
+import psutil
 import pytest
 import requests
 from conftest import ServerProcess, load_module, run_script
@@ -656,6 +657,251 @@ def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
         assert time.monotonic() < deadline, "the background refresh never landed"
         time.sleep(0.05)
     assert origin_count(origin, target) == 2
+
+
+# --- issue 18: streaming, slow clients, fill from any request, cookies, variants ------------
+
+MB = 1024 * 1024
+# What the edge's resident memory may exceed cache size + in-flight budget by:
+# the interpreter with its modules (~35 MB), and per connection what its
+# socket buffer may pin (a WRITE_CHUNK in the transport, one chunk being sent).
+RSS_MARGIN = 64 * MB
+
+
+def download(
+    edge: ServerProcess,
+    target: str,
+    pace: float | None = None,
+    read_buffer: int | None = None,
+    barrier: threading.Barrier | None = None,
+) -> tuple[bytes, int]:
+    """GET `target` on a raw socket; return the response head and how many body bytes came.
+
+    `pace` (bytes/s) makes this a slow reader; `read_buffer` shrinks the
+    socket's receive buffer, so the edge really has to wait for it.
+    """
+    sock = socket.socket()
+    if read_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, read_buffer)
+    sock.settimeout(60)
+    sock.connect((edge.host, edge.port))
+    if barrier is not None:
+        barrier.wait()
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the head: {data[:200]!r}"
+        data += chunk
+    head, _, first = data.partition(b"\r\n\r\n")
+    received = len(first)
+    buffer = bytearray(MB if pace is None else 64 * 1024)
+    started = time.monotonic()
+    with sock:
+        while size := sock.recv_into(buffer):
+            received += size
+            if pace is not None:  # sleep until this many bytes are "due"
+                time.sleep(max(0.0, received / pace - (time.monotonic() - started)))
+    return head, received
+
+
+def test_twenty_clients_download_100_mb_through_one_origin_fetch_in_bounded_memory(origin):
+    """20 x 100 MB: one origin fetch, and RSS under cache + in-flight budget + RSS_MARGIN.
+
+    The old edge held each body whole: four 60 MB downloads took it to 504 MB.
+    """
+    size, cache, inflight = 100 * MB, 16 * MB, 16 * MB
+    args = ("--cache-size", "16MB", "--max-object-size", "8MB", "--max-inflight-bytes", "16MB")
+    with ServerProcess(EDGE, "--origin", origin.url, *args) as edge:
+        # sleep_ms: the origin waits before answering, so all 20 can join the one fetch
+        target = url_for(cc="max-age=600", size=size, sleep_ms=1500)
+        process, peak, done = psutil.Process(edge.proc.pid), [0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        barrier = threading.Barrier(20)
+        try:
+            with ThreadPoolExecutor(20) as pool:
+                results = list(
+                    pool.map(lambda _: download(edge, target, barrier=barrier), range(20))
+                )
+        finally:
+            done.set()
+            sampler.join()
+        assert [length for _, length in results] == [size] * 20
+        assert all(head.startswith(b"HTTP/1.1 200") for head, _ in results)
+        assert origin_count(origin, target) == 1
+        assert peak[0] <= cache + inflight + RSS_MARGIN, f"peak RSS {peak[0] / MB:.0f} MB"
+        stats = edge_stats(edge)
+        assert stats["inflight_peak"] <= inflight + 2 * MB  # one read past the budget at most
+        assert stats["coalesced"] == 19 and stats["inflight_bytes"] == 0
+
+
+def test_a_client_reading_at_1_mb_per_second_gets_all_60_mb(origin):
+    """The old edge's send timeout covered the whole answer and cut this client at 45 MB;
+    now it only bounds each write, so a 60 s download with a 5 s deadline completes."""
+    with ServerProcess(EDGE, "--origin", origin.url, "--send-timeout", "5") as edge:
+        target = url_for(cc="max-age=600", size=60_000_000)
+        head, received = download(edge, target, pace=1_000_000, read_buffer=64 * 1024)
+        assert head.startswith(b"HTTP/1.1 200") and received == 60_000_000
+        assert edge_stats(edge)["slow_clients_dropped"] == 0
+
+
+def test_a_stalled_client_is_dropped_after_the_send_timeout_and_its_memory_freed(origin):
+    with ServerProcess(EDGE, "--origin", origin.url, "--send-timeout", "1") as edge:
+        target = url_for(cc="max-age=600", size=40 * MB)  # over --max-object-size: streamed
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        stalled.connect((edge.host, edge.port))
+        try:
+            stalled.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 30
+            while edge_stats(edge)["slow_clients_dropped"] != 1:
+                assert time.monotonic() < deadline, "the stalled client was never dropped"
+                time.sleep(0.1)
+            assert served(edge, url_for(cc="max-age=60")).status_code == 200
+            while edge_stats(edge)["inflight_bytes"] != 0:  # what it held is given back
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            stalled.close()
+
+
+def test_a_range_miss_fills_the_cache_and_later_requests_are_hits(edge, origin):
+    target = url_for(cc="max-age=600", body="0123456789")
+    part = served(edge, target, headers={"Range": "bytes=2-4"})
+    assert (part.status_code, part.text, part.headers["X-Cache"]) == (206, "234", "MISS")
+    assert part.headers["Content-Range"] == "bytes 2-4/10"
+    again = served(edge, target, headers={"Range": "bytes=2-4"})
+    assert (again.status_code, again.text, again.headers["X-Cache"]) == (206, "234", "HIT")
+    whole = served(edge, target)
+    assert (whole.status_code, whole.text, whole.headers["X-Cache"]) == (200, "0123456789", "HIT")
+    assert origin_count(origin, target) == 1
+    # the issue's case: 3 requests for the first 100 bytes of 2 MiB made 3 full origin fetches
+    large = url_for(cc="max-age=600", size=2 * MB)
+    parts = [served(edge, large, headers={"Range": "bytes=0-99"}) for _ in range(3)]
+    assert [(p.status_code, len(p.content)) for p in parts] == [(206, 100)] * 3
+    assert [p.headers["X-Cache"] for p in parts] == ["MISS", "HIT", "HIT"]
+    assert origin_count(origin, large) == 1
+
+
+def test_a_conditional_miss_fills_the_cache_and_is_answered_304_by_the_edge(edge, origin):
+    target = url_for(cc="max-age=600", etag="v7")
+    cold = served(edge, target, headers={"If-None-Match": '"v7"'})
+    assert (cold.status_code, cold.headers["X-Cache"], cold.content) == (304, "MISS", b"")
+    plain = served(edge, target)
+    assert (plain.status_code, plain.headers["X-Cache"], plain.text) == (200, "HIT", "ok\n")
+    other = served(edge, target, headers={"If-None-Match": '"v6"'})
+    assert (other.status_code, other.headers["X-Cache"]) == (200, "HIT")
+    assert origin_count(origin, target) == 1
+
+
+def test_a_response_that_sets_a_cookie_is_never_given_to_another_user(edge, origin):
+    target = url_for(cc="max-age=600", cookie=1)
+    alice = served(edge, target, headers={"X-User": "alice"})
+    bob = served(edge, target, headers={"X-User": "bob"})
+    assert alice.headers["Set-Cookie"] == "session=alice-secret"
+    assert (bob.headers["Set-Cookie"], bob.headers["X-Cache"]) == ("session=bob-secret", "MISS")
+    # at once, too: ten users who coalesce on one fetch each get their own cookie
+    users = [f"user{n}" for n in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        cookies = list(
+            pool.map(
+                lambda u: served(edge, target, headers={"X-User": u}).headers["Set-Cookie"], users
+            )
+        )
+    assert cookies == [f"session={u}-secret" for u in users]
+    assert origin_count(origin, target) == 12
+
+
+def test_no_cache_set_cookie_shares_the_page_but_never_the_cookie(edge, origin):
+    target = url_for(cc='max-age=600, no-cache="Set-Cookie"', cookie=1)
+    alice = served(edge, target, headers={"X-User": "alice"})
+    bob = served(edge, target, headers={"X-User": "bob"})
+    assert (alice.headers["Set-Cookie"], alice.headers["X-Cache"]) == (
+        "session=alice-secret",
+        "MISS",
+    )
+    assert (bob.headers["X-Cache"], "Set-Cookie" in bob.headers) == ("HIT", False)
+    assert origin_count(origin, target) == 1
+
+
+def test_concurrent_misses_on_two_variants_make_two_origin_requests(edge, origin):
+    target = url_for(cc="max-age=600", h="Vary: Accept-Encoding", sleep_ms=500)
+    encodings = ["gzip"] * 10 + ["identity"] * 10
+    barrier = threading.Barrier(len(encodings))
+
+    def fetch(encoding: str) -> tuple[int, str]:
+        barrier.wait()
+        response = served(edge, target, headers={"Accept-Encoding": encoding})
+        return response.status_code, response.text
+
+    with ThreadPoolExecutor(len(encodings)) as pool:
+        assert list(pool.map(fetch, encodings)) == [(200, "ok\n")] * 20
+    assert origin_count(origin, target) == 2
+
+
+def test_accept_encoding_in_any_order_or_case_shares_one_entry(edge, origin):
+    target = url_for(cc="max-age=600", h="Vary: Accept-Encoding")
+    orders = ["gzip, br", "br, gzip", "br,gzip", "GZIP,  br"]
+    cache = [
+        served(edge, target, headers={"Accept-Encoding": o}).headers["X-Cache"] for o in orders
+    ]
+    assert cache == ["MISS", "HIT", "HIT", "HIT"]
+    assert served(edge, target, headers={"Accept-Encoding": "gzip"}).headers["X-Cache"] == "MISS"
+    assert origin_count(origin, target) == 2
+
+
+def test_stale_while_revalidate_under_50_concurrent_requests_sends_one_refresh(edge, origin):
+    target = url_for(
+        etag="swr50",
+        h200=["Cache-Control: max-age=1, stale-while-revalidate=60", "Age: 5"],
+        h304="Cache-Control: max-age=600",
+        sleep_ms=500,  # the refresh takes a while: the 50 arrive while it is under way
+    )
+    served(edge, target)  # stored, already stale
+    with ThreadPoolExecutor(50) as pool:
+        labels = list(pool.map(lambda _: served(edge, target).headers["X-Cache"], range(50)))
+    assert labels.count("STALE") + labels.count("HIT") == 50 and "STALE" in labels
+    deadline = time.monotonic() + 10
+    while served(edge, target).headers["X-Cache"] != "HIT":
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        time.sleep(0.05)
+    assert origin_count(origin, target) == 2
+
+
+def test_stale_if_error_serves_stale_at_once_while_one_request_tries_a_slow_origin():
+    with ServerProcess(ORIGIN, "--latency-ms", "0") as slowable:
+        with ServerProcess(EDGE, "--origin", slowable.url, "--origin-timeout", "2") as edge:
+            target = url_for(cc="max-age=1, stale-if-error=600", age=5, etag="sie")
+            served(edge, target)  # stored, already stale
+            requests.put(slowable.url + "/__origin/latency?ms=4000", timeout=TIMEOUT)
+            with ThreadPoolExecutor(10) as pool:
+                answers = list(pool.map(lambda _: served(edge, target), range(10)))
+            assert [(a.status_code, a.headers["X-Cache"]) for a in answers] == [(200, "STALE")] * 10
+            assert origin_count(slowable, target) == 2  # the first fetch, and one refresh
+
+
+def test_x_forwarded_for_gets_the_client_address_appended(edge):
+    alone = echo(edge, "GET")
+    relayed = echo(edge, "GET", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert {k.lower(): v for k, v in alone["headers"]}["x-forwarded-for"] == "127.0.0.1"
+    assert {k.lower(): v for k, v in relayed["headers"]}["x-forwarded-for"] == (
+        "203.0.113.7, 127.0.0.1"
+    )
+
+
+def test_a_body_too_large_is_refused_before_100_continue(edge):
+    answer = raw_exchange(
+        edge,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n"
+        b"Expect: 100-continue\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer
 
 
 # --- operating it: stats and purge ---------------------------------------------------
