@@ -27,30 +27,31 @@ import signal
 import socket
 import sqlite3
 import threading
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
 
+import redis
 from chat_rooms import NameTaken, Rooms, Seat
 from chat_rules import (
-    MESSAGE_BURST,
-    MESSAGES_PER_SECOND,
-    TYPING_BURST,
-    TYPING_PER_SECOND,
+    LIMITS,
+    Flooding,
+    Limiter,
     Rejected,
-    TokenBucket,
+    check_history,
     check_join,
     check_message,
     check_typing,
 )
-from chat_store import ChatStore
+from chat_store import HISTORY_LIMIT, PAGE_LIMIT, ChatStore, StoreError
 from flask import Flask, render_template, request
 from flask_socketio import SocketIO, emit, join_room, leave_room
+from itsdangerous import BadData, URLSafeTimedSerializer
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DB = HERE / "out" / "chat.db"  # git-ignored; pass --db to keep several apart
 CLIENT_JS = HERE / "static" / "vendor" / "socket.io.min.js"  # copied from npm by `make setup`
 DEFAULT_ROOMS = ("general", "random")  # listed in the lobby even when empty
-EVENTS = ("join", "leave", "message", "typing", "rooms")  # what a client may send
+EVENTS = ("join", "leave", "message", "typing", "rooms", "history")  # what a client may send
 
 LOBBY_INTERVAL = 0.5  # s: membership changes within this window make one lobby update
 LOBBY_ROOMS = 50  # rooms the lobby lists, busiest first: it goes to every client
@@ -58,36 +59,31 @@ MAX_PACKET_BYTES = 64 * 1024  # Engine.IO closes a connection that sends a bigge
 PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence in 15-20 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
 STOP_TIMEOUT = 2.0  # s: open connections get this long to close at shutdown
-QUEUE_TIMEOUT = 2.0  # s: how long app.py waits for --message-queue's Redis at start
+REDIS_TIMEOUT = 2.0  # s: how long app.py waits for --redis at start
+TOKEN_MAX_AGE = 7 * 24 * 3600  # s: a rejoin token older than a week no longer counts
 
 log = logging.getLogger("realtimechat")
-
-
-@dataclass
-class Limits:
-    """A connection's token buckets: one for messages, one for typing notices."""
-
-    messages: TokenBucket
-    typing: TokenBucket
 
 
 class ChatServer:
     """The chat's event handlers and the state they share.
 
-    Handlers raise `Rejected` for bad input; `on_error` turns that into an
-    `error` event (and the ack's answer) for that client alone, so one bad
-    client never disturbs the others.
+    Every handler starts with `admit(event)`, the rate limit, before it reads
+    its payload. Handlers raise `Rejected` for bad input; `on_error` turns
+    that into an `error` event (and the ack's answer) for that client alone,
+    so one bad client never disturbs the others.
     """
 
-    def __init__(
-        self, socketio: SocketIO, store: ChatStore, messages_per_second: float, burst: int
-    ) -> None:
+    def __init__(self, socketio: SocketIO, store: ChatStore, presence, limiter: Limiter) -> None:
         self.socketio = socketio
         self.store = store
-        self.rooms = Rooms()
-        self.messages_per_second = messages_per_second
-        self.burst = burst
-        self.limits: dict[str, Limits] = {}  # sid -> its buckets, from connect to disconnect
+        self.presence = presence  # chat_rooms.Rooms, or chat_presence_redis.RedisRooms
+        self.limiter = limiter
+        # Rejoin tokens are signed with a secret kept in the database, so every
+        # process on it, and the same one after a restart, accepts them.
+        self.tokens = URLSafeTimedSerializer(store.secret("rejoin-token"), salt="rejoin")
+        self.connected: set[str] = set()  # sids between connect and disconnect
+        self.people: dict[str, str] = {}  # sid -> person id, from its first join
         self._lobby_lock = threading.Lock()  # guards the two flags below
         self._lobby_pending = False  # True while a lobby update is scheduled
         self._closed = False  # True once close() has run: nothing more is sent
@@ -96,98 +92,122 @@ class ChatServer:
 
     def on_connect(self, auth: object = None) -> None:
         sid = request.sid
-        if sid in self.limits:  # not Socket.IO connecting: a client sent an event named so
+        if sid in self.connected:  # not Socket.IO connecting: a client sent an event named so
+            self.admit("connect")
             raise Rejected("reserved_event", "'connect' is Socket.IO's own event, not a client's")
-        self.limits[sid] = Limits(
-            TokenBucket(self.messages_per_second, self.burst),
-            TokenBucket(TYPING_PER_SECOND, TYPING_BURST),
-        )
+        self.connected.add(sid)
         emit("rooms", self.lobby())
 
     def on_disconnect(self, *reason: object) -> None:
         sid = request.sid
         if self.socketio.server.manager.is_connected(sid, "/"):
             # During a real disconnect Socket.IO has already marked the client as leaving.
+            self.admit("disconnect")
             raise Rejected(
                 "reserved_event", "'disconnect' is Socket.IO's own event, not a client's"
             )
-        self.limits.pop(sid, None)
-        self._vacate(sid, self.rooms.leave(sid))
+        self.connected.discard(sid)
+        self.people.pop(sid, None)
+        self.limiter.forget(sid)
+        self._vacate(sid, self.presence.leave(sid))
 
     # -- the events a client sends -------------------------------------------
 
     def on_join(self, payload: object = None, *extra: object) -> dict:
-        """Sit in a room under a name; the ack carries the members and the last messages."""
+        """Sit in a room under a name; the ack carries the members, history and a rejoin token.
+
+        The same person (a valid token) takes their name back from a ghost
+        connection at once, and the ghost is closed; anyone else is refused.
+        """
+        self.admit("join")
         no_extra_arguments("join", extra)
-        room, name, after_id = check_join(payload)
+        room, name, after_id, token = check_join(payload)
         sid = request.sid
+        if self.presence.seat(sid) != Seat(room, name):
+            self.limiter.admit_person(sid, (room, name), "join")
+        person = self.person_in(token) or self.people.get(sid) or uuid.uuid4().hex
         try:
-            old = self.rooms.join(sid, room, name)
+            joined = self.presence.join(sid, room, name, person)
         except NameTaken as taken:
             raise Rejected("name_taken", str(taken)) from None
-        new = Seat(room, name)
-        if old != new:
-            self._vacate(sid, old)
-            join_room(room)
-            emit(
-                "presence",
-                {"room": room, "name": name, "online": True},
-                to=room,
-                include_self=False,
-            )
+        self.people[sid] = person
+        if joined.ghost is not None:
+            self.close_ghost(joined.ghost, f"{sid} took '{name}' back in {room}")
+        if joined.old is not None:
+            self._vacate(sid, joined.old)
+        # Enter the room before reading history: a message stored from now on is
+        # also broadcast to us, so nothing falls between the two (a message in
+        # both is shown once, by id).
+        join_room(room)
+        if joined.ghost is None and not joined.again:
+            online = {"room": room, "name": name, "online": True}
+            emit("presence", online, to=room, include_self=False)
             self.lobby_changed()
-        history = self.store.history(room, after_id=after_id)
+        if after_id:
+            history, more = self.store.page(room, after_id, HISTORY_LIMIT)
+        else:
+            history, more = self.store.latest(room), False
         return {
             "room": room,
             "name": name,
-            "members": self.rooms.members(room),
+            "members": self.presence.members(room),
             "history": [message.to_json() for message in history],
+            "more": more,  # more after these: page on with `history`
+            "token": self.tokens.dumps(person),
         }
 
     def on_leave(self, *args: object) -> dict:
+        self.admit("leave")
         no_arguments("leave", args)
-        seat = self.rooms.leave(request.sid)
-        if seat is None:
-            raise Rejected("not_in_room", "you are not in a room")
-        self._vacate(request.sid, seat)
+        seat = self.seat_or_reject()
+        self._vacate(request.sid, self.presence.leave(request.sid) or seat)
         return {"left": seat.room}
 
+    def on_history(self, payload: object = None, *extra: object) -> dict:
+        """A page of a room's messages after `after_id`, oldest first, and whether more follow."""
+        self.admit("history")
+        no_extra_arguments("history", extra)
+        room, after_id, limit = check_history(payload, PAGE_LIMIT)
+        messages, more = self.store.page(room, after_id, limit)
+        return {"messages": [message.to_json() for message in messages], "more": more}
+
     def on_message(self, payload: object = None, *extra: object) -> dict:
-        """Store, then broadcast, then acknowledge: an ack means the message is on disk."""
+        """Store, then broadcast, then acknowledge: an ack means the message is on disk.
+
+        A retry with a `client_id` already stored is acknowledged with the
+        first one's id and not broadcast again.
+        """
+        self.admit("message")
         no_extra_arguments("message", extra)
         seat = self.seat_or_reject()
-        text = check_message(payload)
-        if not self.limits[request.sid].messages.take():
-            raise Rejected(
-                "rate_limited",
-                f"more than {self.messages_per_second:g} messages per second; wait and resend",
-            )
-        message = self.store.add(seat.room, seat.name, text)
-        emit("message", message.to_json(), to=seat.room)
-        return {"id": message.id, "ts": message.ts}
+        text, client_id = check_message(payload)
+        message, is_new = self.store.add(seat.room, seat.name, text, client_id)
+        if is_new:
+            emit("message", message.to_json(), to=seat.room)
+        return {"id": message.id, "ts": message.ts, "seq": message.seq}
 
     def on_typing(self, payload: object = None, *extra: object) -> None:
+        self.admit("typing")
         no_extra_arguments("typing", extra)
         seat = self.seat_or_reject()
-        typing = check_typing(payload)
-        if not self.limits[request.sid].typing.take():
-            raise Rejected(
-                "rate_limited", f"more than {TYPING_PER_SECOND:g} typing notices a second"
-            )
-        notice = {"room": seat.room, "name": seat.name, "typing": typing}
+        notice = {"room": seat.room, "name": seat.name, "typing": check_typing(payload)}
         emit("typing", notice, to=seat.room, include_self=False)
 
     def on_rooms(self, *args: object) -> list[dict]:
+        self.admit("rooms")
         no_arguments("rooms", args)
         return self.lobby()
 
     def on_unknown(self, event: str, *args: object) -> None:
+        self.admit(event)
         raise Rejected("unknown_event", f"unknown event '{event}'; events: {', '.join(EVENTS)}")
 
     def on_error(self, error: Exception) -> dict:
         """Tell only the sender what went wrong; the answer also goes back as the ack."""
         if isinstance(error, Rejected):
             code, reason = error.code, error.reason
+        elif isinstance(error, Flooding):
+            code, reason = "flooding", f"disconnected: {error}"
         else:
             log.exception("handler failed on %r", request.event)
             code, reason = "internal", "the server failed on this event (logged); nothing changed"
@@ -195,12 +215,44 @@ class ChatServer:
         if event == "*" and request.event["args"]:
             event = request.event["args"][0]  # the catch-all handler gets the name first
         emit("error", {"event": event, "code": code, "reason": reason})
+        if code == "flooding":
+            self.hang_up(request.sid, str(error))
         return {"error": reason, "code": code}
 
     # -- helpers ---------------------------------------------------------------
 
+    def admit(self, event: str) -> None:
+        """Pass the event through its connection's and its person's token buckets."""
+        seat = self.presence.seat(request.sid)
+        person = (seat.room, seat.name) if seat else None
+        self.limiter.admit(request.sid, person, event)
+
+    def hang_up(self, sid: str, why: str) -> None:
+        """Close the connection itself (Engine.IO), not just its Socket.IO namespace.
+
+        Leaving the namespace alone would keep the socket open, and the server
+        would go on reading every frame the client had already written.
+        """
+        log.warning("closing %s: %s", sid, why)
+        self.socketio.server.eio.disconnect(self.socketio.server.manager.eio_sid_from_sid(sid, "/"))
+
+    def close_ghost(self, ghost: str, why: str) -> None:
+        if self.socketio.server.manager.is_connected(ghost, "/"):  # on this process
+            self.hang_up(ghost, why)
+        else:  # on another process: Socket.IO asks it through Redis to disconnect it
+            self.socketio.server.disconnect(ghost)
+
+    def person_in(self, token: str | None) -> str | None:
+        """The person id a rejoin token vouches for; None if it is absent, forged or stale."""
+        if token is None:
+            return None
+        try:
+            return self.tokens.loads(token, max_age=TOKEN_MAX_AGE)
+        except BadData:
+            return None
+
     def seat_or_reject(self) -> Seat:
-        seat = self.rooms.seat(request.sid)
+        seat = self.presence.seat(request.sid)
         if seat is None:
             raise Rejected("not_in_room", "join a room first: emit 'join' with a room and a name")
         return seat
@@ -210,14 +262,17 @@ class ChatServer:
         if seat is None:
             return
         leave_room(seat.room, sid=sid)
+        self.announce_left(seat)
+
+    def announce_left(self, seat: Seat) -> None:
         offline = {"room": seat.room, "name": seat.name, "online": False}
         self.socketio.emit("presence", offline, to=seat.room)
         self.lobby_changed()
 
     def lobby(self) -> list[dict]:
-        """The busiest known rooms, with how many members each has on this process."""
-        counts = self.rooms.counts()
-        names = set(DEFAULT_ROOMS) | set(counts) | set(self.store.rooms())
+        """The busiest rooms with their members; cheap however many messages are stored."""
+        counts = self.presence.busiest(LOBBY_ROOMS)
+        names = set(DEFAULT_ROOMS) | set(counts) | set(self.store.rooms(LOBBY_ROOMS))
         busiest = sorted(names, key=lambda room: (-counts.get(room, 0), room))[:LOBBY_ROOMS]
         return [{"room": room, "members": counts.get(room, 0)} for room in busiest]
 
@@ -240,14 +295,30 @@ class ChatServer:
             if self._closed:
                 return
             lobby = self.lobby()
-        # ignore_queue: the counts are this process's, so they go to its own clients only.
-        self.socketio.emit("rooms", lobby, ignore_queue=True)
+        self.socketio.emit("rooms", lobby)
+
+    def keep_presence_alive(self, interval: float) -> None:
+        """With Redis: renew this process's lease, and release crashed processes' names."""
+        while not self._closed:
+            try:
+                lost = self.presence.heartbeat()
+                if lost is not None:
+                    log.warning("this process's lease had expired; its clients will rejoin")
+                    for sid in list(self.connected):
+                        self.socketio.server.disconnect(sid, ignore_queue=True)
+                for seat in (lost or []) + self.presence.sweep():
+                    self.announce_left(seat)
+            except redis.RedisError as error:
+                log.warning("presence heartbeat failed: %s", error)
+            self.socketio.sleep(interval)
 
     def close(self) -> None:
-        """Close the database; a lobby update still scheduled is dropped."""
+        """Close the database and end the presence lease; a pending lobby update is dropped."""
         with self._lobby_lock:
             self._closed = True
             self.store.close()
+        if hasattr(self.presence, "close"):
+            self.presence.close()
 
 
 def no_extra_arguments(event: str, extra: tuple) -> None:
@@ -269,17 +340,16 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     app = Flask(__name__)
     app.config.from_mapping(
         DB_PATH=DEFAULT_DB,
-        MESSAGE_QUEUE=None,  # "redis://host:port": processes share rooms through Redis
+        REDIS=None,  # "redis://host:port": processes share rooms, names and presence
         ASYNC_MODE="gevent",  # or "threading" (Werkzeug's server, for comparison)
-        MESSAGES_PER_SECOND=MESSAGES_PER_SECOND,
-        MESSAGE_BURST=MESSAGE_BURST,
+        LIMITS=LIMITS,  # chat_rules.LIMITS: each event's rate and burst
         LOG_EVENTS=False,  # True: log every Socket.IO event (app.py --verbose)
     )
     app.config.update(config or {})
     socketio = SocketIO(
         app,
         async_mode=app.config["ASYNC_MODE"],
-        message_queue=app.config["MESSAGE_QUEUE"],
+        message_queue=app.config["REDIS"],
         # One connection's events are handled one after another, in the order sent:
         # a sender's messages are stored and broadcast in the order they typed them.
         async_handlers=False,
@@ -296,16 +366,27 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         engineio_logger=library_logger("engineio", verbose=False),  # pings and polls: noise
     )
     store = ChatStore(app.config["DB_PATH"])
-    chat = ChatServer(
-        socketio, store, app.config["MESSAGES_PER_SECOND"], app.config["MESSAGE_BURST"]
-    )
+    if app.config["REDIS"]:
+        from chat_presence_redis import HEARTBEAT_INTERVAL, RedisRooms
+
+        client = redis.Redis.from_url(app.config["REDIS"], socket_timeout=REDIS_TIMEOUT)
+        presence = RedisRooms(client, process=uuid.uuid4().hex[:12])
+    else:
+        presence = Rooms()
+    chat = ChatServer(socketio, store, presence, Limiter(app.config["LIMITS"]))
     socketio.on("connect")(chat.on_connect)
     socketio.on("disconnect")(chat.on_disconnect)
-    for event in EVENTS:
-        socketio.on(event)(getattr(chat, f"on_{event}"))
+    socketio.on("join")(chat.on_join)
+    socketio.on("leave")(chat.on_leave)
+    socketio.on("message")(chat.on_message)
+    socketio.on("typing")(chat.on_typing)
+    socketio.on("rooms")(chat.on_rooms)
+    socketio.on("history")(chat.on_history)
     socketio.on("*")(chat.on_unknown)
     socketio.on_error_default(chat.on_error)
-    close_on_unreadable_frames(socketio)
+    take_turns_and_close_on_unreadable_frames(socketio)
+    if app.config["REDIS"]:
+        socketio.start_background_task(chat.keep_presence_alive, HEARTBEAT_INTERVAL)
     app.extensions["chat"] = chat
 
     @app.get("/")
@@ -315,11 +396,17 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     return app, socketio
 
 
-def close_on_unreadable_frames(socketio: SocketIO) -> None:
-    """Disconnect a client that sends a frame Socket.IO cannot decode or dispatch.
+def take_turns_and_close_on_unreadable_frames(socketio: SocketIO) -> None:
+    """Yield after each frame, and disconnect a client whose frame Socket.IO cannot handle.
 
-    Events with the wrong arguments reach our handlers and get an `error`
-    event. A frame that is not Socket.IO at all (broken JSON, an unknown packet
+    Taking turns: one connection's frames are read and handled by one greenlet,
+    which does not yield while its socket has data; a client that writes
+    20,000 events at once would hold the server until all were handled. Here
+    every connection yields after each frame, so one burst costs the others
+    at most one event's work per turn (README: "Fair service").
+
+    Unreadable frames: events with the wrong arguments reach our handlers and
+    get an `error` event. A frame that is not Socket.IO at all (broken JSON, an unknown packet
     type) never becomes an event, nor does an event named `*` (Flask-SocketIO
     mistakes it for its catch-all's own call): python-socketio would log a
     traceback, drop it and leave the connection open. There is no event to
@@ -334,6 +421,7 @@ def close_on_unreadable_frames(socketio: SocketIO) -> None:
         except Exception as error:  # whatever the decoder tripped on, the frame is unusable
             log.warning("closing %s: a frame it could not handle (%r)", eio_sid, error)
             engineio.disconnect(eio_sid)
+        socketio.sleep(0)  # let every other connection have its turn
 
     engineio.on("message", read_or_close)
 
@@ -411,9 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="SQLite file of messages")
     parser.add_argument(
-        "--message-queue",
+        "--redis",
         metavar="redis://HOST:PORT",
-        help="share rooms with other processes through this Redis",
+        help="be one chat with every other process on this Redis: broadcasts, names, presence",
     )
     parser.add_argument(
         "--threading",
@@ -429,38 +517,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0-65535, got {args.port}")
-    if args.message_queue and not args.message_queue.startswith("redis://"):
-        parser.error(f"--message-queue must be redis://HOST:PORT, got {args.message_queue!r}")
+    if args.redis and not args.redis.startswith("redis://"):
+        parser.error(f"--redis must be redis://HOST:PORT, got {args.redis!r}")
     if args.db.is_dir():
         parser.error(f"--db must be a file, {args.db} is a directory")
     return args
 
 
-def check_message_queue(url: str) -> None:
+def check_redis(url: str) -> None:
     """Refuse to start without the Redis: otherwise every broadcast would be lost, logged."""
-    import redis
-
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=QUEUE_TIMEOUT).ping()
+        redis.Redis.from_url(url, socket_connect_timeout=REDIS_TIMEOUT).ping()
     except (redis.RedisError, ValueError) as error:
-        sys.exit(f"cannot reach the message queue {url}: {error}")
+        sys.exit(f"cannot reach Redis at {url}: {error}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    if args.message_queue:
-        check_message_queue(args.message_queue)
+    if args.redis:
+        check_redis(args.redis)
     mode = "threading" if args.threading else "gevent"
     config = {
         "DB_PATH": args.db,
-        "MESSAGE_QUEUE": args.message_queue,
+        "REDIS": args.redis,
         "ASYNC_MODE": mode,
         "LOG_EVENTS": args.verbose,
     }
     try:
         app, _ = create_app(config)
-    except (sqlite3.Error, OSError) as error:
+    except (sqlite3.Error, StoreError, OSError) as error:
         sys.exit(f"cannot open the message database {args.db}: {error}")
     if not CLIENT_JS.is_file():
         print(

@@ -1,10 +1,12 @@
-"""Who is in which room on this server process, under which name (README: "Presence").
+"""Who is in which room under which name, on one server process (README: "Presence").
 
-A connection is in at most one room at a time, under a nickname unique in
-that room. This is the state presence is made of: the member list a joiner
-receives, the counts the lobby shows, and the name a message is signed with.
-It lives in memory, so it is per process: see README "In production" for
-presence shared across processes.
+A connection sits in at most one room at a time, under a nickname unique in
+that room (compared case-insensitively). A name is held by a *person*: the
+random id a first join gives them, carried in their signed rejoin token. The
+same person joining from a new connection takes the name back at once, and
+the old connection (a half-open ghost, usually) is closed; anybody else is
+refused. `chat_presence_redis.RedisRooms` keeps the same state in Redis so
+that several processes share it; this one lives in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 
 class NameTaken(Exception):
-    """Someone in the room already uses this name (names are compared case-insensitively)."""
+    """Someone else in the room holds this name."""
 
 
 @dataclass(frozen=True)
@@ -25,42 +27,75 @@ class Seat:
     name: str
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a name in a room: the connection and the person behind it."""
+
+    sid: str
+    person: str
+    name: str  # as they typed it; the key is its casefold
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What a join changed: the seat the connection left, and the ghost to close."""
+
+    old: Seat | None  # where this connection sat before, if it moved
+    ghost: str | None  # the person's previous connection, which lost the name to this one
+    again: bool = False  # it already sat there: nothing changed
+
+
+def taken(room: str, name: str) -> NameTaken:
+    return NameTaken(f"the name '{name}' is taken in room '{room}'; pick another")
+
+
 class Rooms:
     """Members per room, keyed by connection id (the Socket.IO `sid`)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # handlers for different clients run concurrently
+        self._lock = threading.Lock()  # handlers for different clients may run concurrently
         self._seats: dict[str, Seat] = {}  # sid -> where it sits
-        self._members: dict[str, dict[str, str]] = {}  # room -> {sid: name}
+        self._holders: dict[str, dict[str, Holder]] = {}  # room -> {casefold name: holder}
 
-    def join(self, sid: str, room: str, name: str) -> Seat | None:
-        """Seat `sid` in `room` as `name`, leaving its previous room; return that old seat.
+    def join(self, sid: str, room: str, name: str, person: str) -> Joined:
+        """Seat `sid` in `room` as `name`, leaving its previous seat.
 
-        Raises NameTaken if another connection in `room` has the name; the
-        connection then stays where it was.
+        Raises NameTaken if another person holds the name there; the
+        connection then stays where it was. If the same person holds it from
+        another connection, that connection loses it and is returned as the ghost.
         """
         with self._lock:
-            taken = {n.casefold() for s, n in self._members.get(room, {}).items() if s != sid}
-            if name.casefold() in taken:
-                raise NameTaken(f"the name '{name}' is taken in room '{room}'; pick another")
-            old = self._leave(sid)
-            self._seats[sid] = Seat(room, name)
-            self._members.setdefault(room, {})[sid] = name
-            return old
+            holder = self._holders.get(room, {}).get(name.casefold())
+            ghost = None
+            if holder is not None and holder.sid != sid:
+                if holder.person != person:
+                    raise taken(room, name)
+                ghost = holder.sid
+                self._seats.pop(ghost, None)  # it sits nowhere now; its disconnect changes nothing
+            seat, old = Seat(room, name), self._seats.get(sid)
+            if old == seat:
+                return Joined(None, None, again=True)
+            if old is not None:
+                self._release(sid, old)
+            self._seats[sid] = seat
+            self._holders.setdefault(room, {})[name.casefold()] = Holder(sid, person, name)
+            return Joined(old, ghost)
 
     def leave(self, sid: str) -> Seat | None:
         """Remove `sid` from its room (if any) and return the seat it had."""
         with self._lock:
-            return self._leave(sid)
+            seat = self._seats.pop(sid, None)
+            if seat is not None:
+                self._release(sid, seat)
+            return seat
 
-    def _leave(self, sid: str) -> Seat | None:
-        seat = self._seats.pop(sid, None)
-        if seat is not None:
-            members = self._members[seat.room]
-            del members[sid]
-            if not members:
-                del self._members[seat.room]  # an empty room costs nothing
-        return seat
+    def _release(self, sid: str, seat: Seat) -> None:
+        holders = self._holders.get(seat.room, {})
+        holder = holders.get(seat.name.casefold())
+        if holder is not None and holder.sid == sid:
+            del holders[seat.name.casefold()]
+            if not holders:
+                del self._holders[seat.room]  # an empty room costs nothing
 
     def seat(self, sid: str) -> Seat | None:
         with self._lock:
@@ -69,9 +104,11 @@ class Rooms:
     def members(self, room: str) -> list[str]:
         """The names in `room`, sorted for display."""
         with self._lock:
-            return sorted(self._members.get(room, {}).values(), key=str.casefold)
+            names = [holder.name for holder in self._holders.get(room, {}).values()]
+        return sorted(names, key=str.casefold)
 
-    def counts(self) -> dict[str, int]:
-        """Members per occupied room."""
+    def busiest(self, limit: int) -> dict[str, int]:
+        """Members per occupied room, the `limit` fullest rooms."""
         with self._lock:
-            return {room: len(members) for room, members in self._members.items()}
+            counts = {room: len(holders) for room, holders in self._holders.items()}
+        return dict(sorted(counts.items(), key=lambda item: -item[1])[:limit])

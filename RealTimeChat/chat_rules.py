@@ -17,10 +17,26 @@ MAX_MESSAGE_CHARS = 2_000  # longer messages are refused, not cut
 MAX_NAME_CHARS = 24  # fits a member list; any characters, they are shown as text
 MAX_ID = 2**63 - 1  # the largest integer SQLite stores: message ids never exceed it
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # room names appear in URLs and logs
-MESSAGES_PER_SECOND = 5.0  # the token bucket's refill rate, per connection
-MESSAGE_BURST = 5  # how many may arrive at once after a quiet spell
-TYPING_PER_SECOND = 5.0  # typing notices are cheap, but each one fans out to the room
-TYPING_BURST = 5
+MAX_CLIENT_ID_CHARS = 64  # a message's client-chosen id: a UUID fits
+MAX_TOKEN_CHARS = 512  # a rejoin token is about 100 characters
+
+# How fast each event may come: (refill per second, burst). Every event passes
+# two buckets of its kind, one for the connection and one for the person
+# (room + name, across their connections), so reconnecting refills nothing.
+# An event that fans out to a room (message, typing, join and leave, through
+# presence) costs the server the room's size, so it gets the lowest rates.
+LIMITS = {
+    "message": (5.0, 5),
+    "typing": (5.0, 5),
+    "join": (1.0, 5),  # each join and leave is announced to the room
+    "leave": (1.0, 5),
+    "rooms": (2.0, 5),
+    "history": (10.0, 20),  # catching up after a long absence pages quickly
+    "other": (1.0, 3),  # unknown and reserved event names: only mistakes and probes
+}
+MESSAGES_PER_SECOND, MESSAGE_BURST = LIMITS["message"]
+PATIENCE = (1.0, 20)  # refusals a connection may collect: burst 20, forgiven at 1/s
+PERSON_BUCKETS_KEPT = 10_000  # above this, buckets idle long enough to be full are dropped
 
 
 class Rejected(Exception):
@@ -64,30 +80,58 @@ def _string(payload: dict, field: str, event: str) -> str:
     return value
 
 
-def check_join(payload: object) -> tuple[str, str, int]:
-    """`{"room": ..., "name": ..., "after_id": 0}` -> (room, name, after_id).
-
-    `after_id` (optional) asks only for history newer than a message the client
-    already has, so a reconnecting page fetches just what it missed.
-    """
-    example = '{"room": "general", "name": "alice"}'
-    data = _payload(payload, "join", example)
-    room = _string(data, "room", "join").strip()
-    name = _string(data, "name", "join").strip()
+def _room(data: dict, event: str) -> str:
+    room = _string(data, "room", event).strip()
     if not ROOM_NAME.fullmatch(room):
         raise Rejected("bad_room", "a room name is 1-32 letters, digits, '-' or '_'")
+    return room
+
+
+def _after_id(data: dict, event: str) -> int:
+    after_id = data.get("after_id", 0)
+    if isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id <= MAX_ID:
+        raise Rejected("wrong_type", f"'{event}' needs 'after_id' to be a message id or 0")
+    return after_id
+
+
+def _optional_string(data: dict, field: str, event: str, limit: int) -> str | None:
+    if data.get(field) is None:
+        return None
+    value = _string(data, field, event)
+    if not 1 <= len(value) <= limit:
+        raise Rejected("wrong_type", f"'{event}' needs '{field}' to be 1-{limit} characters")
+    return value
+
+
+def check_join(payload: object) -> tuple[str, str, int, str | None]:
+    """`{"room", "name", "after_id"?, "token"?}` -> (room, name, after_id, token).
+
+    `after_id` (optional) asks for the history after a message the client
+    already has, oldest first, so a reconnecting client pages through just
+    what it missed. `token` is the rejoin token an earlier join returned.
+    """
+    data = _payload(payload, "join", '{"room": "general", "name": "alice"}')
+    room = _room(data, "join")
+    name = _string(data, "name", "join").strip()
     if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise Rejected(
             "bad_name", f"a name is 1-{MAX_NAME_CHARS} printable characters, without newlines"
         )
-    after_id = data.get("after_id", 0)
-    if isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id <= MAX_ID:
-        raise Rejected("wrong_type", "'join' needs 'after_id' to be a message id or 0")
-    return room, name, after_id
+    token = _optional_string(data, "token", "join", MAX_TOKEN_CHARS)
+    return room, name, _after_id(data, "join"), token
 
 
-def check_message(payload: object) -> str:
-    """`{"text": ...}` -> the text, stripped of surrounding whitespace."""
+def check_history(payload: object, page_limit: int) -> tuple[str, int, int]:
+    """`{"room", "after_id", "limit"?}` -> (room, after_id, limit)."""
+    data = _payload(payload, "history", '{"room": "general", "after_id": 0, "limit": 50}')
+    limit = data.get("limit", page_limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= page_limit:
+        raise Rejected("wrong_type", f"'history' needs 'limit' to be 1-{page_limit}")
+    return _room(data, "history"), _after_id(data, "history"), limit
+
+
+def check_message(payload: object) -> tuple[str, str | None]:
+    """`{"text", "client_id"?}` -> (the text stripped of surrounding whitespace, client_id)."""
     data = _payload(payload, "message", '{"text": "hello"}')
     text = _string(data, "text", "message").strip()
     if not text:
@@ -97,7 +141,7 @@ def check_message(payload: object) -> str:
             "too_long",
             f"message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}",
         )
-    return text
+    return text, _optional_string(data, "client_id", "message", MAX_CLIENT_ID_CHARS)
 
 
 def check_typing(payload: object) -> bool:
@@ -127,16 +171,87 @@ class TokenBucket:
         self.burst = burst
         self._clock = clock
         self._tokens = float(burst)  # a new connection may send a burst straight away
-        self._updated = clock()
+        self.updated = clock()
         self._lock = threading.Lock()  # handlers for one client may run in several threads
 
     def take(self) -> bool:
         """Take one token if there is one; False means "too fast, refuse this event"."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
+            self._tokens = min(self.burst, self._tokens + (now - self.updated) * self.rate)
+            self.updated = now
             if self._tokens < 1:
                 return False
             self._tokens -= 1
             return True
+
+    def is_full(self) -> bool:
+        """True once it has refilled to its burst: dropping it then changes nothing."""
+        return self._clock() - self.updated >= self.burst / self.rate
+
+
+class Flooding(Exception):
+    """A connection kept sending after being refused: the server hangs up on it."""
+
+
+class Limiter:
+    """The token buckets of every connection and person, and each connection's patience.
+
+    `admit(sid, person, event)` passes an event or raises `Rejected("rate_limited")`;
+    a connection whose refusals outrun its patience gets `Flooding` instead,
+    and the server disconnects it: refusing costs little, but not nothing.
+    """
+
+    def __init__(self, limits: dict = LIMITS, clock: Callable[[], float] = time.monotonic):
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the three dicts
+        self._connections: dict[tuple[str, str], TokenBucket] = {}  # (sid, kind) -> bucket
+        self._people: dict[tuple[str, str, str], TokenBucket] = {}  # (room, name, kind) ->
+        self._patience: dict[str, TokenBucket] = {}  # sid -> refusals it may still collect
+
+    def admit(self, sid: str, person: tuple[str, str] | None, event: str) -> None:
+        """Take a token from the connection's bucket for `event`, and the person's if seated."""
+        kind = event if event in self.limits else "other"
+        self._take(sid, event, self._bucket(self._connections, (sid, kind), self.limits[kind]))
+        if person is not None:
+            self.admit_person(sid, person, event)
+
+    def admit_person(self, sid: str, person: tuple[str, str], event: str) -> None:
+        """Take a token from the bucket of `person` (room, name) for `event`.
+
+        A join names the person it wants to be before it is one: the server
+        asks here too, so a flooder that reconnects to join again and again
+        finds the same empty bucket each time.
+        """
+        kind = event if event in self.limits else "other"
+        room, name = person
+        key = (room, name.casefold(), kind)
+        self._take(sid, event, self._bucket(self._people, key, self.limits[kind]))
+
+    def _take(self, sid: str, event: str, bucket: TokenBucket) -> None:
+        if bucket.take():
+            return
+        if not self._bucket(self._patience, sid, PATIENCE).take():
+            raise Flooding(f"kept sending '{event}' after {PATIENCE[1]} refusals")
+        raise Rejected(
+            "rate_limited", f"more than {bucket.rate:g} '{event}' a second; wait and resend"
+        )
+
+    def forget(self, sid: str) -> None:
+        """A connection is gone: drop its buckets (a person's stay: rejoining refills nothing)."""
+        with self._lock:
+            for kind in self.limits:
+                self._connections.pop((sid, kind), None)
+            self._patience.pop(sid, None)
+
+    def _bucket(self, buckets: dict, key: tuple | str, limit: tuple) -> TokenBucket:
+        with self._lock:
+            bucket = buckets.get(key)
+            if bucket is None:
+                if buckets is self._people and len(buckets) >= PERSON_BUCKETS_KEPT:
+                    for stale in [k for k, b in buckets.items() if b.is_full()]:
+                        del buckets[stale]
+                rate, burst = limit
+                bucket = buckets[key] = TokenBucket(rate, burst, self._clock)
+            return bucket
