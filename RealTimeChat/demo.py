@@ -246,7 +246,7 @@ def step_crash(db: Path, server: Server, people: list[Person]) -> tuple[Server, 
     history = dave.join()["history"]
     dave.close()
     store = ChatStore(db)
-    stored_ids = {m.id for m in store.history(ROOM, limit=10_000)}
+    stored_ids = {m.id for m in store.latest(ROOM, limit=10_000)}
     store.close()
     acked = {ack["id"] for ack in acks}
     survived = len(acked & stored_ids)
@@ -323,8 +323,8 @@ def step_scale_out(workdir: Path) -> bool | None:
             return dict(queue.pubsub_numsub(REDIS_CHANNEL)).get(REDIS_CHANNEL.encode(), 0) >= 2
 
         url = f"redis://127.0.0.1:{port}"
-        shared = live_delivery(db, "--message-queue", url, channel_ready=both_subscribed)
-        print(f"  {'with --message-queue ' + url:<44} bob got {shared}/3 live")
+        shared = live_delivery(db, "--redis", url, channel_ready=both_subscribed)
+        print(f"  {'with --redis ' + url:<44} bob got {shared}/3 live")
         return alone == 0 and shared == 3
     finally:
         queue_proc.terminate()
