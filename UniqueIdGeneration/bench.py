@@ -4,7 +4,10 @@
    `snowflake-id` package (which takes no lock), beside the 4,096,000 IDs/s
    ceiling that 12 bits of sequence allow one worker.
 2. Four threads sharing one generator vs four generators, one per thread.
-3. The B-tree claim: 1,000,000 rows into SQLite keyed by Snowflake ids,
+3. Worker ids leased from a private etcd (started in out/ for the run): ids/s
+   with a live lease against a fixed worker id, how long acquiring a lease
+   takes, and how long a killed holder's id takes to pass to a waiter.
+4. The B-tree claim: 1,000,000 rows into SQLite keyed by Snowflake ids,
    uuid4 strings and random integers; plots it to out/btree_inserts.png
    (with --save-images, to images/btree_inserts.png, the README's picture).
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +36,8 @@ from pathlib import Path
 
 import btree_experiment
 import IdGenerator
+import LocalEtcd
+import WorkerIdLease
 from snowflake import SnowflakeGenerator
 
 CEILING = (IdGenerator.MAX_SEQUENCE + 1) * 1000  # 4,096,000 ids/s per worker
@@ -41,6 +48,12 @@ OUT = HERE / "out"  # git-ignored: every run's plots
 TARGET_VS_UUID4 = 3.0
 TARGET_VS_PACKAGE = 0.8
 TARGET_BTREE = 10.0
+TARGET_LEASED = 0.95  # ids/s with a live lease, as a share of a fixed worker id's
+LEASE_TTL = 10  # seconds, the default a service would use
+TAKEOVER_TTL = 3  # seconds: a short lease, so three takeovers fit in the run
+TAKEOVER_SLACK = 1.0  # etcd sweeps expired leases every 0.5 s; a waiter polls every 0.5 s
+ACQUISITIONS = 20
+TAKEOVERS = 3
 
 PACKAGE = f"snowflake-id {version('snowflake-id')} (no lock)"  # the pin in requirements.txt
 
@@ -115,6 +128,63 @@ def four_threads(count_per_thread: int) -> dict[str, float]:
             [IdGenerator.IdGenerator(w) for w in range(1, 5)]
         ),
     }
+
+
+def leased_vs_fixed(etcd_url: str, rounds: int, count: int) -> tuple[float, float]:
+    """Best ids/s of a generator on a live lease and of one on a fixed worker id.
+
+    The best round, not the median: the two run the same hot path (the lease
+    is checked once per millisecond), so any gap is noise from other work on
+    the machine, and noise only ever slows a round down.
+    """
+    with WorkerIdLease.WorkerIdLease(etcd_url, ttl=LEASE_TTL) as lease:
+        makers = {
+            "leased": lambda: IdGenerator.IdGenerator(lease=lease).next_id,
+            "fixed": lambda: IdGenerator.IdGenerator(1).next_id,
+        }
+        samples: dict[str, list[float]] = {name: [] for name in makers}
+        for n in range(2 * rounds):  # interleaved, each going first half the time
+            for name in sorted(makers, reverse=n % 2 == 1):
+                samples[name].append(ids_per_second(makers[name](), count))
+    return max(samples["leased"]), max(samples["fixed"])
+
+
+def acquisition_ms(etcd_url: str) -> list[float]:
+    """Acquire (grant, read the taken ids, create-if-absent) and release, timed."""
+    times = []
+    for _ in range(ACQUISITIONS):
+        lease = WorkerIdLease.WorkerIdLease(etcd_url, ttl=LEASE_TTL)
+        started = time.perf_counter()
+        lease.acquire()
+        times.append((time.perf_counter() - started) * 1000)
+        lease.release()
+    return times
+
+
+def takeover_seconds(etcd_url: str) -> list[float]:
+    """A holder process is SIGKILLed; seconds until a waiter holds its id."""
+    times = []
+    for _ in range(TAKEOVERS):
+        holder = subprocess.Popen(
+            [
+                sys.executable, str(HERE / "WorkerIdLease.py"), "--etcd", etcd_url,
+                "--ttl", str(TAKEOVER_TTL), "--worker-ids", "1", "--quiet", "--wait", "30",
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        gateway = WorkerIdLease.EtcdGateway(etcd_url)
+        deadline = time.monotonic() + 30
+        while not gateway.prefix(WorkerIdLease.PREFIX) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(TAKEOVER_TTL / 2)  # somewhere between two of its renewals
+        waiter = WorkerIdLease.WorkerIdLease(etcd_url, ttl=TAKEOVER_TTL, worker_ids=range(1))
+        holder.kill()
+        killed = time.perf_counter()
+        holder.wait()
+        waiter.acquire(timeout=30)
+        times.append(time.perf_counter() - killed)
+        waiter.release()
+    return times
 
 
 def btree(rows: int) -> list[btree_experiment.BtreeResult]:
@@ -216,8 +286,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<40} {rate:>11,.0f} IDs/s")
 
     headline = f"one thread mints {ours:,.0f} ids/s, {vs_package:.2f}x snowflake-id"
+
+    print("\n3. Worker ids leased from etcd (a private etcd 3.4 on 127.0.0.1, data in out/)")
+    etcd_dir = OUT / "bench-etcd"
+    shutil.rmtree(etcd_dir, ignore_errors=True)
+    try:
+        with LocalEtcd.LocalEtcd(etcd_dir) as etcd:
+            leased, fixed = leased_vs_fixed(etcd.url, args.rounds, args.ids)
+            acquired = acquisition_ms(etcd.url)
+            takeovers = takeover_seconds(etcd.url)
+    except LocalEtcd.EtcdNotInstalledError as err:
+        print(f"  {err}")
+        targets.check(False, f"the lease rows need etcd: {err}")
+    else:
+        share = leased / fixed
+        print(f"  best of {2 * args.rounds} interleaved rounds of {args.ids:,} ids:")
+        print(f"  {'IdGenerator, fixed worker id':<40} {fixed:>11,.0f} IDs/s")
+        print(f"  {f'IdGenerator, live {LEASE_TTL} s etcd lease':<40} {leased:>11,.0f} IDs/s")
+        print(
+            f"  lease acquisition (grant + read + create-if-absent), {ACQUISITIONS} times: "
+            f"median {statistics.median(acquired):.1f} ms, max {max(acquired):.1f} ms"
+        )
+        print(
+            f"  takeover after the holder is SIGKILLed, {TAKEOVER_TTL} s TTL, {TAKEOVERS} times: "
+            + ", ".join(f"{t:.2f} s" for t in takeovers)
+        )
+        targets.check(
+            share >= TARGET_LEASED,
+            f"ids/s with a live lease >= {TARGET_LEASED}x a fixed worker id: {share:.2f}x",
+        )
+        targets.check(
+            max(takeovers) <= TAKEOVER_TTL + TAKEOVER_SLACK,
+            f"a killed holder's id passes on within the TTL + {TAKEOVER_SLACK:g} s "
+            f"({TAKEOVER_TTL + TAKEOVER_SLACK:g} s): slowest {max(takeovers):.2f} s",
+        )
+        headline += f", {share:.2f}x of that with a live etcd lease"
+
     if not args.skip_btree:
-        print(f"\n3. The B-tree claim: {args.rows:,} rows into SQLite per key kind")
+        print(f"\n4. The B-tree claim: {args.rows:,} rows into SQLite per key kind")
         print(
             f"  settings: on-disk file, WAL, synchronous=NORMAL, "
             f"cache_size {btree_experiment.CACHE_KIB:,} KiB (SQLite's default), "
