@@ -378,14 +378,60 @@ def test_multiprocessing_script_compares_three_ways_with_the_same_answers():
     assert result.stdout.count("same as sequential") == 3
 
 
-def test_race_script_prints_the_lost_deposits():
-    result = run_script("Threading/race.py", "--threads", "4", "--deposits", "100", timeout=60)
-    assert result.returncode == 0, result.stderr
-    unlocked = re.search(r"^no lock\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)", result.stdout, re.M)
-    locked = re.search(r"^with Lock\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)", result.stdout, re.M)
-    assert unlocked and locked, result.stdout
-    assert int(unlocked[3].replace(",", "")) > 0
-    assert locked.groups() == ("400", "400", "0")
+def race_row(stdout: str, between: str, account: str) -> tuple[int, int, int]:
+    """(deposits per run, runs with loss, runs) from one row of race.py's table."""
+    row = re.search(
+        rf"^{re.escape(between)}\s+{account}\s+([\d,]+)\s+(\d+) of (\d+)\s", stdout, re.M
+    )
+    assert row, stdout
+    return int(row[1].replace(",", "")), int(row[2]), int(row[3])
+
+
+def test_race_script_counts_the_runs_that_lost_deposits():
+    args = ("--threads", "4", "--deposits", "100", "--runs", "3", "--between", "sleep")
+    result = run_script("Threading/race.py", *args, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert race_row(result.stdout, "time.sleep(0)", "no lock") == (400, 3, 3)
+    assert race_row(result.stdout, "time.sleep(0)", "with Lock") == (400, 0, 3)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--threads", "64", "--deposits", "1000000"),  # 640 million deposits: hours
+        ("--between", "sleep", "--deposits", "20000", "--runs", "10"),
+        ("--threads", "65"),
+        ("--runs", "101"),
+        ("--between", "sleep,sometimes"),
+    ],
+)
+def test_race_script_refuses_runs_it_cannot_finish_with_a_clear_message(args):
+    result = run_script("Threading/race.py", *args, timeout=30)
+    assert result.returncode == 2
+    assert "race.py: error:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_race_that_outlasts_its_time_limit_is_reported_without_a_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(race, "JOIN_TIMEOUT", 0.0)  # every run is "too slow"
+    code = race.main(["--threads", "2", "--deposits", "200", "--runs", "1", "--between", "sleep"])
+    assert code == 1
+    assert "Stopped: the depositors did not finish" in capsys.readouterr().out
+
+
+def test_the_race_with_a_plain_call_and_no_sleep_loses_deposits_in_bursts():
+    # No sleep: the GIL changes hands only every 5 ms, and only sometimes inside
+    # the read-to-write window; then a whole switch interval's deposits are lost.
+    spread = race.race_runs(race.Account, "call", threads=8, deposits_each=50_000, runs=10)
+    assert spread.runs_with_loss >= 1
+    assert spread.high > spread.low  # uneven: the loss is not the same in every run
+    locked = race.race_runs(race.LockedAccount, "call", threads=8, deposits_each=20_000, runs=2)
+    assert locked.runs_with_loss == 0
+
+
+def test_an_account_refuses_an_unknown_pause():
+    with pytest.raises(ValueError, match="unknown pause"):
+        race.Account("nap")
 
 
 def test_race_script_with_one_thread_explains_why_nothing_was_lost():
