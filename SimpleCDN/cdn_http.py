@@ -142,8 +142,18 @@ class Request:
     headers: Headers
     body: bytes = b""
 
+    def __post_init__(self) -> None:
+        # Which fields are present, lower-cased: most rules ask about a field
+        # the request does not carry, and this answers that without a scan.
+        self.names = frozenset(name.lower() for name, _ in self.headers)
+
+    def has(self, name: str) -> bool:
+        """Does the request carry field `name` (lower case)?"""
+        return name in self.names
+
     def header(self, name: str) -> str | None:
-        return get_combined(self.headers, name)
+        """All lines of field `name` (lower case) joined, or None."""
+        return get_combined(self.headers, name) if name in self.names else None
 
     @property
     def keep_alive(self) -> bool:

@@ -47,7 +47,7 @@ STATS_PATH = "/__cdn/stats"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
 # Request fields this cache does not evaluate itself; such requests go
 # straight to the origin and their answers are never stored.
-BYPASS_FIELDS = ("if-range", "if-match", "if-unmodified-since")
+BYPASS_FIELDS = frozenset({"if-range", "if-match", "if-unmodified-since"})
 # The client's own conditionals: never sent to the origin on a fetch the
 # cache shares; the cache answers them itself from the full response.
 CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
@@ -83,7 +83,7 @@ def recv(
     same_site: set[tuple[str, int]],
 ) -> Route:
     """The first decision about a request, before the cache is consulted."""
-    if came_through(request, edge_name):
+    if request.has("via") and came_through(request, edge_name):
         return Route("refuse", status=508, message="request loop: it already came via this edge")
     target, refusal = origin_form(request, origin_authority, same_site)
     if refusal:
@@ -94,7 +94,7 @@ def recv(
         return Route("forward", target)  # any other method, unknown ones too, goes as it is
     if target == STATS_PATH:
         return Route("stats", target)
-    if "no-store" in request_cc or any(get_all(request.headers, name) for name in BYPASS_FIELDS):
+    if "no-store" in request_cc or not request.names.isdisjoint(BYPASS_FIELDS):
         # The cache may not store the answer (no-store), or the request has
         # preconditions only the origin can evaluate (If-Match, If-Range...).
         return Route("pass", target)
@@ -103,7 +103,7 @@ def recv(
 
 def came_through(request: Request, edge_name: str) -> bool:
     """Loop detection: does a `Via` entry name this edge (received-by = our name)?"""
-    for hop in split_list(get_combined(request.headers, "via")):
+    for hop in split_list(request.header("via")):
         parts = hop.split()
         if len(parts) >= 2 and parts[1] == edge_name:
             return True

@@ -156,7 +156,7 @@ class Edge:
     ) -> Answer | Plan:
         """The answer, if the edge can give it now; otherwise the plan for getting it."""
         config = self.config
-        request_cc = parse_cache_control(request.headers)
+        request_cc = parse_cache_control(request.headers) if request.has("cache-control") else {}
         route = policy.recv(
             request, request_cc, config.name, config.origin_authority, self.same_site
         )
@@ -176,9 +176,10 @@ class Edge:
         now = self.clock()
         entry = self.cache.select(plan.target, request.headers)
         if entry is not None:
-            verdict = policy.assess(entry.age(now), entry.lifetime, entry.directives, request_cc)
+            age = entry.age(now)
+            verdict = policy.assess(age, entry.lifetime, entry.directives, request_cc)
             if verdict == policy.FRESH:
-                return self.finish(request, self.from_entry(entry, request, "HIT"))
+                return self.finish(request, self.from_entry(entry, request, "HIT", age))
             if verdict == policy.STALE_ALLOWED:
                 return self.finish(request, self.from_entry(entry, request, "STALE"))
             if verdict == policy.STALE_WHILE_REVALIDATE:
@@ -556,20 +557,29 @@ class Edge:
 
     # --- answers ------------------------------------------------------------------------
 
-    def from_entry(self, entry: CacheEntry, request: Request, label: str) -> Answer:
+    def from_entry(
+        self, entry: CacheEntry, request: Request, label: str, age: float | None = None
+    ) -> Answer:
         """A stored response as this client receives it: current Age, a 304 if the
         client's own conditional matches (RFC 9111 4.3.2), a range if it asked for one."""
-        headers = entry.headers + [("Age", str(int(entry.age(self.clock()))))]
+        age = entry.age(self.clock()) if age is None else age
+        headers = entry.headers + [("Age", str(int(age)))]
         ok = entry.status == 200
-        if ok and policy.not_modified(request.headers, entry.headers, entry.response_time):
+        conditional = request.has("if-none-match") or request.has("if-modified-since")
+        if (
+            ok
+            and conditional
+            and policy.not_modified(request.headers, entry.headers, entry.response_time)
+        ):
             return Answer(304, "Not Modified", policy.not_modified_headers(headers), label=label)
         if request.method == "HEAD":
             headers.append(("Content-Length", str(len(entry.body))))
             return Answer(entry.status, entry.reason, headers, label=label)
         answer = Answer(entry.status, entry.reason, headers, entry.body, label=label)
-        span = policy.byte_range(request.header("range"), len(entry.body)) if ok else None
-        if span is not None:
-            return self.cut(answer, span, len(entry.body))
+        if ok and request.has("range"):
+            span = policy.byte_range(request.header("range"), len(entry.body))
+            if span is not None:
+                return self.cut(answer, span, len(entry.body))
         return answer
 
     def from_fill(

@@ -45,7 +45,6 @@ from cdn_http import (
     end_to_end,
     get_all,
     serialize_head,
-    without,
 )
 from cdn_proxy import (
     DEFAULT_CACHE_SIZE,
@@ -74,6 +73,7 @@ MAX_CONNECTIONS = 2000  # open client connections before new ones get 503
 MAX_TIMEOUT = 24 * 3600.0  # the largest --*-timeout accepted, in seconds
 LINGER_SECONDS = 2.0  # after an error, how long to drain a client's unread input
 MAX_PIPELINED = 16  # requests read ahead on one connection before reading pauses
+SWEEP_INTERVAL = 0.1  # how often deadlines are checked: timeouts fire up to this late
 # Answers are written in pieces of at most this size, and the socket's
 # buffer may hold about as much again: what one slow connection can pin.
 WRITE_CHUNK = 256 * 1024
@@ -99,10 +99,24 @@ class EdgeServer:
         self.header_timeout = args.header_timeout
         self.send_timeout = args.send_timeout
         self.max_connections = args.max_connections
-        self.connections = 0
+        self.connections = 0  # accepted, not counting those refused with a 503
+        self.open: set[ClientConnection] = set()
 
     def connection(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def sweep(self) -> None:
+        """Every SWEEP_INTERVAL: act on each connection whose deadline passed.
+
+        One timer for the whole server instead of one per request: setting a
+        connection's deadline is then a single assignment on the hot path.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in [c for c in self.open if c.deadline <= now]:
+            connection.deadline = float("inf")
+            connection.on_deadline()
+        loop.call_later(SWEEP_INTERVAL, self.sweep)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -132,7 +146,10 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: HttpError | None = None  # to answer once the queue is empty, then close
         self.closing = False
         self.reading_paused = False
-        self.timer: asyncio.TimerHandle | None = None  # idle, header or body deadline
+        # The one deadline this connection has at any moment (idle, header,
+        # body or linger), in loop time, and what happens when it passes.
+        self.deadline = float("inf")
+        self.on_deadline = self.hang_up
         self.writable: asyncio.Future | None = None  # resolved when the socket drains
 
     # --- asyncio.Protocol ------------------------------------------------------------
@@ -140,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         server = self.server
+        server.open.add(self)
         if server.connections >= server.max_connections:
             # a flood of connections gets a quick 503, not a slot each
             self.refuse(HttpError(503, "edge busy: too many open connections"))
@@ -152,9 +170,10 @@ class ClientConnection(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=WRITE_CHUNK)
-        self.set_timer(server.idle_timeout, self.transport.close)
+        self.set_timer(server.idle_timeout, self.hang_up)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server.open.discard(self)
         if self.counted:
             self.server.connections -= 1
             self.counted = False
@@ -334,7 +353,7 @@ class ClientConnection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
         if not self.in_message:
-            self.set_timer(self.server.idle_timeout, self.transport.close)
+            self.set_timer(self.server.idle_timeout, self.hang_up)
 
     async def answer_later(self, request: Request, decided: Answer | Plan) -> None:
         try:
@@ -356,12 +375,12 @@ class ClientConnection(asyncio.Protocol):
         headers = answer.headers
         close = not request.keep_alive
         if answer.send_body and answer.status >= 200 and answer.status not in (204, 304):
+            # (an answer with a body never carries framing fields of its own)
             length = len(answer.body) if answer.cursor is None else answer.length
-            headers = without(headers, {"content-length"})
             if length is None:
                 close = True  # no length known: the body ends where the connection does
             else:
-                headers.append(("Content-Length", str(length)))
+                headers = headers + [("Content-Length", str(length))]
         if close:
             headers = headers + [("Connection", "close")]
         return serialize_head(f"HTTP/1.1 {answer.status} {answer.reason}", headers), close
@@ -463,16 +482,18 @@ class ClientConnection(asyncio.Protocol):
         transport.write(serialize_head(line, headers) + answer.body)
         if transport.can_write_eof():
             transport.write_eof()
-        self.set_timer(LINGER_SECONDS, transport.close)
+        self.set_timer(LINGER_SECONDS, self.hang_up)
 
-    def set_timer(self, seconds: float, callback) -> None:
-        self.cancel_timer()
-        self.timer = self.loop.call_later(seconds, callback)
+    def hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def set_timer(self, seconds: float, action) -> None:
+        self.deadline = self.loop.time() + seconds
+        self.on_deadline = action
 
     def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = float("inf")
 
 
 # --- command line -------------------------------------------------------------
@@ -616,6 +637,7 @@ async def serve(args: argparse.Namespace, config: EdgeConfig) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    server.sweep()
     print(f"Listening on http://{host}:{port}", flush=True)
     await stop.wait()
     listener.close()
