@@ -6,12 +6,12 @@ other); the ones that crash, restart or scale it out start their own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +27,7 @@ import pytest
 import redis
 import requests
 import socketio
-from conftest import ServerProcess, child_env, load_module, run_script, script_path
+from conftest import ServerProcess, child_env, free_port, load_module, run_script, script_path
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
@@ -36,7 +36,6 @@ APP = "RealTimeChat/app.py"
 CLI = "RealTimeChat/cli_client.py"
 WAIT = 10.0  # s: the bound on every wait for an event
 XSS = "<img src=x onerror=alert(1)>"
-REDIS_NO_DISK = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")  # throwaway
 
 rules = load_module("RealTimeChat", "chat_rules")
 store_module = load_module("RealTimeChat", "chat_store")
@@ -931,67 +930,91 @@ def test_acknowledged_messages_survive_a_crash_and_the_last_50_come_back(
     assert restarted.stop() == 0  # SIGTERM: a clean exit
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+presence_redis = load_module("RealTimeChat", "chat_presence_redis")
 
 
-@pytest.fixture
-def redis_url(tmp_path) -> Iterator[str]:
-    """A throwaway redis-server on a free local port: no disk, gone at teardown."""
-    executable = needs("redis-server")
-    for _attempt in range(3):  # the free port may be taken before redis binds it
-        port = free_port()
-        proc = subprocess.Popen(
-            [executable, "--port", str(port), *REDIS_NO_DISK, "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=port, socket_timeout=1)
-        deadline = time.monotonic() + WAIT
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        if proc.poll() is None:
-            break
-    else:
-        pytest.fail("redis-server did not start on a free port in 3 attempts")
-    try:
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_two_processes_behind_redis_share_a_room(tmp_path, redis_url, start_server, connect):
-    db = str(tmp_path / "chat.db")  # one database, as two replicas of one service would share
-    east = start_server(APP, "--db", db, "--redis", redis_url)
-    west = start_server(APP, "--db", db, "--redis", redis_url)
-    room = new_room()
-    alice, bob = connect(east), connect(west)
-    alice.join(room, "alice")
-    # Each process subscribes to Redis when its first client connects.
-    queue = redis.Redis.from_url(redis_url)
+def wait_for_subscribers(url: str, count: int) -> None:
+    """Each app process subscribes to Redis's pub/sub when its first client connects."""
+    queue = redis.Redis.from_url(url)
     deadline = time.monotonic() + WAIT
-    while dict(queue.pubsub_numsub("flask-socketio")).get(b"flask-socketio", 0) < 2:
-        assert time.monotonic() < deadline, "the two app processes never subscribed to Redis"
+    while dict(queue.pubsub_numsub("flask-socketio")).get(b"flask-socketio", 0) < count:
+        assert time.monotonic() < deadline, f"the {count} app processes never subscribed"
         time.sleep(0.05)
+
+
+def lobby_count(member: Member, room: str) -> int:
+    return {e["room"]: e["members"] for e in member.call("rooms")}.get(room, 0)
+
+
+def test_two_processes_behind_redis_are_one_chat(tmp_path, redis_server, start_server, connect):
+    shared = redis_server()
+    db = str(tmp_path / "chat.db")  # one database, as two replicas of one service would share
+    east = start_server(APP, "--db", db, "--redis", shared.url)
+    west = start_server(APP, "--db", db, "--redis", shared.url)
+    room = new_room()
+    alice, carol, bob, dave = connect(east), connect(east), connect(west), connect(west)
+    alice.join(room, "alice")
+    wait_for_subscribers(shared.url, 2)
     bob.join(room, "bob")
-    assert alice.wait_until(lambda: [p["name"] for p in alice.events["presence"]] == ["bob"])
+    carol.join(room, "carol")
+    dave.join(room, "dave")
+    assert alice.wait_until(lambda: {p["name"] for p in alice.events["presence"]} >= {"bob"})
+
+    # A name taken on one process is refused on the other, in any spelling.
+    assert connect(west).join(room, "ALICE")["code"] == "name_taken"
+    # Claims racing on both processes at once: exactly one wins.
+    racers = [connect(east if n % 2 else west) for n in range(8)]
+    barrier = threading.Barrier(len(racers))
+    replies: list[dict] = []
+
+    def race(member: Member) -> None:
+        barrier.wait(timeout=WAIT)
+        replies.append(member.join(room, "zed"))
+
+    threads = [threading.Thread(target=race, args=(m,)) for m in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=WAIT)
+    assert sorted("name" in r for r in replies) == [False] * 7 + [True]
+
+    # Member lists and lobby counts are the same whichever process answers.
+    everyone = ["alice", "bob", "carol", "dave", "zed"]
+    assert alice.join(room, "alice")["members"] == everyone  # the same seat again: a query
+    assert bob.join(room, "bob")["members"] == everyone
+    assert lobby_count(alice, room) == lobby_count(bob, room) == 5
     ack = alice.send("from east")
     bob.send("from west")
     for member in (alice, bob):
         assert member.wait_until(lambda m=member: len(m.texts()) == 2)
         assert sorted(member.texts()) == ["from east", "from west"]
-    assert bob.events["message"][0]["id"] == ack["id"]
+    assert [m["id"] for m in bob.events["message"] if m["text"] == "from east"] == [ack["id"]]
+
+    # kill -9 east: its members (alice, carol, perhaps zed) leave west's list in time.
+    killed = time.monotonic()
+    east.kill()
+
+    def gone() -> set[str]:
+        return {p["name"] for p in bob.events["presence"] if not p["online"]}
+
+    bound = presence_redis.CRASH_BOUND
+    assert bob.wait_until(lambda: {"alice", "carol"} <= gone(), timeout=bound + WAIT)
+    took = time.monotonic() - killed
+    assert took < bound + 3, f"left after {took:.1f} s; the stated bound is {bound:.0f} s"
+    survivors = bob.join(room, "bob")["members"]
+    assert {"alice", "carol"}.isdisjoint(survivors) and {"bob", "dave"} <= set(survivors)
+    assert lobby_count(bob, room) == len(survivors)
+    assert connect(west).join(room, "alice")["name"] == "alice"  # the name is free again
+
+
+def test_four_processes_started_at_once_on_a_fresh_database_all_start(tmp_path, start_server):
+    db = str(tmp_path / "fresh.db")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        starts = [pool.submit(start_server, APP, "--db", db) for _ in range(4)]
+        servers = [start.result() for start in starts]  # raises if one exited
+    for server in servers:
+        assert requests.get(server.url + "/", timeout=WAIT).status_code == 200
+        assert "locked" not in server.text
 
 
 def test_app_and_client_refuse_bad_arguments_with_exit_code_2():
