@@ -1058,6 +1058,114 @@ def test_cli_client_says_so_when_no_server_is_there():
     assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
 
 
+class CliProcess:
+    """cli_client.py as a subprocess: lines in through stdin, its output read as it comes."""
+
+    def __init__(self, url: str, room: str, name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script_path(CLI)), "--url", url, "--room", room, "--name", name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = threading.Condition()
+        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._drain, args=(stream, lines), daemon=True).start()
+
+    def _drain(self, stream, lines: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float = WAIT) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: any(text in line for line in self.out), timeout)
+
+    def type(self, *lines: str) -> None:
+        self.proc.stdin.write("".join(line + "\n" for line in lines))
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float) -> int:
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[..., CliProcess]]:
+    started: list[CliProcess] = []
+
+    def _start(*args: str) -> CliProcess:
+        started.append(CliProcess(*args))
+        return started[-1]
+
+    yield _start
+    for process in started:
+        process.kill()
+
+
+def test_cli_client_keeps_lines_typed_while_the_server_is_down_and_sends_them_in_order(
+    tmp_path, start_server, connect, cli
+):
+    db = str(tmp_path / "chat.db")
+    server = start_server(APP, "--db", db)
+    room = new_room()
+    watcher = connect(server)
+    watcher.join(room, "watcher")
+    typist = cli(server.url, room, "typist")
+    assert typist.wait_for("* joined")
+    typist.type("before the crash")
+    assert watcher.wait_until(lambda: watcher.texts() == ["before the crash"])
+    port = server.port
+    server.kill()
+    assert typist.wait_for("disconnected")
+    offline = [f"offline {n}" for n in range(12)]  # more than the burst of 5: paced, in order
+    typist.type(offline[0], "", "x" * 3000, *offline[1:])  # a blank line, one too long
+    time.sleep(0.5)  # typed while nothing is there to take them
+    restarted = start_server(APP, "--db", db, port=port)
+    reader = connect(restarted)
+    reader.join(room, "reader")
+    assert typist.wait_for("* back in")
+    assert typist.finish(timeout=60) == 0  # Ctrl-D: it sends what is left, then exits
+    history = [m["text"] for m in connect(restarted).join(room, "auditor")["history"]]
+    assert history == ["before the crash", *offline]
+    assert reader.wait_until(lambda: reader.texts() == offline)
+    errors = "\n".join(typist.err)
+    assert "too_long" in errors or "2,000" in errors
+    assert "Traceback" not in errors and "Traceback" not in "\n".join(typist.out)
+
+
+def test_cli_client_prints_what_it_missed_once_and_in_order(tmp_path, start_server, connect, cli):
+    db = str(tmp_path / "chat.db")
+    server = start_server(APP, "--db", db)
+    room = new_room()
+    typist = cli(server.url, room, "reader")
+    assert typist.wait_for("* joined")
+    port = server.port
+    server.kill()
+    assert typist.wait_for("disconnected")
+    writer = store_module.ChatStore(db)  # 300 arrive meanwhile, through another process
+    writer.add_many(room, "writer", [f"missed {n}" for n in range(300)])
+    writer.close()
+    restarted = start_server(APP, "--db", db, port=port)
+    assert typist.wait_for("* back in", timeout=30)
+    speaker = connect(restarted)
+    speaker.join(room, "speaker")
+    speaker.send("live again")
+    assert typist.wait_for("speaker: live again")
+    assert typist.finish(timeout=WAIT) == 0
+    shown = [line.split(": ", 1)[1] for line in typist.out if line.startswith("[")]
+    assert shown == [f"missed {n}" for n in range(300)] + ["live again"]
+
+
 # -- a real browser ---------------------------------------------------------------
 
 browser_scene = load_module("RealTimeChat", "chat_browser")
