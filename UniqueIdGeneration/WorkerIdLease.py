@@ -241,7 +241,7 @@ class WorkerIdLease:
         if worker_id is None:
             raise WorkerIdUnavailableError(
                 f"no worker id held for {timeout:g} s: "
-                + ("etcd is unreachable" if self.holding else f"all {self.space} are taken")
+                + ("etcd is unreachable" if self.holding else f"{self.space} taken")
             )
         return worker_id
 
@@ -252,8 +252,11 @@ class WorkerIdLease:
 
     @property
     def space(self) -> str:
+        """The id space in words: "all 32 worker ids (0-31) are" or "the 1 worker id (0) is"."""
         low, high = self.worker_ids[0], self.worker_ids[-1]
-        return f"{len(self.worker_ids)} worker ids ({low}-{high})"
+        if low == high:
+            return f"the 1 worker id ({low}) is"
+        return f"all {len(self.worker_ids)} worker ids ({low}-{high}) are"
 
     # -- acquiring, renewing, releasing -------------------------------------------------
 
@@ -305,7 +308,7 @@ class WorkerIdLease:
             raise
         self.revoke_quietly(lease_id)
         raise NoFreeWorkerIdError(
-            f"all {self.space} are held by live leases in etcd at {self.etcd.url} "
+            f"no free worker id: {self.space} held by live leases in etcd at {self.etcd.url} "
             f"(keys {self.prefix}*); one frees up at most {self.ttl} s after its holder dies"
         )
 

@@ -967,7 +967,7 @@ def test_lease_cli_says_clearly_when_every_id_is_taken(etcd_server, leases):
     leases(worker_ids=range(2)).acquire()
     result = lease_cli("--etcd", etcd_server.url, "--worker-ids", "2")
     assert result.returncode == 1
-    assert "error: all 2 worker ids (0-1) are held" in result.stderr
+    assert "error: no free worker id: all 2 worker ids (0-1) are held" in result.stderr
     assert "Traceback" not in result.stderr
 
 
