@@ -1,15 +1,20 @@
-"""SimpleCDN benchmark: a Zipf workload straight to an 80 ms origin vs through the edge.
+"""SimpleCDN benchmark: what the edge saves, how fast it hits beside nginx and Varnish, its memory.
 
-    python SimpleCDN/bench.py                      # 20,000 requests, 2,000 objects, 16 clients
-    python SimpleCDN/bench.py --requests 5000      # a quicker run
+    python SimpleCDN/bench.py                      # the whole run, about 2 minutes
+    python SimpleCDN/bench.py --requests 5000      # a quicker Zipf part
 
 Runs, in one go and on this machine:
-  direct      the clients ask the origin themselves (the peer: no CDN at all)
-  edge, cold  the same workload through a freshly started edge
-  edge, warm  the same workload again, now that the edge holds the popular objects
-  coalescing  100 clients ask for one uncached object at the same moment
-and prints hit ratio, origin requests, requests/s and p50/p99 latency, the
-ratios to direct, PASS/FAIL for each target, a `headline:` line and
+  1. what a CDN saves: a Zipf workload straight to an origin 80 ms away (the
+     peer: no CDN), then through a cold edge, then the same edge warm; and
+     100 clients asking for one uncached object at the same moment;
+  2. how fast a hit is: warm-hit requests/s and p50/p99 for this edge, nginx
+     `proxy_cache` and Varnish, each a private instance on a free port in
+     front of the same origin_server.py, all driven by the same load
+     generator (wrk), for a 512 B and a 1 MiB object (installs nginx,
+     varnish and wrk with apt on first use if they are missing);
+  3. memory: 20 clients download a 100 MB object at once through an edge
+     with a 16 MB cache and a 16 MB in-flight budget; its peak RSS.
+Prints the tables, PASS/FAIL for each target, a `headline:` line and
 `targets: N of M met` (exit 1 when any target is missed).
 """
 
@@ -21,14 +26,21 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ORIGIN_LATENCY_MS = 80
@@ -178,8 +190,282 @@ def machine() -> str:
     )
 
 
+# --- part 2: warm hits beside nginx and Varnish ------------------------------------
+
+HIT_OBJECTS = {  # name -> path on the origin; both cacheable for an hour
+    "512 B": "/respond?bench=small&cc=max-age%3D3600&size=512",
+    "1 MiB": "/respond?bench=large&cc=max-age%3D3600&size=1048576",
+}
+APT_PACKAGES = {"nginx": "nginx", "varnishd": "varnish", "wrk": "wrk"}  # binary -> package
+TARGET_VS_VARNISH_SMALL = 0.5  # small-object hits/s at least half Varnish's
+TARGET_VS_NGINX_SMALL = 0.25  # and a quarter of nginx's
+TARGET_VS_NGINX_LARGE = 1.0  # 1 MiB hits/s at least nginx's
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes auto;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  proxy_cache_path {dir}/cache levels=1:2 keys_zone=edge:10m max_size=256m use_temp_path=off;
+  upstream origin {{ server {origin}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache edge;
+      proxy_cache_lock on;
+      add_header X-Cache $upstream_cache_status;
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class HitRun:
+    proxy: str
+    obj: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    origin_requests: int  # during the run: 0 if every request was a hit
+
+
+def ensure_peers() -> None:
+    """Install nginx, varnish and wrk with apt if any is missing (tests never need them)."""
+    missing = [package for binary, package in APT_PACKAGES.items() if not shutil.which(binary)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(
+            f"bench needs {', '.join(missing)}: sudo apt-get install {' '.join(missing)}"
+        )
+    print(f"installing {', '.join(missing)} with apt (first run only)...", flush=True)
+    subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", *missing], check=True, stdout=subprocess.DEVNULL
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode} at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{name} did not start listening on {port}")
+
+
+def start_nginx(workdir: Path, origin_url: str) -> tuple[subprocess.Popen, str]:
+    """A private nginx: its own config, cache and pid file in `workdir`, never the system's."""
+    port, origin = free_port(), urlsplit(origin_url).netloc
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, origin=origin, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_port(port, proc, "nginx")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_varnish(workdir: Path, origin_url: str) -> tuple[subprocess.Popen, str]:
+    """A private varnishd in the foreground, its working directory in `workdir`."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["varnishd", "-F", "-a", f"127.0.0.1:{port}", "-b", urlsplit(origin_url).netloc]
+        + ["-n", str(workdir / "varnish"), "-s", "malloc,256m", "-j", "none"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_port(port, proc, "varnishd")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server and everything it started (nginx's workers, Varnish's child)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def is_hit(response: http.client.HTTPResponse) -> bool:
+    """Each proxy says "hit" its own way; Varnish names two transactions on a hit."""
+    if response.getheader("X-Cache") == "HIT":
+        return True
+    return len((response.getheader("X-Varnish") or "").split()) == 2
+
+
+def warm_up(base_url: str, path: str) -> None:
+    parts = urlsplit(base_url)
+    for _ in range(3):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        if is_hit(response):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{base_url}{path} never became a hit")
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+WRK_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, seconds: float, connections: int) -> tuple[float, float, float]:
+    """requests/s, p50 ms and p99 ms from one wrk run (one thread: the other core serves)."""
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    )
+    rate = WRK_RATE.search(result.stdout)
+    latency = {q: float(v) * UNIT_MS[u] for q, v, u in WRK_LATENCY.findall(result.stdout)}
+    if rate is None or len(latency) != 2 or "Non-2xx" in result.stdout:
+        raise SystemExit(f"wrk failed against {url}:\n{result.stdout}{result.stderr}")
+    return float(rate.group(1)), latency["50"], latency["99"]
+
+
+def hit_throughput(
+    proxies: dict[str, str], origin_url: str, seconds: float, connections: int, rounds: int
+) -> list[HitRun]:
+    """Each proxy, each object, `rounds` times interleaved; the best round of each counts.
+
+    Interleaving and keeping the best treat the three alike when other work
+    on the machine comes and goes during the run.
+    """
+    best: dict[tuple[str, str], HitRun] = {}
+    for obj, path in HIT_OBJECTS.items():
+        for url in proxies.values():
+            warm_up(url, path)
+        for round_number in range(rounds):
+            for name, url in proxies.items():
+                before = origin_requests(origin_url)
+                rate, p50, p99 = wrk(url + path, seconds, connections)
+                run = HitRun(name, obj, rate, p50, p99, origin_requests(origin_url) - before)
+                print(
+                    f"  {obj:>6}  {name:<8} round {round_number + 1}: {rate:>9,.0f} req/s",
+                    flush=True,
+                )
+                if (name, obj) not in best or rate > best[name, obj].rate:
+                    best[name, obj] = run
+    return list(best.values())
+
+
+# --- part 3: memory while 20 clients stream 100 MB -----------------------------------
+
+STREAM_CLIENTS = 20
+STREAM_BYTES = 100 * 1024 * 1024
+STREAM_CACHE = STREAM_INFLIGHT = 16 * 1024 * 1024
+# The allowance over cache + in-flight budget: the interpreter and its
+# modules (~35 MB) and what each connection's socket buffer may pin.
+STREAM_MARGIN = 64 * 1024 * 1024
+
+
+def stream_memory(origin_url: str) -> tuple[int, int, int, float]:
+    """Peak RSS, origin requests and clients served in full while 20 stream 100 MB; seconds."""
+    edge, edge_url = start(
+        "cdn_server.py",
+        "--origin",
+        origin_url,
+        "--cache-size",
+        str(STREAM_CACHE),
+        "--max-object-size",
+        str(STREAM_CACHE // 2),
+        "--max-inflight-bytes",
+        str(STREAM_INFLIGHT),
+    )
+    parts = urlsplit(edge_url)
+    path = f"/respond?stream={random.random()}&cc=max-age%3D600&size={STREAM_BYTES}&sleep_ms=1500"
+    process, peak, done = psutil.Process(edge.pid), [0], threading.Event()
+    complete: list[bool] = []
+    barrier = threading.Barrier(STREAM_CLIENTS)
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        conn.connect()
+        barrier.wait()
+        conn.request("GET", path)
+        response = conn.getresponse()
+        received = 0
+        while chunk := response.read(1024 * 1024):
+            received += len(chunk)
+        complete.append(received == STREAM_BYTES)
+        conn.close()
+
+    before = origin_requests(origin_url)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        threads = [threading.Thread(target=client) for _ in range(STREAM_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        done.set()
+        sampler.join()
+        edge.terminate()
+        edge.wait(timeout=10)
+    seconds = time.perf_counter() - started
+    return peak[0], origin_requests(origin_url) - before, complete.count(True), seconds
+
+
+def print_hit_table(runs: list[HitRun]) -> None:
+    print("| object | proxy | req/s | p50 ms | p99 ms | vs nginx | vs Varnish | origin requests |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    by = {(run.proxy, run.obj): run for run in runs}
+    for obj in HIT_OBJECTS:
+        for name in ("edge", "nginx", "varnish"):
+            run = by[name, obj]
+            print(
+                f"| {obj} | {name} | {run.rate:,.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} "
+                f"| {run.rate / by['nginx', obj].rate:.2f}x "
+                f"| {run.rate / by['varnish', obj].rate:.2f}x | {run.origin_requests} |"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Zipf workload: direct to origin vs via the edge.")
+    parser = argparse.ArgumentParser(
+        description="What the edge saves, how fast it hits beside nginx and Varnish, its memory."
+    )
     parser.add_argument("--requests", type=int, default=20_000, help="requests per edge run")
     parser.add_argument("--objects", type=int, default=2_000, help="distinct objects")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
@@ -190,17 +476,30 @@ def main(argv: list[str] | None = None) -> int:
         help="requests for the direct run (each waits 80 ms)",
     )
     parser.add_argument("--seed", type=int, default=1, help="workload random seed")
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="length of each wrk run (default 5)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="wrk's open connections (default 32)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="wrk rounds per proxy and object; best counts"
+    )
     args = parser.parse_args(argv)
     if min(args.requests, args.objects, args.clients, args.direct_requests) < 1:
         parser.error("--requests, --objects, --clients and --direct-requests must be positive")
+    if not 1 <= args.seconds <= 600 or not 1 <= args.connections <= 10_000 or args.rounds < 1:
+        parser.error("--seconds 1..600, --connections 1..10000 and --rounds >= 1, please")
+    ensure_peers()
 
     print(f"machine: {machine()}")
     print(
-        f"workload: Zipf s={ZIPF_EXPONENT} over {args.objects} objects of {OBJECT_BYTES} B, "
+        f"1. workload: Zipf s={ZIPF_EXPONENT} over {args.objects} objects of {OBJECT_BYTES} B, "
         f"{args.clients} clients, origin latency {ORIGIN_LATENCY_MS} ms"
     )
     origin, origin_url = start("origin_server.py", "--latency-ms", str(ORIGIN_LATENCY_MS))
     edge, edge_url = start("cdn_server.py", "--origin", origin_url)
+    peers: list[subprocess.Popen] = []
     try:
         workload = zipf_workload(args.requests, args.objects, args.seed)
         direct_paths = zipf_workload(args.direct_requests, args.objects, args.seed + 1)
@@ -210,7 +509,26 @@ def main(argv: list[str] | None = None) -> int:
             drive("edge, warm", edge_url, workload, args.clients, origin_url),
         ]
         coalesced = coalescing(edge_url, origin_url)
+
+        print(
+            f"2. warm hits: wrk -t1 -c{args.connections} -d{args.seconds:g}s, "
+            f"best of {args.rounds} interleaved rounds"
+        )
+        with tempfile.TemporaryDirectory(prefix="simplecdn-bench-") as workdir:
+            nginx, nginx_url = start_nginx(Path(workdir), origin_url)
+            peers.append(nginx)
+            varnish, varnish_url = start_varnish(Path(workdir), origin_url)
+            peers.append(varnish)
+            proxies = {"edge": edge_url, "nginx": nginx_url, "varnish": varnish_url}
+            hits = hit_throughput(proxies, origin_url, args.seconds, args.connections, args.rounds)
+            for proc in peers:
+                stop(proc)
+
+        print(f"3. memory: {STREAM_CLIENTS} clients download {STREAM_BYTES >> 20} MB at once")
+        peak_rss, stream_fetches, stream_complete, stream_seconds = stream_memory(origin_url)
     finally:
+        for proc in peers:
+            stop(proc)
         for proc in (edge, origin):
             proc.terminate()
             proc.wait(timeout=10)
@@ -258,15 +576,51 @@ def main(argv: list[str] | None = None) -> int:
             f"{coalesced} origin request(s)",
         ),
     ]
+    by = {(run.proxy, run.obj): run for run in hits}
+    small, large = "512 B", "1 MiB"
+    vs_varnish = by["edge", small].rate / by["varnish", small].rate
+    vs_nginx = by["edge", small].rate / by["nginx", small].rate
+    vs_nginx_large = by["edge", large].rate / by["nginx", large].rate
+    rss_limit = STREAM_CACHE + STREAM_INFLIGHT + STREAM_MARGIN
+    checks += [
+        (
+            f"512 B hits/s >= {TARGET_VS_VARNISH_SMALL}x Varnish's",
+            vs_varnish >= TARGET_VS_VARNISH_SMALL,
+            f"{vs_varnish:.2f}x ({by['edge', small].rate:,.0f} vs "
+            f"{by['varnish', small].rate:,.0f})",
+        ),
+        (
+            f"512 B hits/s >= {TARGET_VS_NGINX_SMALL}x nginx's",
+            vs_nginx >= TARGET_VS_NGINX_SMALL,
+            f"{vs_nginx:.2f}x ({by['edge', small].rate:,.0f} vs {by['nginx', small].rate:,.0f})",
+        ),
+        (
+            f"1 MiB hits/s >= {TARGET_VS_NGINX_LARGE}x nginx's",
+            vs_nginx_large >= TARGET_VS_NGINX_LARGE,
+            f"{vs_nginx_large:.2f}x ({by['edge', large].rate:,.0f} vs "
+            f"{by['nginx', large].rate:,.0f})",
+        ),
+        (
+            f"{STREAM_CLIENTS} x {STREAM_BYTES >> 20} MB: one origin fetch, all complete, "
+            f"peak RSS <= cache {STREAM_CACHE >> 20} + in-flight {STREAM_INFLIGHT >> 20} "
+            f"+ margin {STREAM_MARGIN >> 20} MB",
+            stream_fetches == 1 and stream_complete == STREAM_CLIENTS and peak_rss <= rss_limit,
+            f"{peak_rss / 2**20:.0f} MB, {stream_fetches} origin fetch(es), "
+            f"{stream_complete} of {STREAM_CLIENTS} complete in {stream_seconds:.1f} s",
+        ),
+    ]
+    print()
+    print_hit_table(hits)
     print()
     for label, ok, measured in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {label}: {measured}")
     met = sum(ok for _, ok, _ in checks)
     print(
-        f"headline: a warm edge answers in {statistics.median(warm.latencies_ms):.2f} ms "
-        f"vs {statistics.median(direct.latencies_ms):.1f} ms straight from the origin "
-        f"({p50_ratio:.0f}x lower p50), and a cold one sends the origin {origin_share:.1%} "
-        "of requests"
+        f"headline: {by['edge', small].rate:,.0f} warm hits/s on one core "
+        f"({vs_varnish:.2f}x Varnish, {vs_nginx:.2f}x nginx; 1 MiB: {vs_nginx_large:.2f}x nginx), "
+        f"p50 {statistics.median(warm.latencies_ms):.2f} ms vs "
+        f"{statistics.median(direct.latencies_ms):.0f} ms direct, and "
+        f"{STREAM_CLIENTS} x {STREAM_BYTES >> 20} MB streamed in {peak_rss / 2**20:.0f} MB RSS"
     )
     print(f"targets: {met} of {len(checks)} met")
     return 0 if met == len(checks) else 1

@@ -74,9 +74,12 @@ MAX_TIMEOUT = 24 * 3600.0  # the largest --*-timeout accepted, in seconds
 LINGER_SECONDS = 2.0  # after an error, how long to drain a client's unread input
 MAX_PIPELINED = 16  # requests read ahead on one connection before reading pauses
 SWEEP_INTERVAL = 0.1  # how often deadlines are checked: timeouts fire up to this late
-# Answers are written in pieces of at most this size, and the socket's
-# buffer may hold about as much again: what one slow connection can pin.
+# A streamed body goes out in pieces of at most WRITE_CHUNK, each waiting
+# until the socket's buffer has room; a stored body up to WRITE_AT_ONCE goes
+# out in one write (a reference to the cached bytes, not a copy). Either
+# way, each write must drain within --send-timeout.
 WRITE_CHUNK = 256 * 1024
+WRITE_AT_ONCE = 2 * 1024 * 1024
 # Methods the fast parser (llhttp) knows. A request with any other method
 # (RFC 9110 allows new ones, e.g. BREW) is read with h11 instead, so it is
 # forwarded like any other.
@@ -216,6 +219,10 @@ class ClientConnection(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.writable = None
+        if self.on_deadline == self.stalled:  # written in time: back to waiting for requests
+            self.cancel_timer()
+            if not self.busy and not self.queue and not self.in_message:
+                self.set_timer(self.server.idle_timeout, self.hang_up)
 
     # --- reading requests (httptools callbacks) ------------------------------------------
 
@@ -337,7 +344,7 @@ class ClientConnection(asyncio.Protocol):
             if (
                 isinstance(decided, Answer)
                 and self.writable is None
-                and len(decided.body) <= WRITE_CHUNK
+                and len(decided.body) <= WRITE_AT_ONCE
             ):
                 self.write_at_once(request, decided)
                 continue
@@ -386,10 +393,17 @@ class ClientConnection(asyncio.Protocol):
         return serialize_head(f"HTTP/1.1 {answer.status} {answer.reason}", headers), close
 
     def write_at_once(self, request: Request, answer: Answer) -> None:
-        """A small answer from memory: one write, no waiting (the common case: a hit)."""
+        """An answer from memory: one write, no waiting (the common case: a hit)."""
         assert self.transport is not None
         head, close = self.framed_head(request, answer)
-        self.transport.write(head + answer.body if answer.send_body else head)
+        if not answer.send_body:
+            self.transport.write(head)
+        elif len(answer.body) < WRITE_CHUNK:
+            self.transport.write(head + answer.body)
+        else:
+            self.transport.writelines([head, answer.body])
+        if self.writable is not None:  # the socket did not take it all: a per-write deadline
+            self.set_timer(self.server.send_timeout, self.stalled)
         if close:
             self.closing = True
             self.transport.close()
@@ -432,10 +446,7 @@ class ClientConnection(asyncio.Protocol):
             async with asyncio.timeout(self.server.send_timeout):
                 await self.writable
         except TimeoutError:
-            # No progress for --send-timeout: the client stopped reading.
-            self.edge.stats.slow_clients_dropped += 1
-            if self.transport is not None:
-                self.transport.abort()
+            self.stalled()
             raise ClientGone() from None
 
     def interim(self, request: Request):
@@ -485,8 +496,18 @@ class ClientConnection(asyncio.Protocol):
         self.set_timer(LINGER_SECONDS, self.hang_up)
 
     def hang_up(self) -> None:
+        """Close; a client that has not even read its last answer is cut off instead."""
         if self.transport is not None:
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def stalled(self) -> None:
+        """No progress for --send-timeout: the client stopped reading."""
+        self.edge.stats.slow_clients_dropped += 1
+        if self.transport is not None:
+            self.transport.abort()
 
     def set_timer(self, seconds: float, action) -> None:
         self.deadline = self.loop.time() + seconds
