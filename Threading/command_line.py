@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TypeVar
+
+Value = TypeVar("Value", int, float)
 
 MAX_DELAY = 10.0  # seconds: the longest wait a script accepts for one answer
 
@@ -45,10 +48,10 @@ delay_seconds = bounded_seconds(0, MAX_DELAY)
 port_number = bounded_int(65535, lower=0)
 
 
-def comma_list(parse_one: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
+def comma_list(parse_one: Callable[[str], Value]) -> Callable[[str], tuple[Value, ...]]:
     """Comma-separated values, each checked by `parse_one`; sorted, duplicates dropped."""
 
-    def parse(text: str) -> tuple[int, ...]:
+    def parse(text: str) -> tuple[Value, ...]:
         try:
             values = {parse_one(part.strip()) for part in text.split(",")}
         except argparse.ArgumentTypeError as error:

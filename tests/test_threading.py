@@ -21,6 +21,8 @@ MultiThreading = load_module("Threading", "MultiThreading")
 MultiProcessing = load_module("Threading", "MultiProcessing")
 race = load_module("Threading", "race")
 deadlock = load_module("Threading", "deadlock")
+convoy = load_module("Threading", "convoy")
+payload_sweep = load_module("Threading", "payload_sweep")
 
 SMALL_WINDOW = 2_000  # numbers per cpu task: enough to find primes, quick to count
 FAST_DELAY = 0.01  # seconds the test server waits per request
@@ -37,6 +39,8 @@ SCRIPTS = [
     "Threading/MultiProcessing.py",
     "Threading/race.py",
     "Threading/deadlock.py",
+    "Threading/convoy.py",
+    "Threading/payload_sweep.py",
     "Threading/demo.py",
     "Threading/bench.py",
 ]
@@ -323,6 +327,85 @@ def test_a_lock_held_too_long_raises_instead_of_hanging(monkeypatch):
         holder.join(timeout=5)
 
 
+# --- the convoy effect ----------------------------------------------------------------
+
+
+def test_round_trips_on_one_connection_get_every_answer_and_stop_at_the_budget(slow_server):
+    assert len(convoy.round_trips(slow_server.address, 5)) == 5
+    assert len(convoy.round_trips(slow_server.address, 1000, budget=0.0)) == 1
+
+
+def threads_named(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def test_convoy_measure_puts_the_switch_interval_back_and_stops_its_threads(slow_server):
+    before = sys.getswitchinterval()
+    row = convoy.measure(slow_server.address, cpu_threads=2, trips=3, switch_interval=0.001)
+    assert (row.cpu_threads, row.switch_interval, len(row.latencies)) == (2, 0.001, 3)
+    assert sys.getswitchinterval() == before
+    assert threads_named("cpu-") == []
+
+
+def test_convoy_measure_cleans_up_when_the_server_is_gone():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        address = unused.getsockname()  # bound, never listening: connections are refused
+        before = sys.getswitchinterval()
+        with pytest.raises(ConnectionRefusedError):
+            convoy.measure(address, cpu_threads=2, trips=3, switch_interval=0.001)
+    assert sys.getswitchinterval() == before
+    assert threads_named("cpu-") == []
+
+
+def test_convoy_script_prints_a_row_per_thread_count_and_interval():
+    args = ("--trips", "3", "--cpu-threads", "0,1", "--switch-intervals", "0.005,0.001")
+    result = run_script("Threading/convoy.py", *args, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = re.findall(r"^\s*([\d.]+) ms\s+(\d+)\s+3\s", result.stdout, re.M)
+    assert rows == [("5.00", "0"), ("5.00", "1"), ("1.00", "0"), ("1.00", "1")], result.stdout
+
+
+# --- the price of sending data to processes ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pools():
+    with payload_sweep.started_pools() as started:
+        yield started
+
+
+@pytest.mark.parametrize("size", [1, 4097, 3 * 1024 * 1024])
+def test_every_way_of_sending_the_block_gives_the_right_answers(size, pools):
+    run = payload_sweep.measure(size, pools)  # raises WrongAnswers if any answer differs
+    assert run.size == size
+    assert set(run.seconds) == {"threads", "processes", "shared memory"}
+
+
+def test_the_answer_depends_on_every_page_of_the_block():
+    block = payload_sweep.make_block(5 * payload_sweep.PAGE)
+    assert payload_sweep.page_sum(block) != payload_sweep.page_sum(bytes(len(block)))
+    damaged = block[: -payload_sweep.PAGE] + bytes(payload_sweep.PAGE)  # last page lost
+    assert payload_sweep.page_sum(block) != payload_sweep.page_sum(damaged)
+
+
+def test_payload_sweep_script_shares_memory_without_resource_tracker_warnings():
+    # Children started before the resource tracker would each run their own,
+    # which warns about "leaked" blocks at exit (and may unlink them early).
+    result = run_script("Threading/payload_sweep.py", "--sizes", "1KB,2MB", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^\s+1 KB\s", result.stdout, re.M)
+    assert re.search(r"^\s+2 MB\s", result.stdout, re.M)
+    assert "resource_tracker" not in result.stderr and "leaked" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1", 1), ("64KB", 65536), ("16mb", 16 * 1024 * 1024), (" 2 MB ", 2097152)]
+)
+def test_payload_sizes_are_read_with_their_units(text, size):
+    assert payload_sweep.parse_size(text) == size
+
+
 # --- the command lines --------------------------------------------------------------
 
 
@@ -352,6 +435,15 @@ BAD_ARGUMENTS = [
     ("Threading/slow_server.py", "--port", "-1"),
     ("Threading/MultiThreading.py", "--delay", "inf"),
     ("Threading/bench.py", "--workers", "1,,2"),
+    ("Threading/convoy.py", "--trips", "0"),
+    ("Threading/convoy.py", "--cpu-threads", "17"),
+    ("Threading/convoy.py", "--cpu-threads", "-1"),
+    ("Threading/convoy.py", "--switch-intervals", "0"),
+    ("Threading/convoy.py", "--switch-intervals", "nan"),
+    ("Threading/payload_sweep.py", "--sizes", "0"),
+    ("Threading/payload_sweep.py", "--sizes", "257MB"),
+    ("Threading/payload_sweep.py", "--sizes", "1GB"),
+    ("Threading/payload_sweep.py", "--sizes", "1KB,lots"),
 ]
 
 

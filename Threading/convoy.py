@@ -1,0 +1,187 @@
+"""The convoy effect: a thread that waits on I/O queues for the GIL behind threads that compute.
+
+One thread asks a server a question and waits for the answer, over and over:
+a web handler talking to its database. Alone, each round trip takes about as
+long as the server needs. Beside threads that compute in pure Python, the
+answer arrives just as fast, but the waiting thread cannot run until it gets
+the GIL back, and a computing thread lets go of it only when asked, after the
+switch interval (`sys.getswitchinterval()`, 5 ms by default). With several
+computing threads the waiter may lose the hand-over to another of them and wait
+again. A smaller switch interval shortens the queue, at the cost of more
+switching. README.md, "The convoy effect", explains the run.
+
+    python Threading/convoy.py --cpu-threads 0,1,2,4 --switch-intervals 0.005,0.0005
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import command_line
+import workloads
+from slow_server import SlowServer
+
+SERVER_DELAY = 0.001  # the server answers in 1 ms, like a quick database query
+DEFAULT_TRIPS = 100
+MAX_TRIPS = 10_000
+DEFAULT_CPU_THREADS = (0, 1, 2, 4)
+MAX_CPU_THREADS = 16
+DEFAULT_INTERVALS = (0.005, 0.0005)  # CPython's default, and a tenth of it
+MIN_INTERVAL, MAX_INTERVAL = 0.000_01, 0.1  # seconds
+TIME_BUDGET = 10.0  # seconds of round trips per row at most: a long convoy stops early
+SPIN_WINDOW = 2_000  # numbers per prime count in a computing thread: ~4 ms of Python
+
+
+def round_trips(address: tuple[str, int], count: int, budget: float = TIME_BUDGET) -> list[float]:
+    """Ask the slow server `count` questions on one connection; each round trip's seconds.
+
+    Stops early, with fewer times, once `budget` seconds have passed.
+    """
+    latencies: list[float] = []
+    give_up = time.monotonic() + budget
+    with socket.create_connection(address, timeout=workloads.IO_TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # send each line at once
+        with sock.makefile("rb") as replies:
+            for question in range(count):
+                started = time.perf_counter()
+                sock.sendall(f"{question}\n".encode())
+                reply = replies.readline()  # the wait: GIL released, then wanted back
+                latencies.append(time.perf_counter() - started)
+                if int(reply) != question * question:
+                    raise ConnectionError(f"server answered {reply!r} to {question}")
+                if time.monotonic() > give_up:
+                    break
+    return latencies
+
+
+def compute_until(stop: threading.Event, running: threading.Barrier) -> None:
+    """A CPU-bound thread: count primes, holding the GIL but when asked, until `stop`."""
+    running.wait()
+    window = 0
+    while not stop.is_set():
+        workloads.count_primes(window % 100, SPIN_WINDOW)
+        window += 1
+
+
+@dataclass(frozen=True)
+class Convoy:
+    """Round-trip latencies measured beside `cpu_threads` computing threads."""
+
+    cpu_threads: int
+    switch_interval: float  # seconds
+    latencies: list[float]  # seconds, one per round trip
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p90(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[int(0.9 * (len(ordered) - 1))]
+
+
+def measure(
+    address: tuple[str, int],
+    cpu_threads: int,
+    trips: int,
+    switch_interval: float | None = None,
+    budget: float = TIME_BUDGET,
+) -> Convoy:
+    """Time `trips` round trips while `cpu_threads` threads compute, at `switch_interval`.
+
+    The switch interval belongs to the whole interpreter: it is set for the
+    measurement and put back afterwards, whatever happens.
+    """
+    previous = sys.getswitchinterval()
+    stop = threading.Event()
+    running = threading.Barrier(cpu_threads + 1)  # the round trips start once all compute
+    computers = [
+        threading.Thread(target=compute_until, args=(stop, running), name=f"cpu-{i}", daemon=True)
+        for i in range(cpu_threads)
+    ]
+    try:
+        if switch_interval is not None:
+            sys.setswitchinterval(switch_interval)
+        for thread in computers:
+            thread.start()
+        running.wait(timeout=workloads.IO_TIMEOUT)
+        latencies = round_trips(address, trips, budget)
+        interval = sys.getswitchinterval()
+    finally:
+        stop.set()
+        for thread in computers:
+            thread.join(timeout=workloads.IO_TIMEOUT)
+        sys.setswitchinterval(previous)
+    return Convoy(cpu_threads, interval, latencies)
+
+
+def print_header(indent: str = "") -> None:
+    print(
+        f"{indent}{'switch interval':<16}{'CPU threads':>11}{'trips':>7}{'median':>10}"
+        f"{'p90':>10}{'x alone':>9}"
+    )
+
+
+def print_row(row: Convoy, alone: Convoy, indent: str = "") -> None:
+    print(
+        f"{indent}{row.switch_interval * 1000:>5.2f} ms{'':<8}{row.cpu_threads:>11}"
+        f"{len(row.latencies):>7}{row.median * 1000:>7.2f} ms{row.p90 * 1000:>7.2f} ms"
+        f"{row.median / alone.median:>8.1f}x"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Time round trips to a local server that answers in 1 ms, alone and "
+        "beside threads that compute, at one or more GIL switch intervals."
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=command_line.comma_list(command_line.bounded_int(MAX_CPU_THREADS, lower=0)),
+        default=DEFAULT_CPU_THREADS,
+        help="comma-separated counts of computing threads (default: 0,1,2,4)",
+    )
+    parser.add_argument(
+        "--trips",
+        type=command_line.bounded_int(MAX_TRIPS),
+        default=DEFAULT_TRIPS,
+        help=f"round trips per row, stopped after {TIME_BUDGET:.0f} s (default: {DEFAULT_TRIPS})",
+    )
+    parser.add_argument(
+        "--switch-intervals",
+        type=command_line.comma_list(command_line.bounded_seconds(MIN_INTERVAL, MAX_INTERVAL)),
+        default=DEFAULT_INTERVALS,
+        help="comma-separated switch intervals in seconds (default: 0.005,0.0005)",
+    )
+    args = parser.parse_args(argv)
+
+    print(
+        f"Round trips to a server that answers in {SERVER_DELAY * 1000:g} ms, beside threads "
+        "counting primes (median and 90th percentile)"
+    )
+    print_header()
+    try:
+        with SlowServer(SERVER_DELAY) as server:
+            for interval in sorted(args.switch_intervals, reverse=True):
+                rows = [
+                    measure(server.address, n, args.trips, interval)
+                    for n in sorted({0, *args.cpu_threads})
+                ]
+                for row in rows:
+                    if row.cpu_threads in args.cpu_threads:
+                        print_row(row, rows[0])
+    except KeyboardInterrupt:
+        print("Interrupted.")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
