@@ -1203,22 +1203,30 @@ def run_browser_scenario(browser, server, start_server, db: Path, tmp_path: Path
     browser_scene.photograph(bob, tmp_path / "chat.png")  # never the tracked images/chat.png
     assert (tmp_path / "chat.png").stat().st_size > 10_000
 
-    # The server dies: the page says so, and keeps what alice types unsent.
+    # The server dies: the pages say so and disable Send; alice's text stays in the box.
     port = server.port
     server.kill()
-    expect(alice.locator("#status")).not_to_have_class(browser_scene.CONNECTED)
+    for page in (alice, bob):
+        expect(page.locator("#status")).to_contain_text("reconnecting")
+        expect(page.locator("#send")).to_be_disabled()
     alice.fill("#text", "are you still there?")
     alice.press("#text", "Enter")
-    expect(alice.locator("#notice")).to_contain_text("offline")
-    expect(alice.locator("#text")).to_have_value("are you still there?")
-    # It comes back on the same port and database: both pages rejoin by themselves.
+    # Meanwhile 60 messages arrive through another process on the same database:
+    # more than the 50 a join returns, so the pages must page on with `history`.
+    missed = [f"while you were away {n}" for n in range(60)]
+    writer = store_module.ChatStore(db)
+    writer.add_many("general", "dave", missed)
+    writer.close()
+    # The server comes back on the same port: both pages rejoin and catch up by themselves.
     start_server(APP, "--db", str(db), port=port)
     for page in (alice, bob):
         expect(page.locator("#status")).to_have_class(browser_scene.CONNECTED, timeout=20_000)
+        expect(page.locator("#messages li[data-id] .text")).to_have_text([*texts, *missed])
     expect(alice.locator("#members li")).to_have_text(["alice", "bob"])
-    alice.press("#text", "Enter")
+    expect(alice.locator("#text")).to_have_value("are you still there?")
+    alice.click("#send")
     expect(bob.locator("#messages li[data-id] .text")).to_have_text(
-        [*texts, "are you still there?"]
+        [*texts, *missed, "are you still there?"]
     )
     expect(alice.locator("#text")).to_have_value("")
     assert alice.js_errors == [] and bob.js_errors == []
