@@ -147,7 +147,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: collections.deque[Request] = collections.deque()
         self.busy = False
         self.refusal: HttpError | None = None  # to answer once the queue is empty, then close
-        self.closing = False
+        self.closing = False  # closed or closing: nothing more is written
+        self.deaf = False  # refused something: nothing more is read
         self.reading_paused = False
         # The one deadline this connection has at any moment (idle, header,
         # body or linger), in loop time, and what happens when it passes.
@@ -187,7 +188,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.deaf:
             return  # draining a client we are hanging up on
         try:
             if self.slow_parser is not None or (
@@ -353,9 +354,11 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.busy or self.closing or self.transport is None:
             return
-        if self.refusal is not None:
+        if self.refusal is not None:  # the requests before it are answered: now refuse
             self.send_refusal()
             return
+        if self.deaf:
+            return  # lingering after a refusal
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
@@ -466,7 +469,7 @@ class ClientConnection(asyncio.Protocol):
     def refuse(self, error: HttpError) -> None:
         """A request the edge will not read: answer it after those before it, then close."""
         self.refusal = error
-        self.closing = True  # read nothing more
+        self.deaf = True
         self.cancel_timer()
         if not self.busy:
             self.send_refusal()

@@ -565,6 +565,24 @@ def test_malformed_requests_get_400_while_another_client_is_served(edge):
         slow.close()
 
 
+def test_pipelined_requests_are_answered_in_order_around_a_slow_miss(edge):
+    fast = url_for(cc="max-age=60", body="first")
+    slow = url_for(cc="max-age=60", body="second", sleep_ms=300)
+    served(edge, fast)
+    lines = [f"GET {target} HTTP/1.1\r\nHost: x\r\n" for target in (fast, slow, fast)]
+    lines[-1] += "Connection: close\r\n"
+    answer = raw_exchange(edge, "\r\n".join(lines).encode() + b"\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK") == 3
+    assert answer.index(b"first") < answer.index(b"second") < answer.rindex(b"first")
+
+
+def test_a_bad_request_behind_good_ones_is_refused_after_they_are_answered(edge):
+    target = url_for(cc="max-age=60", body="fine", sleep_ms=200)
+    answer = raw_exchange(edge, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 200") and b"fine" in answer
+    assert b"HTTP/1.1 400" in answer
+
+
 def test_refuses_to_be_an_open_proxy(edge, origin):
     foreign = raw_exchange(
         edge, b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
