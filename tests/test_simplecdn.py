@@ -578,7 +578,8 @@ def test_pipelined_requests_are_answered_in_order_around_a_slow_miss(edge):
 
 def test_a_bad_request_behind_good_ones_is_refused_after_they_are_answered(edge):
     target = url_for(cc="max-age=60", body="fine", sleep_ms=200)
-    answer = raw_exchange(edge, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n".encode())
+    bad = "GET / HTTP/1.1\r\nBad Header: 1\r\n\r\n"  # a space in a field name
+    answer = raw_exchange(edge, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n{bad}".encode())
     assert answer.startswith(b"HTTP/1.1 200") and b"fine" in answer
     assert b"HTTP/1.1 400" in answer
 
