@@ -3,14 +3,18 @@
     python TwoPhaseCommit/Coordinator.py --port 5000 \\
         --inventory http://127.0.0.1:5001 --delivery http://127.0.0.1:5002
 
-POST /orders runs two-phase commit:
+POST /orders runs two-phase commit with presumed abort:
   phase 1  ask every participant to prepare, in parallel, each with a timeout;
-  decide   commit only if every one voted yes; write the decision to our own
-           log and fsync it (the commit point: from here the outcome is fixed);
-  phase 2  tell every participant, retrying until each acknowledges.
-On start it reads its log: undecided transactions are aborted (presumed
-abort), decided ones are told again. Participants in doubt may ask
-GET /decisions/<txid>. See the README's "The protocol" and "Recovery".
+  decide   commit only if every one voted yes. A commit is forced to our log
+           (fsynced, in a group with any others waiting: the commit point);
+           an abort is written but not forced, since no record means abort;
+  phase 2  tell every participant: a commit is retried until each one
+           acknowledges, an abort is sent once and never acknowledged.
+The log has an identity, made with it; participants record it at prepare,
+and a coordinator never presumes abort for a transaction of another log.
+On start it resends unacknowledged commits and asks every participant for
+its in-doubt transactions (XA's recover). See the README's "The protocol",
+"Presumed abort" and "A coordinator that lost its log".
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import twopc_disk
-from flask import Flask, abort, jsonify
+from flask import Flask, abort, jsonify, request
 from twopc_node import (
     OUT_DIR,
     DurableStore,
@@ -38,6 +42,7 @@ from twopc_node import (
     add_server_args,
     bind,
     check_order,
+    check_order_id,
     check_seconds,
     check_server_args,
     json_object,
@@ -50,26 +55,150 @@ from twopc_node import (
 DEFAULT_PORT = 5000
 DEFAULT_DB = OUT_DIR / "coordinator.db"  # git-ignored, created on first use
 CRASH_POINTS = ("before-decision", "after-decision", "after-first-commit")
-STARTED, COMMITTED, ABORTED = "STARTED", "COMMITTED", "ABORTED"
+COMMITTED, ABORTED = "COMMITTED", "ABORTED"
 MAX_PARALLEL_MESSAGES = 128  # threads sending prepares; 2 per order in flight
+ORDER_WAIT = 30.0  # s a retry waits for the same order's attempt still running here
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS log (
-    txid       TEXT PRIMARY KEY,
-    order_json TEXT NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('STARTED', 'COMMITTED', 'ABORTED')),
-    reason     TEXT NOT NULL DEFAULT '',
-    done       INTEGER NOT NULL DEFAULT 0,  -- 1 once every participant acknowledged phase 2
-    started_at REAL NOT NULL
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,  -- 'log_id': this log's identity; 'incarnation': starts so far
+    value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS log (
+    txid       TEXT PRIMARY KEY,  -- '<order_id>.<incarnation>': one attempt at an order
+    order_id   TEXT NOT NULL,
+    order_json TEXT NOT NULL,
+    state      TEXT NOT NULL CHECK (state IN ('COMMITTED', 'ABORTED')),
+    reason     TEXT NOT NULL DEFAULT '',
+    votes      TEXT NOT NULL DEFAULT '{}',
+    done       INTEGER NOT NULL DEFAULT 0,  -- 1 once every participant acknowledged a commit
+    decided_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_by_order ON log (order_id);
 """
+
+
+class OrderConflict(Exception):
+    """An order_id already used for a different order."""
+
+
+# -- the decision log -------------------------------------------------------------------
+
+
+class DecisionLog:
+    """The coordinator's log: its identity, and one record per decided transaction.
+
+    Commit records are forced in groups (group commit): a thread that wants
+    its commit on disk joins the queue; whoever finds no flush running takes
+    the whole queue and writes it in one transaction, one fsync, while the
+    others wait for it. Under load one fsync carries many decisions.
+    """
+
+    def __init__(self, store: DurableStore, faults: Faults) -> None:
+        self.store = store
+        self.faults = faults  # slow_fsync_ms: a slow disk, to watch groups form
+        with store.transaction() as db:
+            meta = {r["key"]: r["value"] for r in db.execute("SELECT key, value FROM meta")}
+            self.log_id = meta.get("log_id") or uuid.uuid4().hex
+            # Every start is a new incarnation, so a retried order gets a new
+            # txid and no message meant for an older attempt can touch it.
+            self.incarnation = int(meta.get("incarnation", "0")) + 1
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_id', ?), ('incarnation', ?)",
+                (self.log_id, str(self.incarnation)),
+            )
+        self._queue: list[tuple] = []
+        self._flushing = False
+        self._flushed = threading.Condition()  # the leader notifies it after each group
+        self.groups = 0  # fsyncs that carried commit decisions
+
+    def force_commit(self, txid: str, order_id: str, order: dict, votes: dict) -> None:
+        """Return once this commit record is on disk: THE COMMIT POINT."""
+        record = (txid, order_id, json.dumps(order), COMMITTED, "", json.dumps(votes), time.time())
+        entry = {"record": record, "done": False, "error": None}
+        with self._flushed:
+            self._queue.append(entry)
+            while not entry["done"]:
+                if self._flushing:
+                    self._flushed.wait()
+                    continue
+                self._flushing = True
+                self._flushed.release()
+                time.sleep(self.faults.slow_fsync_ms / 1000)  # a slow disk: more join meanwhile
+                self._flushed.acquire()
+                group, self._queue = self._queue, []
+                self._flushed.release()
+                error = None
+                try:
+                    with self.store.transaction() as db:  # forced: one fsync for the group
+                        db.executemany(INSERT_DECISION, [e["record"] for e in group])
+                except Exception as err:  # every waiter in the group hears it
+                    error = err
+                finally:
+                    self._flushed.acquire()
+                    self._flushing = False
+                    self.groups += 1
+                    for e in group:
+                        e["done"], e["error"] = True, error
+                    self._flushed.notify_all()
+        if entry["error"] is not None:
+            raise entry["error"]
+
+    def note_abort(self, txid: str, order_id: str, order: dict, reason: str, votes: dict) -> None:
+        """Written, not forced: lost in a power cut, an abort is still an abort (presumed)."""
+        record = (txid, order_id, json.dumps(order), ABORTED, reason, json.dumps(votes))
+        with self.store.transaction(forced=False) as db:
+            db.execute(INSERT_DECISION, (*record, time.time()))
+            db.execute("UPDATE log SET done = 1 WHERE txid = ?", (txid,))  # nothing to deliver
+
+    def mark_done(self, txid: str) -> None:
+        """Every participant acknowledged: not forced (lost, we just resend the commit)."""
+        with self.store.transaction(forced=False) as db:
+            db.execute("UPDATE log SET done = 1 WHERE txid = ?", (txid,))
+
+    def state_of(self, txid: str) -> str | None:
+        rows = self.store.read("SELECT state FROM log WHERE txid = ?", (txid,))
+        return rows[0]["state"] if rows else None
+
+    def order(self, order_id: str) -> dict | None:
+        """The order's record: its committed attempt if any, else its latest abort."""
+        rows = self.store.read(
+            "SELECT * FROM log WHERE order_id = ? "
+            "ORDER BY state = 'COMMITTED' DESC, decided_at DESC LIMIT 1",
+            (order_id,),
+        )
+        return rows[0] if rows else None
+
+    def undelivered_commits(self) -> list[str]:
+        rows = self.store.read("SELECT txid FROM log WHERE state = ? AND done = 0", (COMMITTED,))
+        return [r["txid"] for r in rows]
+
+
+INSERT_DECISION = (
+    "INSERT OR IGNORE INTO log (txid, order_id, order_json, state, reason, votes, decided_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def order_json(row: dict) -> dict:
+    return {
+        "order_id": row["order_id"],
+        "txid": row["txid"],
+        "order": json.loads(row["order_json"]),
+        "outcome": "committed" if row["state"] == COMMITTED else "aborted",
+        "reason": row["reason"],
+        "votes": json.loads(row["votes"]),
+        "complete": bool(row["done"]),
+    }
+
+
+# -- the coordinator ------------------------------------------------------------------
 
 
 @dataclass
 class Unfinished:
-    """A decided transaction some participant has not yet acknowledged."""
+    """A commit some participant has not yet acknowledged."""
 
-    decision: str  # "commit" or "abort"
     waiting_for: set[str]  # participant names
     retry_at: float  # time.monotonic() of the next attempt
     backoff: float  # seconds until the attempt after that; doubles up to retry_max
@@ -79,7 +208,7 @@ class Unfinished:
 class Coordinator:
     """Runs each order's two phases; owns the decision log and the phase-2 retries."""
 
-    store: DurableStore
+    log: DecisionLog
     participants: dict[str, str]  # name -> base URL, in the order phase 2 visits them
     faults: Faults
     messenger: Messenger = field(default_factory=Messenger)
@@ -94,43 +223,70 @@ class Coordinator:
         # Transactions this process is deciding right now: their answer to
         # GET /decisions is "pending", not a presumed abort.
         self.in_progress: set[str] = set()
+        # Orders being placed right now (order_id -> set when done): a retry waits for it.
+        self.running_orders: dict[str, threading.Event] = {}
+        self.orders_lock = threading.Lock()
         self.unfinished: dict[str, Unfinished] = {}
         # Guards unfinished; the finisher thread waits on it, place_order
-        # notifies it when it hands over a decision still to deliver, and
+        # notifies it when it hands over a commit still to deliver, and
         # main when the process stops.
         self.unfinished_changed = threading.Condition()
 
-    # -- one order, start to finish -------------------------------------------------------
+    # -- one order, start to finish (or the answer it already has) --------------------------
 
-    def place_order(self, order: dict) -> dict:
-        txid = uuid.uuid4().hex[:12]
+    def place_order(self, order: dict, order_id: str) -> dict:
+        """Run the order once; a retry of the same order_id gets the first outcome."""
+        while True:
+            with self.orders_lock:
+                running = self.running_orders.get(order_id)
+                if running is None:
+                    known = self.log.order(order_id)
+                    if known is not None:
+                        if json.loads(known["order_json"]) != order:
+                            raise OrderConflict(f"order_id {order_id} was used for another order")
+                        return {**order_json(known), "retry": True}
+                    running = self.running_orders[order_id] = threading.Event()
+                    break
+            if not running.wait(ORDER_WAIT):
+                raise TimeoutError(f"order {order_id} is still being decided; ask again later")
+        try:
+            return self.run_two_phase_commit(f"{order_id}.{self.log.incarnation}", order_id, order)
+        finally:
+            with self.orders_lock:
+                del self.running_orders[order_id]
+            running.set()
+
+    def run_two_phase_commit(self, txid: str, order_id: str, order: dict) -> dict:
         self.in_progress.add(txid)
         try:
-            with self.store.transaction() as db:  # so recovery knows this transaction existed
-                db.execute(
-                    "INSERT INTO log (txid, order_json, state, started_at) VALUES (?, ?, ?, ?)",
-                    (txid, json.dumps(order), STARTED, time.time()),
-                )
-
             votes = self.collect_votes(txid, order)  # phase 1
             no_votes = [f"{name}: {v['reason']}" for name, v in votes.items() if v["vote"] != "yes"]
             decision = "abort" if no_votes else "commit"
             reason = "; ".join(no_votes)
-
             self.faults.crash_if("before-decision", txid)
-            self.log_decision(txid, decision, reason)  # THE COMMIT POINT
+            if decision == "commit":
+                self.log.force_commit(txid, order_id, order, votes)  # THE COMMIT POINT
+            else:
+                self.log.note_abort(txid, order_id, order, reason, votes)
         finally:
             self.in_progress.discard(txid)
         self.faults.crash_if("after-decision", txid)
 
-        # Phase 2. A participant that voted no has already aborted on its own.
-        targets = [n for n in self.participants if decision == "commit" or votes[n]["vote"] != "no"]
-        waiting_for = self.send_decision(txid, decision, targets)
-        if waiting_for:
-            self.hand_to_finisher(txid, decision, waiting_for)
+        if decision == "abort":
+            # Sent once, never acknowledged, never retried: a participant that
+            # misses it asks, and hears "abort" whether or not we kept a record.
+            for name, vote in votes.items():
+                if vote["vote"] != "no":  # one that voted no has already let go
+                    self.send_abort(name, txid)
+            waiting_for: set[str] = set()
         else:
-            self.mark_done(txid)
+            waiting_for = self.send_commits(txid)  # phase 2
+            if waiting_for:
+                self.hand_to_finisher(txid, waiting_for)
+            else:
+                self.log.mark_done(txid)
         return {
+            "order_id": order_id,
             "txid": txid,
             "outcome": "committed" if decision == "commit" else "aborted",
             "reason": reason,
@@ -140,7 +296,12 @@ class Coordinator:
 
     def collect_votes(self, txid: str, order: dict) -> dict[str, dict]:
         """Phase 1: prepare everywhere at once; no answer in time counts as a no."""
-        message = {"txid": txid, "order": order, "coordinator": self.self_url}
+        message = {
+            "txid": txid,
+            "order": order,
+            "coordinator": self.self_url,
+            "coordinator_log": self.log.log_id,
+        }
         futures = {
             name: self.pool.submit(
                 self.messenger.call, "POST", f"{url}/prepare", self.vote_timeout, message
@@ -162,57 +323,49 @@ class Coordinator:
                 votes[name] = {"vote": "none", "reason": f"no vote: {err}"}
         return votes
 
-    def log_decision(self, txid: str, decision: str, reason: str) -> None:
-        """Write the decision durably *before* anyone hears it.
-
-        If we told a participant "commit" first and crashed before writing, we
-        would come back with no record, presume abort, and abort the others:
-        one side committed, one aborted. Writing first makes the decision the
-        same before and after any crash.
-        """
-        state = COMMITTED if decision == "commit" else ABORTED
-        with self.store.transaction() as db:
-            db.execute("UPDATE log SET state = ?, reason = ? WHERE txid = ?", (state, reason, txid))
-
-    def send_decision(self, txid: str, decision: str, targets: list[str]) -> set[str]:
-        """Phase 2, one attempt each, in order; return who has not acknowledged."""
+    def send_commits(self, txid: str) -> set[str]:
+        """Phase 2 for a commit, one attempt each, in order; return who has not acknowledged."""
         waiting_for = set()
-        for name in targets:
-            if not self.tell(name, txid, decision):
+        for name in self.participants:
+            if not self.tell_commit(name, txid):
                 waiting_for.add(name)
-            elif decision == "commit":
+            else:
                 self.faults.crash_if("after-first-commit", txid)
         return waiting_for
 
-    def tell(self, name: str, txid: str, decision: str) -> bool:
-        url = f"{self.participants[name]}/{decision}"
+    def tell_commit(self, name: str, txid: str) -> bool:
+        """True once the participant acknowledged (or refused for good: see below)."""
+        body = {"txid": txid, "coordinator_log": self.log.log_id}
+        url = f"{self.participants[name]}/commit"
         try:
-            status, _ = self.messenger.call("POST", url, self.vote_timeout, {"txid": txid})
+            status, reply = self.messenger.call("POST", url, self.vote_timeout, body)
         except Unreachable:
             return False
+        if status == 409:
+            # It aborted the transaction on an operator's word (a heuristic
+            # decision) and cannot commit it now: resending will not help.
+            print(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {reply.get('error')}")
+            return True
         return status == 200
 
-    def mark_done(self, txid: str) -> None:
-        with self.store.transaction() as db:
-            db.execute("UPDATE log SET done = 1 WHERE txid = ?", (txid,))
+    def send_abort(self, name: str, txid: str) -> None:
+        body = {"txid": txid, "coordinator_log": self.log.log_id}
+        self.messenger.notify(f"{self.participants[name]}/abort", self.vote_timeout, body)
 
     # -- phase 2 until everyone has heard ----------------------------------------------
 
-    def hand_to_finisher(self, txid: str, decision: str, waiting_for: set[str]) -> None:
+    def hand_to_finisher(self, txid: str, waiting_for: set[str]) -> None:
         with self.unfinished_changed:
             self.unfinished[txid] = Unfinished(
-                decision,
-                set(waiting_for),
-                time.monotonic() + self.retry_interval,
-                self.retry_interval,
+                set(waiting_for), time.monotonic() + self.retry_interval, self.retry_interval
             )
             self.unfinished_changed.notify()
 
     def finish_forever(self, stop: threading.Event) -> None:
-        """Background thread: retry phase 2 with back-off until every participant acknowledges.
+        """Background thread: resend commits with back-off until every participant acknowledges.
 
-        A decision once logged is never changed, so retrying is always safe:
-        commit and abort are idempotent at the participants.
+        A decision once logged is never changed, so resending is always safe:
+        commit is idempotent at the participants.
         """
         while not stop.is_set():
             with self.unfinished_changed:
@@ -223,85 +376,132 @@ class Coordinator:
                     self.unfinished_changed.wait(timeout=max(0.01, min(0.5, soonest - now)))
                     continue
             for txid, job in due:
-                job.waiting_for = {
-                    n for n in job.waiting_for if not self.tell(n, txid, job.decision)
-                }
+                job.waiting_for = {n for n in job.waiting_for if not self.tell_commit(n, txid)}
                 if job.waiting_for:
                     job.backoff = min(job.backoff * 2, self.retry_max)
                     job.retry_at = time.monotonic() + job.backoff
                 else:
-                    self.mark_done(txid)
+                    self.log.mark_done(txid)
                     with self.unfinished_changed:
                         del self.unfinished[txid]
 
     # -- recovery --------------------------------------------------------------------------
 
-    def recover(self) -> tuple[int, int]:
-        """On start: abort what was never decided, and re-send what was decided but not done."""
-        with self.store.transaction() as db:
-            undecided = db.execute("SELECT txid FROM log WHERE state = ?", (STARTED,)).fetchall()
-            db.execute(
-                "UPDATE log SET state = ?, reason = ? WHERE state = ?",
-                (ABORTED, "coordinator restarted before deciding (presumed abort)", STARTED),
-            )
-        pending = self.store.read("SELECT txid, state FROM log WHERE done = 0")
-        for row in pending:
-            decision = "commit" if row["state"] == COMMITTED else "abort"
+    def resend_logged_commits(self) -> int:
+        """On start: every commit not known to be acknowledged is delivered again."""
+        pending = self.log.undelivered_commits()
+        for txid in pending:
             # We do not know who acknowledged before the crash: tell everyone again.
-            self.unfinished[row["txid"]] = Unfinished(
-                decision, set(self.participants), retry_at=0.0, backoff=self.retry_interval
-            )
-        return len(undecided), len(pending)
+            self.unfinished[txid] = Unfinished(set(self.participants), 0.0, self.retry_interval)
+        return len(pending)
 
-    def decision_for(self, txid: str) -> str:
-        """What a participant in doubt is told: commit, abort, or pending (ask again)."""
-        # Look at in_progress before the log: place_order logs the decision
-        # first and leaves in_progress after, so "not in progress, still
-        # STARTED" really means nobody is deciding it.
+    def recover_in_doubt(self, stop: threading.Event) -> None:
+        """On start, in the background: ask each participant for its in-doubt transactions
+        (XA's recover) and end the doubt of every one prepared under this log.
+
+        With presumed abort nothing is logged before the decision, so this is
+        how a crash before deciding gets cleaned up at once instead of when
+        each participant next asks. Transactions of another coordinator log
+        are left alone: this log cannot know their outcome.
+        """
+        waiting = dict(self.participants)
+        backoff = self.retry_interval
+        found = committed = aborted = foreign = 0
+        while waiting and not stop.is_set():
+            for name, url in list(waiting.items()):
+                try:
+                    status, reply = self.messenger.call(
+                        "GET", f"{url}/transactions?state=PREPARED", self.vote_timeout
+                    )
+                except Unreachable:
+                    continue
+                if status != 200:
+                    continue
+                del waiting[name]
+                for tx in reply.get("transactions", []):
+                    found += 1
+                    decision = self.decision_for(tx["txid"], tx.get("coordinator_log", ""))
+                    if decision == "commit":
+                        committed += 1  # resend_logged_commits already has it
+                    elif decision == "abort":
+                        aborted += 1
+                        self.send_abort(name, tx["txid"])
+                    elif decision == "unknown":
+                        foreign += 1
+            if waiting:
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.retry_max)
+        if not stop.is_set():
+            print(
+                f"asked the participants for in-doubt transactions: {found} found, "
+                f"{committed} committed, {aborted} aborted (presumed), "
+                f"{foreign} of another coordinator log (left for the operator)",
+                flush=True,
+            )
+
+    def decision_for(self, txid: str, asker_log: str) -> str:
+        """What a participant in doubt is told: commit, abort, pending (ask again), or
+        unknown (the transaction was prepared under another coordinator log)."""
+        if asker_log and asker_log != self.log.log_id:
+            return "unknown"  # never presume abort for a log we are not
+        # Look at in_progress before the log: run_two_phase_commit logs the
+        # decision first and leaves in_progress after, so "not in progress,
+        # no record" really means nobody is deciding it.
         deciding = txid in self.in_progress
-        rows = self.store.read("SELECT state FROM log WHERE txid = ?", (txid,))
-        if not rows:
-            return "abort"  # presumed abort: no record means it was never committed
-        state = rows[0]["state"]
-        if state == STARTED:
-            return "pending" if deciding else "abort"
+        state = self.log.state_of(txid)
+        if state is None:
+            return "pending" if deciding else "abort"  # presumed abort: commits are logged
         return "commit" if state == COMMITTED else "abort"
 
 
-def order_json(row: dict) -> dict:
-    outcome = {STARTED: "in progress", COMMITTED: "committed", ABORTED: "aborted"}[row["state"]]
-    return {
-        "txid": row["txid"],
-        "order": json.loads(row["order_json"]),
-        "outcome": outcome,
-        "reason": row["reason"],
-        "complete": bool(row["done"]),
-    }
-
-
 def create_app(coordinator: Coordinator) -> Flask:
-    app = new_app("coordinator", coordinator.store, coordinator.messenger, coordinator.faults)
+    log = coordinator.log
+    app = new_app("coordinator", log.store, coordinator.messenger, coordinator.faults)
 
     @app.post("/orders")
     def place_order():
-        order = check_order(json_object())
-        return jsonify(coordinator.place_order(order))
+        body = json_object()
+        order = check_order(body)
+        order_id = body.get("order_id", request.headers.get("Idempotency-Key"))
+        order_id = uuid.uuid4().hex[:12] if order_id is None else check_order_id(order_id)
+        try:
+            return jsonify(coordinator.place_order(order, order_id))
+        except OrderConflict as err:
+            abort(422, str(err))
+        except TimeoutError as err:
+            abort(409, str(err))
 
     @app.get("/orders")
     def orders():
-        rows = coordinator.store.read("SELECT * FROM log ORDER BY started_at")
+        rows = log.store.read("SELECT * FROM log ORDER BY decided_at")
         return jsonify(orders=[order_json(r) for r in rows])
 
-    @app.get("/orders/<txid>")
-    def order(txid: str):
-        rows = coordinator.store.read("SELECT * FROM log WHERE txid = ?", (txid,))
-        if not rows:
-            abort(404, f"no order {txid}")
-        return jsonify(order_json(rows[0]))
+    @app.get("/orders/<order_id>")
+    def order(order_id: str):
+        row = log.order(order_id)
+        if row is None:
+            with coordinator.orders_lock:
+                running = order_id in coordinator.running_orders
+            if running:
+                return jsonify(order_id=order_id, outcome="in progress")
+            abort(404, f"no record of order {order_id}: if it was placed, it did not commit")
+        return jsonify(order_json(row))
 
     @app.get("/decisions/<txid>")
     def decision(txid: str):
-        return jsonify(txid=txid, decision=coordinator.decision_for(txid))
+        asker_log = request.args.get("log", "")
+        answer = coordinator.decision_for(txid, asker_log)
+        reply = {"txid": txid, "decision": answer, "coordinator_log": log.log_id}
+        if answer == "unknown":
+            reply["reason"] = (
+                f"prepared under coordinator log {asker_log}, but this coordinator's log is "
+                f"{log.log_id}: it cannot know the outcome"
+            )
+        return jsonify(reply)
+
+    @app.get("/log")
+    def identity():
+        return jsonify(log_id=log.log_id, incarnation=log.incarnation, commit_groups=log.groups)
 
     return app
 
@@ -334,29 +534,31 @@ def main(argv: list[str] | None = None) -> int:
     participants = participant_urls(parser, args)
     try:
         store = DurableStore(args.db, SCHEMA, twopc_disk.disk(args.volatile_cache))
+        faults = Faults(CRASH_POINTS, args.crash_at, slow_fsync_ms=0)
+        log = DecisionLog(store, faults)
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     coordinator = Coordinator(
-        store,
+        log,
         participants,
-        Faults(CRASH_POINTS, args.crash_at),
+        faults,
         vote_timeout=args.vote_timeout,
         retry_interval=args.retry_interval,
         retry_max=args.retry_max,
     )
-    aborted, resending = coordinator.recover()
-    if aborted or resending:
-        print(
-            f"recovered from the log: {aborted} undecided transaction(s) aborted, "
-            f"{resending} decision(s) to deliver again",
-            flush=True,
-        )
+    resending = coordinator.resend_logged_commits()
+    print(
+        f"coordinator log {log.log_id}, incarnation {log.incarnation}: "
+        f"{resending} commit(s) to deliver again",
+        flush=True,
+    )
     server = bind(create_app(coordinator), args.host, args.port)
     coordinator.self_url = server_url(server)
     stop = threading.Event()
     finisher = threading.Thread(target=coordinator.finish_forever, args=(stop,), daemon=True)
     finisher.start()
+    threading.Thread(target=coordinator.recover_in_doubt, args=(stop,), daemon=True).start()
     try:
         serve_until_signalled(server)
     finally:

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run.rate:,.0f}",
                     f"{run.percentile(0.5):.1f}",
                     f"{run.percentile(0.99):.1f}",
-                    f"{2 * run.messages / run.orders:.1f}",
+                    f"{run.messages / run.orders:.1f}",
                     f"{run.fsyncs / run.orders:.1f}",
                     f"{run.committed}/{run.orders}",
                 ]

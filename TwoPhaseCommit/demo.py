@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from twopc_cluster import OUT_DIR, Cluster, ServiceDown, fresh_workdir
+from twopc_cluster import OUT_DIR, Cluster, Service, ServiceDown, fresh_workdir
+from twopc_node import order_and_attempt
 
 STOCK = "pizza=6,sushi=2"
 # Fast doubt resolution so the run is short; the coordinator's phase-2 retry
@@ -29,6 +30,8 @@ STOCK = "pizza=6,sushi=2"
 PARTICIPANT_ARGS = ("--in-doubt-after", "0.3", "--ask-max", "0.5")
 COORDINATOR_ARGS = ("--retry-interval", "2", "--retry-max", "2")
 BLOCKED_SECONDS = 1.5  # how long step 6 leaves the coordinator down
+# The lines a restarted service prints about what it found on disk and at the participants.
+RECOVERY_LINES = ("recovered", "coordinator log", "asked the participants")
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -51,8 +54,9 @@ class Walkthrough:
 
     def coordinator_says(self, txid: str) -> str:
         if self.cluster.coordinator is not None and self.cluster.coordinator.running:
-            reply = self.cluster.coordinator.get(f"/orders/{txid}")
-            return reply.get("outcome", "no record")
+            order_id, _ = order_and_attempt(txid)
+            reply = self.cluster.coordinator.get(f"/orders/{order_id}")
+            return reply.get("outcome", "no record (presumed abort)")
         # It is down: read its log file straight off the disk.
         with sqlite3.connect(self.workdir / "coordinator.db") as db:
             row = db.execute("SELECT state FROM log WHERE txid = ?", (txid,)).fetchone()
@@ -179,7 +183,7 @@ class Walkthrough:
             self.expect(f"step 4 {name} while down", self.participant_state(name, txid), "PREPARED")
         print("  restarting the coordinator ...")
         self.cluster.coordinator.start()
-        print("  coordinator: " + self.recovery_line(self.cluster.coordinator.lines))
+        print("  " + self.recovery_lines(self.cluster.coordinator))
         self.settle()
         self.show(txid)
         self.expect("step 4 inventory", self.participant_state("inventory", txid), "COMMITTED")
@@ -196,7 +200,7 @@ class Walkthrough:
         self.show(txid)
         print("  restarting delivery ...")
         self.cluster.delivery.start()
-        print("  delivery: " + self.recovery_line(self.cluster.delivery.lines))
+        print("  delivery: " + self.recovery_lines(self.cluster.delivery))
         self.settle()
         self.show(txid)
         self.expect("step 5 delivery", self.participant_state("delivery", txid), "COMMITTED")
@@ -224,7 +228,7 @@ class Walkthrough:
         )
         print("  restarting the coordinator ...")
         self.cluster.coordinator.start()
-        print("  coordinator: " + self.recovery_line(self.cluster.coordinator.lines))
+        print("  " + self.recovery_lines(self.cluster.coordinator))
         self.settle()
         blocked = time.monotonic() - blocked_at
         self.show(txid)
@@ -239,7 +243,7 @@ class Walkthrough:
 
     def asks(self) -> int:
         return sum(
-            self.cluster.services[p].get("/stats")["messages_sent"]
+            self.cluster.services[p].get("/stats")["messages"] // 2  # an ask and its answer
             for p in ("inventory", "delivery")
         )
 
@@ -248,8 +252,12 @@ class Walkthrough:
             self.failures.append("a transaction stayed PREPARED after every process was back")
 
     @staticmethod
-    def recovery_line(lines: list[str]) -> str:
-        return next((line for line in lines if line.startswith("recovered")), "nothing to recover")
+    def recovery_lines(service: Service) -> str:
+        """What a restarted service said about what it found (the coordinator: once it asked)."""
+        if service.script == "Coordinator.py":
+            service.wait_for_line("asked the participants")
+        found = [line for line in service.lines if line.startswith(RECOVERY_LINES)]
+        return "\n  ".join(found) or "nothing to recover"
 
 
 def main(argv: list[str] | None = None) -> int:

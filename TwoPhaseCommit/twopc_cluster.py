@@ -80,6 +80,15 @@ class Service:
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
+    def wait_for_line(self, start: str, timeout: float = HTTP_TIMEOUT) -> bool:
+        """Wait (bounded) until the service has printed a line starting with `start`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(line.startswith(start) for line in self.lines):
+                return True
+            time.sleep(0.02)
+        return False
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -187,7 +196,7 @@ class Cluster:
 
     def fsyncs_and_messages(self) -> tuple[int, int]:
         stats = [s.get("/stats") for s in self.services.values()]
-        return sum(s["forced_writes"] for s in stats), sum(s["messages_sent"] for s in stats)
+        return sum(s["forced_writes"] for s in stats), sum(s["messages"] for s in stats)
 
     def transactions(self, participant: str) -> dict[str, dict]:
         service = self.services[participant]

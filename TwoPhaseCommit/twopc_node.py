@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 MAX_BODY_BYTES = 16 * 1024  # an order is a few hundred bytes; anything larger is a mistake
 MAX_QUANTITY = 100  # one order cannot empty a warehouse by a typo
 MAX_TEXT = 200  # longest item name or address we accept
-TXID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,48}")  # chosen by the client, or by us
+TXID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # "<order_id>.<attempt>", or any id
 CRASH_EXIT_CODE = 75  # what an injected crash exits with, so a test can tell it from a bug
 MAX_DELAY_MS = 60_000  # longest injected delay: a minute is "very late", more is a typo
 MAX_SECONDS = 3600.0  # longest timeout, back-off or interval any flag accepts
@@ -149,23 +151,43 @@ class Unreachable(Exception):
 class Messenger:
     """Sends protocol messages as HTTP requests and counts them.
 
-    Each request is one message and its reply another; `sent` counts requests.
-    Connections are kept open in a small pool of sessions, each used by one
-    thread at a time (requests.Session is not thread-safe), so a message costs
-    a round trip, not a TCP handshake, even from a short-lived request thread.
+    `call` is a message that expects an answer (a request and its reply: two
+    messages); `notify` is one the sender never waits for (one message: the
+    HTTP reply exists, but nobody reads it). Connections are kept open in a
+    small pool of sessions, each used by one thread at a time
+    (requests.Session is not thread-safe), so a message costs a round trip,
+    not a TCP handshake, even from a short-lived request thread.
     """
 
     def __init__(self) -> None:
         self._idle: list[requests.Session] = []  # list.pop/append are atomic
         self._lock = threading.Lock()
-        self.sent = 0
+        self.messages = 0
+        self._background = ThreadPoolExecutor(16, thread_name_prefix="notify")
 
     def call(
         self, method: str, url: str, timeout: float, body: dict | None = None
     ) -> tuple[int, dict]:
         """Send one request; return (status, JSON reply) or raise Unreachable."""
+        self._count(2)
+        return self._send(method, url, timeout, body)
+
+    def notify(self, url: str, timeout: float, body: dict) -> None:
+        """POST and forget: no waiting, no retry; a lost one is simply lost."""
+        self._count(1)
+        self._background.submit(self._send_quietly, url, timeout, body)
+
+    def _send_quietly(self, url: str, timeout: float, body: dict) -> None:
+        try:
+            self._send("POST", url, timeout, body)
+        except Unreachable:
+            pass
+
+    def _count(self, messages: int) -> None:
         with self._lock:
-            self.sent += 1
+            self.messages += messages
+
+    def _send(self, method: str, url: str, timeout: float, body: dict | None) -> tuple[int, dict]:
         try:
             session = self._idle.pop()
         except IndexError:
@@ -190,6 +212,7 @@ class Faults:
               (os._exit: no cleanup; a power cut too under --volatile-cache)
     vote_no   a participant refuses every prepare
     delay_ms  a participant waits this long before it handles a prepare
+    slow_fsync_ms  the coordinator's disk takes this long to force a group of commits
     """
 
     def __init__(
@@ -202,6 +225,7 @@ class Faults:
         self.kinds = ("crash_at", *faults)
         self.vote_no = bool(faults.get("vote_no", False))
         self.delay_ms = int(faults.get("delay_ms", 0))
+        self.slow_fsync_ms = int(faults.get("slow_fsync_ms", 0))
 
     def as_dict(self) -> dict[str, Any]:
         return {kind: getattr(self, kind) for kind in self.kinds}
@@ -219,14 +243,10 @@ class Faults:
         vote_no = changes.get("vote_no", self.vote_no)
         if not isinstance(vote_no, bool):
             raise ValueError("vote_no must be true or false")
-        delay_ms = changes.get("delay_ms", self.delay_ms)
-        if (
-            isinstance(delay_ms, bool)
-            or not isinstance(delay_ms, int)
-            or not 0 <= delay_ms <= MAX_DELAY_MS
-        ):
-            raise ValueError(f"delay_ms must be a whole number 0..{MAX_DELAY_MS}")
-        self.crash_at, self.vote_no, self.delay_ms = crash_at, vote_no, delay_ms
+        delay_ms = milliseconds(changes, "delay_ms", self.delay_ms)
+        slow_fsync_ms = milliseconds(changes, "slow_fsync_ms", self.slow_fsync_ms)
+        self.crash_at, self.vote_no = crash_at, vote_no
+        self.delay_ms, self.slow_fsync_ms = delay_ms, slow_fsync_ms
 
     def crash_if(self, point: str, txid: str) -> None:
         if self.crash_at == point:
@@ -235,6 +255,13 @@ class Faults:
     def delay(self) -> None:
         if self.delay_ms:
             time.sleep(self.delay_ms / 1000)
+
+
+def milliseconds(changes: dict[str, Any], name: str, current: int) -> int:
+    value = changes.get(name, current)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DELAY_MS:
+        raise ValueError(f"{name} must be a whole number 0..{MAX_DELAY_MS}")
+    return value
 
 
 def crash_now(point: str, txid: str) -> None:
@@ -267,7 +294,7 @@ def new_app(name: str, store: DurableStore | None, messenger: Messenger, faults:
             # the bench's baseline keeps no log
             forced_writes=store.forced_writes if store else 0,
             fsyncs=store.disk.syncs_of(store.path) - store.syncs_at_open if store else 0,
-            messages_sent=messenger.sent,
+            messages=messenger.messages,
         )
 
     @app.route("/admin/faults", methods=["GET", "POST"])
@@ -292,13 +319,33 @@ def json_object() -> dict[str, Any]:
 
 def check_txid(txid: Any) -> str:
     if not isinstance(txid, str) or not TXID_PATTERN.fullmatch(txid):
-        abort(400, "txid must be 1-64 characters of letters, digits, '-' or '_'")
+        abort(400, "txid must be 1-64 characters of letters, digits, '.', '-' or '_'")
     return txid
 
 
+def order_and_attempt(txid: str) -> tuple[str, int]:
+    """ "a1b2.3" -> ("a1b2", 3): the order a transaction is for, and which attempt at it.
+
+    The coordinator names each attempt at an order `<order_id>.<incarnation>`
+    (README, "Idempotent orders"); any other id is an order of its own, attempt 0.
+    """
+    order_id, dot, attempt = txid.rpartition(".")
+    if dot and order_id and attempt.isdigit():
+        return order_id, int(attempt)
+    return txid, 0
+
+
+def check_order_id(value: Any) -> str:
+    if not isinstance(value, str) or not ORDER_ID_PATTERN.fullmatch(value):
+        abort(400, "order_id must be 1-48 characters of letters, digits, '-' or '_'")
+    return value
+
+
 def check_order(body: dict[str, Any]) -> dict[str, Any]:
-    """An order from a client: item, quantity, address; 400 for anything else."""
+    """An order from a client: item, quantity, address (and an optional order_id,
+    which the caller reads itself); 400 for anything else."""
     expected = {"item", "quantity", "address"}
+    body = {k: v for k, v in body.items() if k != "order_id"}
     missing = sorted(expected - set(body))
     if missing:
         abort(400, f"missing field {missing[0]!r} (an order needs item, quantity, address)")

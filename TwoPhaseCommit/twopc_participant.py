@@ -1,11 +1,14 @@
 """The participant's side of two-phase commit, shared by InventoryService and DeliveryService.
 
 A participant holds a resource (stock, riders). It is asked to *prepare*: it
-reserves what the order needs, writes the reservation durably as PREPARED, and
-votes yes. From then on it is *in doubt*: it may not give the reservation back
-on its own, not even after a crash, until it learns the coordinator's decision,
-either from the coordinator's phase 2 or by asking `GET /decisions/<txid>`.
-See the README's "The participant's promise" and "In doubt".
+reserves what the order needs, forces the reservation to disk as PREPARED
+(with the identity of the coordinator's log), and votes yes. From then on it
+is *in doubt*: it may not give the reservation back on its own, not even
+after a crash, until it learns the decision, from the coordinator's phase 2,
+by asking `GET /decisions/<txid>`, or from an operator who decides by hand (a
+heuristic decision). Only PREPARED is forced: with presumed abort, a lost
+commit or abort record is learned again by asking. See the README's "The
+participant's promise", "In doubt" and "A coordinator that lost its log".
 
 What differs between the two services (what a reservation is) lives in a
 `Resource`: reserve / make_permanent / release, like queue.Queue's _put/_get.
@@ -14,6 +17,7 @@ What differs between the two services (what a reservation is) lives in a
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -36,12 +40,14 @@ from twopc_node import (
     crash_now,
     json_object,
     new_app,
+    order_and_attempt,
     serve_until_signalled,
 )
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
 CRASH_POINTS = ("before-vote", "after-vote")
 ASK_TIMEOUT = 2.0  # s for one GET /decisions to the coordinator
+LOG_ID_PATTERN = re.compile(r"[A-Za-z0-9]{1,64}")
 
 TRANSACTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -50,9 +56,14 @@ CREATE TABLE IF NOT EXISTS transactions (
     detail      TEXT NOT NULL DEFAULT '{}',  -- what this participant holds for it, as JSON
     reason      TEXT NOT NULL DEFAULT '',    -- why it voted no or was aborted
     coordinator TEXT NOT NULL DEFAULT '',    -- whom to ask for the decision when in doubt
+    coordinator_log TEXT NOT NULL DEFAULT '', -- the identity of the log that will decide it
+    order_id    TEXT NOT NULL DEFAULT '',    -- txid = '<order_id>.<attempt>'
+    attempt     INTEGER NOT NULL DEFAULT 0,
     resolved_by TEXT NOT NULL DEFAULT '',    -- how it learned the decision
+    doubt       TEXT NOT NULL DEFAULT '',    -- while PREPARED: why it is still waiting
     updated_at  REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS transactions_by_order ON transactions (order_id);
 """
 
 
@@ -102,57 +113,136 @@ class Participant:
 
     # -- phase 1 ---------------------------------------------------------------------
 
-    def prepare(self, txid: str, order: dict, coordinator: str) -> tuple[bool, str]:
+    def prepare(
+        self, txid: str, order: dict, coordinator: str, coordinator_log: str
+    ) -> tuple[bool, str]:
         """Reserve and vote. Returns (yes?, reason). Asking twice gets the same answer."""
         self.faults.delay()
         self.faults.crash_if("before-vote", txid)
-        with self.store.transaction() as db:
-            row = self._row(db, txid)
-            if row is not None:
-                # A repeated prepare, or one that arrives after the coordinator
-                # gave up on us and sent abort: the recorded state is the answer.
-                if row["state"] == ABORTED:
-                    return False, row["reason"] or "already aborted"
-                return True, ""
-            try:
+        try:
+            with self.store.transaction() as db:  # forced: once it returns, the promise holds
+                row = self._row(db, txid)
+                if row is not None:
+                    return self._same_vote_again(row, coordinator_log)
+                order_id, attempt = order_and_attempt(txid)
+                self._check_earlier_attempts(db, txid, order_id, attempt, coordinator_log)
                 if self.faults.vote_no:
                     raise Refused("told to vote no (fault injection)")
                 detail = self.resource.reserve(db, txid, order)
-            except Refused as no:
-                # Voting no is a unilateral abort: nothing was reserved.
-                self._insert(db, txid, ABORTED, {}, str(no), coordinator, "voted no")
-                return False, str(no)
-            # The promise: once this COMMIT returns, the reservation survives a crash.
-            self._insert(db, txid, PREPARED, detail, "", coordinator, "")
+                self._insert(db, txid, PREPARED, detail, "", coordinator, coordinator_log, "")
+            return True, ""
+        except Refused as no:
+            # Voting no is a unilateral abort: nothing reserved, nothing to force.
+            with self.store.transaction(forced=False) as db:
+                if self._row(db, txid) is None:
+                    self._insert(db, txid, ABORTED, {}, str(no), coordinator, coordinator_log, "")
+            return False, str(no)
+
+    @staticmethod
+    def _same_vote_again(row: dict, coordinator_log: str) -> tuple[bool, str]:
+        # A repeated prepare, or one that arrives after the coordinator gave
+        # up on us and sent abort: the recorded state is the answer.
+        if row["coordinator_log"] != coordinator_log:
+            raise Refused(
+                f"{row['txid']} is {row['state']} here under coordinator log "
+                f"{row['coordinator_log']}: only an operator can settle it"
+            )
+        if row["state"] == ABORTED:
+            return False, row["reason"] or "already aborted"
         return True, ""
 
-    # -- phase 2 ---------------------------------------------------------------------
+    def _check_earlier_attempts(
+        self, db: apsw.Connection, txid: str, order_id: str, attempt: int, coordinator_log: str
+    ) -> None:
+        """An order is reserved at most once, whatever the retries (README, "Idempotent orders").
 
-    def commit(self, txid: str, resolved_by: str) -> dict:
-        with self.store.transaction() as db:
+        The coordinator starts a new attempt at an order only when its log
+        holds no decision for it, so an older attempt of the same log still
+        PREPARED here can never commit: it is released now, not when it times
+        out. An order known under another coordinator's log is not ours to touch.
+        """
+        earlier = db.execute(
+            "SELECT * FROM transactions WHERE order_id = ? AND txid != ? AND state != ?",
+            (order_id, txid, ABORTED),
+        ).fetchall()
+        for other in earlier:
+            if other["coordinator_log"] != coordinator_log:
+                raise Refused(
+                    f"order {order_id} is {other['state']} here as {other['txid']} under "
+                    f"coordinator log {other['coordinator_log']}: only an operator can settle it"
+                )
+            if other["state"] == COMMITTED:
+                raise Refused(f"order {order_id} is already committed here as {other['txid']}")
+            if other["attempt"] > attempt:
+                raise Refused(f"a later attempt at order {order_id} is prepared: {other['txid']}")
+            self.resource.release(db, other["txid"], json.loads(other["detail"]))
+            self._set_state(db, other["txid"], ABORTED, f"superseded by {txid}")
+
+    # -- phase 2 (not forced: lost in a power cut, the decision is asked for again) ---------
+
+    def commit(self, txid: str, resolved_by: str, coordinator_log: str = "") -> dict:
+        with self.store.transaction(forced=False) as db:
             row = self._row(db, txid)
             if row is None:
                 raise KeyError(f"no transaction {txid}: commit without a yes vote")
+            self._check_same_log(row, coordinator_log)
             if row["state"] == ABORTED:
-                raise ProtocolConflict(f"transaction {txid} is ABORTED here; cannot commit it")
+                raise ProtocolConflict(
+                    f"transaction {txid} is ABORTED here ({row['resolved_by']}); cannot commit it"
+                )
             if row["state"] == PREPARED:
                 self.resource.make_permanent(db, txid, json.loads(row["detail"]))
                 self._set_state(db, txid, COMMITTED, resolved_by)
-            return dict(self._row(db, txid))
+            return self._row(db, txid)
 
-    def abort(self, txid: str, resolved_by: str) -> dict:
-        with self.store.transaction() as db:
+    def abort(self, txid: str, resolved_by: str, coordinator_log: str = "") -> dict:
+        with self.store.transaction(forced=False) as db:
             row = self._row(db, txid)
             if row is None:
                 # Abort before prepare (our vote was late): leave a tombstone,
                 # so the late prepare, when it comes, votes no instead of reserving.
-                self._insert(db, txid, ABORTED, {}, "aborted before it was prepared", "", "")
-            elif row["state"] == COMMITTED:
-                raise ProtocolConflict(f"transaction {txid} is COMMITTED here; cannot abort it")
-            elif row["state"] == PREPARED:
+                self._insert(
+                    db, txid, ABORTED, {}, "aborted before it was prepared", "", coordinator_log, ""
+                )
+                return self._row(db, txid)
+            self._check_same_log(row, coordinator_log)
+            if row["state"] == COMMITTED:
+                raise ProtocolConflict(
+                    f"transaction {txid} is COMMITTED here ({row['resolved_by']}); cannot abort it"
+                )
+            if row["state"] == PREPARED:
                 self.resource.release(db, txid, json.loads(row["detail"]))
                 self._set_state(db, txid, ABORTED, resolved_by)
-            return dict(self._row(db, txid))
+            return self._row(db, txid)
+
+    @staticmethod
+    def _check_same_log(row: dict, coordinator_log: str) -> None:
+        if coordinator_log and row["coordinator_log"] and coordinator_log != row["coordinator_log"]:
+            raise ProtocolConflict(
+                f"transaction {row['txid']} was prepared under coordinator log "
+                f"{row['coordinator_log']}, not {coordinator_log}"
+            )
+
+    def decide_by_hand(self, txid: str, decision: str) -> dict:
+        """An operator ends a doubt the coordinator cannot (a heuristic decision, as in XA).
+
+        Forced, and marked as heuristic: if the real decision ever arrives and
+        differs, the participant refuses it (409) and the damage is visible.
+        """
+        with self.store.transaction() as db:
+            row = self._row(db, txid)
+            if row is None:
+                raise KeyError(f"no transaction {txid}")
+            if row["state"] != PREPARED:
+                raise ProtocolConflict(f"transaction {txid} is {row['state']}, not in doubt")
+            how = f"heuristic {decision} by an operator"
+            if decision == "commit":
+                self.resource.make_permanent(db, txid, json.loads(row["detail"]))
+                self._set_state(db, txid, COMMITTED, how)
+            else:
+                self.resource.release(db, txid, json.loads(row["detail"]))
+                self._set_state(db, txid, ABORTED, how)
+            return self._row(db, txid)
 
     # -- the baseline without 2PC (bench.py's peer) ----------------------------------------
 
@@ -166,14 +256,15 @@ class Participant:
             except Refused as no:
                 return False, str(no)
             self.resource.make_permanent(db, txid, detail)
-            self._insert(db, txid, COMMITTED, detail, "", "", "applied at once (no 2PC)")
+            self._insert(db, txid, COMMITTED, detail, "", "", "", "applied at once (no 2PC)")
         return True, ""
 
     # -- in doubt: asking the coordinator ------------------------------------------------
 
     def in_doubt(self) -> list[dict]:
         return self.store.read(
-            "SELECT txid, coordinator, updated_at FROM transactions WHERE state = ? ORDER BY txid",
+            "SELECT txid, coordinator, coordinator_log, updated_at, doubt FROM transactions "
+            "WHERE state = ? ORDER BY txid",
             (PREPARED,),
         )
 
@@ -181,9 +272,11 @@ class Participant:
         """Background thread: ask the coordinator about every transaction stuck in PREPARED.
 
         The answer is "commit", "abort" (presumed when the coordinator has no
-        record) or "pending". No answer at all (the coordinator is down) leaves
-        the reservation held: that is the blocking problem, and the back-off
-        only keeps us from hammering a coordinator that is restarting.
+        record), "pending", or "unknown" (a coordinator with another log: it
+        cannot know). No answer at all (the coordinator is down) leaves the
+        reservation held: that is the blocking problem, and the back-off only
+        keeps us from hammering a coordinator that is restarting. Whatever
+        keeps it waiting is written in the row's `doubt`, for the operator.
         """
         next_ask: dict[str, tuple[float, float]] = {}  # txid -> (when, current back-off)
         while not stop.wait(min(self.in_doubt_after, 0.5) / 2):
@@ -194,17 +287,18 @@ class Participant:
                 when, backoff = next_ask.get(tx["txid"], (0.0, self.in_doubt_after))
                 if now < when:
                     continue
-                if self._ask_and_apply(tx["txid"], tx["coordinator"]):
+                if self._ask_and_apply(tx):
                     next_ask.pop(tx["txid"], None)
                 else:
                     next_ask[tx["txid"]] = (now + backoff, min(backoff * 2, self.ask_max))
 
-    def _ask_and_apply(self, txid: str, coordinator: str) -> bool:
+    def _ask_and_apply(self, tx: dict) -> bool:
+        txid, log = tx["txid"], tx["coordinator_log"]
+        url = f"{tx['coordinator']}/decisions/{txid}?log={log}"
         try:
-            status, answer = self.messenger.call(
-                "GET", f"{coordinator}/decisions/{txid}", ASK_TIMEOUT
-            )
-        except Unreachable:
+            status, answer = self.messenger.call("GET", url, ASK_TIMEOUT)
+        except Unreachable as err:
+            self._note_doubt(tx, f"waiting for the coordinator, which does not answer ({err})")
             return False
         decision = answer.get("decision") if status == 200 else None
         try:
@@ -212,11 +306,27 @@ class Participant:
                 self.commit(txid, "asked the coordinator")
             elif decision == "abort":
                 self.abort(txid, "asked the coordinator")
+            elif decision == "unknown":
+                self._note_doubt(
+                    tx,
+                    f"the coordinator at {tx['coordinator']} {answer.get('reason', '')}; "
+                    "resolve by hand: POST /admin/resolve",
+                )
+                return False
             else:
-                return False  # "pending": the coordinator is still deciding
+                self._note_doubt(tx, "the coordinator is still deciding")
+                return False
         except ProtocolConflict:
             pass  # phase 2 got here first with the same decision
         return True
+
+    def _note_doubt(self, tx: dict, why: str) -> None:
+        if tx["doubt"] != why:  # informational, so not forced, and written only when it changes
+            with self.store.transaction(forced=False) as db:
+                db.execute(
+                    "UPDATE transactions SET doubt = ? WHERE txid = ? AND state = ?",
+                    (why, tx["txid"], PREPARED),
+                )
 
     # -- rows -------------------------------------------------------------------------
 
@@ -232,24 +342,38 @@ class Participant:
         detail: dict,
         reason: str,
         coordinator: str,
+        coordinator_log: str,
         resolved_by: str,
     ) -> None:
+        order_id, attempt = order_and_attempt(txid)
         db.execute(
-            "INSERT INTO transactions (txid, state, detail, reason, coordinator, resolved_by, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (txid, state, json.dumps(detail), reason, coordinator, resolved_by, time.time()),
+            "INSERT INTO transactions (txid, state, detail, reason, coordinator, coordinator_log, "
+            "order_id, attempt, resolved_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                txid,
+                state,
+                json.dumps(detail),
+                reason,
+                coordinator,
+                coordinator_log,
+                order_id,
+                attempt,
+                resolved_by,
+                time.time(),
+            ),
         )
 
     @staticmethod
     def _set_state(db: apsw.Connection, txid: str, state: str, resolved_by: str) -> None:
         db.execute(
-            "UPDATE transactions SET state = ?, resolved_by = ?, updated_at = ? WHERE txid = ?",
+            "UPDATE transactions SET state = ?, resolved_by = ?, doubt = '', updated_at = ? "
+            "WHERE txid = ?",
             (state, resolved_by, time.time(), txid),
         )
 
 
 def transaction_json(row: dict) -> dict:
-    return {**row, "detail": json.loads(row["detail"])}
+    return {**row, "detail": json.loads(row["detail"]), "in_doubt": row["state"] == PREPARED}
 
 
 def create_app(participant: Participant) -> Flask:
@@ -262,11 +386,12 @@ def create_app(participant: Participant) -> Flask:
         body = json_object()
         txid = check_txid(body.get("txid"))
         order, coordinator = body.get("order"), body.get("coordinator")
+        coordinator_log = check_log_id(body.get("coordinator_log"))
         if not isinstance(order, dict):
             abort(400, "order must be a JSON object")
         if not isinstance(coordinator, str) or not coordinator.startswith("http"):
             abort(400, "coordinator must be the coordinator's http:// URL")
-        yes, reason = participant.prepare(txid, order, coordinator)
+        yes, reason = participant.prepare(txid, order, coordinator, coordinator_log)
         reply = jsonify(txid=txid, vote="yes" if yes else "no", reason=reason)
         if yes and participant.faults.crash_at == "after-vote":
             # Die once the yes has gone out: the coordinator will count it, and
@@ -283,14 +408,32 @@ def create_app(participant: Participant) -> Flask:
         return decide(participant.abort)
 
     def decide(action):
-        txid = check_txid(json_object().get("txid"))
+        body = json_object()
+        txid = check_txid(body.get("txid"))
+        coordinator_log = check_log_id(body.get("coordinator_log", ""), required=False)
         try:
-            row = action(txid, "told in phase 2")
+            row = action(txid, "told in phase 2", coordinator_log)
         except KeyError as err:
             abort(404, err.args[0])
         except ProtocolConflict as err:
             abort(409, str(err))
         return jsonify(txid=txid, state=row["state"])
+
+    @app.post("/admin/resolve")
+    def resolve_by_hand():
+        """The operator's command for a doubt nobody else can end: {"txid", "decision"}."""
+        body = json_object()
+        txid = check_txid(body.get("txid"))
+        decision = body.get("decision")
+        if decision not in ("commit", "abort"):
+            abort(400, "decision must be commit or abort")
+        try:
+            row = participant.decide_by_hand(txid, decision)
+        except KeyError as err:
+            abort(404, err.args[0])
+        except ProtocolConflict as err:
+            abort(409, str(err))
+        return jsonify(transaction_json(row))
 
     @app.post("/apply")
     def apply():
@@ -320,6 +463,14 @@ def create_app(participant: Participant) -> Flask:
         return jsonify(transaction_json(rows[0]))
 
     return app
+
+
+def check_log_id(value: Any, required: bool = True) -> str:
+    if not required and value == "":
+        return ""
+    if not isinstance(value, str) or not LOG_ID_PATTERN.fullmatch(value):
+        abort(400, "coordinator_log must be the coordinator log's id (1-64 letters or digits)")
+    return value
 
 
 def serve(

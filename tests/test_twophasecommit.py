@@ -34,6 +34,11 @@ FAST_PARTICIPANT = ("--in-doubt-after", "0.2", "--ask-max", "0.5")
 FAST_COORDINATOR = ("--retry-interval", "0.1", "--retry-max", "0.5")
 
 
+def order_of(txid: str) -> str:
+    """The order a transaction is an attempt at: "<order_id>.<incarnation>"."""
+    return txid.rsplit(".", 1)[0]
+
+
 class Shop:
     """A coordinator and two participants with databases in tmp_path, restartable on their ports."""
 
@@ -76,6 +81,9 @@ class Shop:
         )
         self.procs["coordinator"] = self._spawn("coordinator")
         self.ports = {name: proc.port for name, proc in self.procs.items()}
+        self.log_id = self.get("coordinator", "/log")["log_id"]  # its log's identity
+        # Its start-up questions to the participants (XA recover) are over before a test counts.
+        self.procs["coordinator"].wait_for_output("asked the participants", timeout=SETTLE_TIMEOUT)
 
     def _spawn(self, name: str, port: int = 0) -> ServerProcess:
         script, *args = self.args[name]
@@ -91,7 +99,15 @@ class Shop:
         """Start it again on the same port with the same database (the others know that URL)."""
         self.procs[name].stop()
         self.procs[name] = self._spawn(name, self.ports[name])
+        if name == "coordinator":
+            self.log_id = self.get("coordinator", "/log")["log_id"]
         return self.procs[name]
+
+    def lose_the_coordinators_log(self, tmp_path) -> None:
+        """From now on the coordinator starts on an empty database: its log is gone."""
+        script, *args = self.args["coordinator"]
+        args[args.index("--db") + 1] = str(tmp_path / "new-coordinator.db")
+        self.args["coordinator"] = (script, *args)
 
     def kill(self, name: str) -> None:
         self.procs[name].kill()
@@ -130,6 +146,13 @@ class Shop:
 
     def state(self, name: str, txid: str) -> str | None:
         return self.transactions(name).get(txid, {}).get("state")
+
+    def wait_for_state(self, name: str, txid: str, state: str | None) -> str | None:
+        """Wait (bounded) for a state that arrives by a message nobody waits for (an abort)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while (now := self.state(name, txid)) != state and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return now
 
     def stock_of(self, item: str) -> dict:
         return self.get("inventory", "/stock")["items"][item]
@@ -240,7 +263,7 @@ def test_an_order_commits_on_both_services(shop):
     assert shop.rider_counts()["assigned"] == before_riders["assigned"] + 1
     rider = next(r for r in shop.get("delivery", "/riders")["riders"] if r["txid"] == txid)
     assert (rider["status"], rider["address"]) == ("assigned", "7 Elm Road")
-    assert shop.get("coordinator", f"/orders/{txid}")["outcome"] == "committed"
+    assert shop.get("coordinator", f"/orders/{order_of(txid)}")["outcome"] == "committed"
     assert shop.get("coordinator", f"/decisions/{txid}")["decision"] == "commit"
 
 
@@ -290,7 +313,7 @@ def test_a_participant_that_does_not_answer_in_time_counts_as_no(shop):
     assert shop.state("inventory", result["txid"]) == "ABORTED"
     # The coordinator's abort reached delivery before its slow prepare did: a
     # tombstone, so the late prepare will vote no instead of booking a rider.
-    assert shop.state("delivery", result["txid"]) == "ABORTED"
+    assert shop.wait_for_state("delivery", result["txid"], "ABORTED") == "ABORTED"
     assert shop.stock_of("burger") == before
 
 
@@ -299,7 +322,12 @@ def test_a_participant_that_does_not_answer_in_time_counts_as_no(shop):
 
 def prepare(shop: Shop, name: str, txid: str, **order: object) -> dict:
     order = {"item": "burger", "quantity": 1, "address": "1 Main St", **order}
-    body = {"txid": txid, "order": order, "coordinator": shop.url("coordinator")}
+    body = {
+        "txid": txid,
+        "order": order,
+        "coordinator": shop.url("coordinator"),
+        "coordinator_log": shop.log_id,
+    }
     reply = shop.post(name, "/prepare", body)
     assert reply.status_code == 200, reply.text
     return reply.json()
@@ -386,6 +414,7 @@ def test_forty_orders_for_ten_of_something_commit_exactly_ten(
 
     with ThreadPoolExecutor(40) as pool:
         results = list(pool.map(one_order, range(40)))
+    shop.settle()  # aborts are sent once and never acknowledged: let them land
     outcomes = [r["outcome"] for r in results]
     assert outcomes.count("committed") == 10
     assert outcomes.count("aborted") == 30
@@ -418,12 +447,15 @@ def test_participant_crash_before_voting_aborts_and_recovers(shop_factory):
     shop.faults("inventory", crash_at="before-vote")
     result = shop.order("pizza", 2)
     assert shop.procs["inventory"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
-    assert result["outcome"] == "aborted" and not result["complete"]
-    assert shop.state("delivery", result["txid"]) == "ABORTED"  # its rider is free again
+    assert result["outcome"] == "aborted"
+    assert result["votes"]["inventory"]["vote"] == "none"
     shop.restart("inventory")
     shop.settle()
     assert shop.atomicity_violations() == []
-    assert shop.state("inventory", result["txid"]) == "ABORTED"  # phase 2 reached it
+    assert shop.state("delivery", result["txid"]) == "ABORTED"  # its rider is free again
+    # Presumed abort: the one abort sent to inventory found it down and was
+    # never resent. It had reserved nothing, and no record means abort.
+    assert shop.state("inventory", result["txid"]) is None
 
 
 @pytest.mark.parametrize("victim", ["inventory", "delivery"])
@@ -454,10 +486,13 @@ def test_coordinator_crash_before_deciding_blocks_until_it_returns_then_aborts(s
     vote = prepare(shop, "inventory", "hungry-" + txid, item="pizza", quantity=1)
     assert vote["vote"] == "no"  # nobody else can have them meanwhile
     back = shop.restart("coordinator")
-    assert "1 undecided transaction(s) aborted" in back.text
+    # XA recover: it asks both participants, finds the transaction at each, aborts both.
+    assert back.wait_for_output("2 aborted (presumed)", timeout=SETTLE_TIMEOUT), back.text
     shop.settle()
     assert shop.atomicity_violations() == []
-    assert shop.get("coordinator", f"/orders/{txid}")["outcome"] == "aborted"
+    # Presumed abort: the coordinator has no record of it, and says so.
+    reply = requests.get(f"{shop.url('coordinator')}/orders/{order_of(txid)}", timeout=TIMEOUT)
+    assert reply.status_code == 404 and "did not commit" in reply.json()["error"]
     assert shop.state("inventory", txid) == shop.state("delivery", txid) == "ABORTED"
 
 
@@ -469,10 +504,10 @@ def test_coordinator_crash_after_deciding_commits_on_recovery(shop_factory, poin
     assert shop.state("inventory", txid) == expected_inventory
     assert shop.state("delivery", txid) == "PREPARED"
     back = shop.restart("coordinator")
-    assert "1 decision(s) to deliver again" in back.text
+    assert "1 commit(s) to deliver again" in back.text
     shop.settle()
     assert shop.atomicity_violations() == []
-    assert shop.get("coordinator", f"/orders/{txid}")["outcome"] == "committed"
+    assert shop.get("coordinator", f"/orders/{order_of(txid)}")["outcome"] == "committed"
     assert shop.state("inventory", txid) == shop.state("delivery", txid) == "COMMITTED"
 
 
@@ -484,7 +519,7 @@ def test_recovery_keeps_telling_a_participant_that_is_down_and_backs_off(shop_fa
     time.sleep(1.0)  # recovery retries delivery with back-off (0.1 s doubling to 0.5 s)
     assert shop.state("inventory", txid) == "COMMITTED"
     # A handful of attempts, not a tight loop: 0.1 + 0.2 + 0.4 + 0.5 ... fits ~5 in 1 s.
-    assert shop.get("coordinator", "/stats")["messages_sent"] < 50
+    assert shop.get("coordinator", "/stats")["messages"] < 100
     shop.restart("delivery")
     shop.settle()
     assert shop.atomicity_violations() == []
@@ -593,10 +628,189 @@ def test_a_power_cut_after_the_decision_keeps_the_commit_point(shop_factory):
     # The decision was fsynced before inventory heard it: after the cut the
     # coordinator still knows it, and finishes the order at delivery.
     back = shop.restart("coordinator")
-    assert "1 decision(s) to deliver again" in back.text
+    assert "1 commit(s) to deliver again" in back.text
     shop.settle()
     assert shop.atomicity_violations() == []
     assert shop.state("delivery", txid) == "COMMITTED"
+
+
+# -- idempotent orders ------------------------------------------------------------------
+
+
+def test_a_retry_after_a_lost_reply_gets_the_first_outcome_and_reserves_once(shop):
+    order_id = "retry-" + uuid.uuid4().hex[:8]
+    body = {"item": "burger", "quantity": 2, "address": "1 Main St", "order_id": order_id}
+    before = shop.stock_of("burger")
+    shop.faults("delivery", delay_ms=1000)  # the order takes a second
+    try:
+        with pytest.raises(requests.Timeout):  # the client gives up: its reply is lost
+            requests.post(shop.url("coordinator") + "/orders", json=body, timeout=0.3)
+        first = shop.post("coordinator", "/orders", body)  # waits for the attempt running
+    finally:
+        shop.faults("delivery", delay_ms=0)
+    assert first.status_code == 200 and first.json()["outcome"] == "committed"
+    # Again, naming the order with the header instead: the same answer, nothing new.
+    order = {k: v for k, v in body.items() if k != "order_id"}
+    again = requests.post(
+        shop.url("coordinator") + "/orders",
+        json=order,
+        headers={"Idempotency-Key": order_id},
+        timeout=TIMEOUT,
+    ).json()
+    assert (again["txid"], again["outcome"], again["retry"]) == (
+        first.json()["txid"],
+        "committed",
+        True,
+    )
+    after = shop.stock_of("burger")
+    assert (after["sold"], after["reserved"]) == (before["sold"] + 2, 0)  # one reservation
+    found = shop.get("coordinator", f"/orders/{order_id}")
+    assert (found["outcome"], found["txid"]) == ("committed", first.json()["txid"])
+    # The same id for a different order is a client bug, refused.
+    changed = shop.post("coordinator", "/orders", {**body, "quantity": 3})
+    assert changed.status_code == 422 and "another order" in changed.json()["error"]
+
+
+def test_a_retry_after_a_crash_before_deciding_supersedes_the_old_attempt(shop_factory):
+    shop = shop_factory(stock="pizza=2")
+    txid = crash_the_coordinator_mid_order(shop, "before-decision", 2)
+    order_id = order_of(txid)
+    back = shop.restart("coordinator")
+    # The client retries at once, maybe before recovery has cleaned up: a new
+    # attempt, and the old one (which can never commit) is released, not doubled.
+    body = {"item": "pizza", "quantity": 2, "address": "1 Main St", "order_id": order_id}
+    retry = shop.post("coordinator", "/orders", body).json()
+    assert retry["outcome"] == "committed", retry
+    assert retry["txid"] == f"{order_id}.2" != txid
+    back.wait_for_output("asked the participants", timeout=SETTLE_TIMEOUT)
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert shop.state("inventory", txid) == shop.state("delivery", txid) == "ABORTED"
+    assert shop.stock_of("pizza") == {"available": 0, "reserved": 0, "sold": 2}
+
+
+# -- presumed abort: what is forced, what is sent -------------------------------------------
+
+
+def counters(shop: Shop) -> dict[str, dict]:
+    return {name: shop.get(name, "/stats") for name in ("coordinator", "inventory", "delivery")}
+
+
+def spent(before: dict, after: dict, what: str) -> dict[str, int]:
+    return {name: after[name][what] - before[name][what] for name in before}
+
+
+def test_a_committed_order_forces_n_plus_one_writes_and_sends_eight_messages(shop_factory):
+    shop = shop_factory()
+    before = counters(shop)
+    for _ in range(5):
+        assert shop.order("pizza", 1)["outcome"] == "committed"
+    after = counters(shop)
+    # Gray & Lamport: N + 1 forced writes for N = 2 participants. Each
+    # participant forces PREPARED, the coordinator forces its decision; the
+    # participants' COMMITTED and the coordinator's "done" are written unforced.
+    assert spent(before, after, "forced_writes") == {
+        "coordinator": 5,
+        "inventory": 5,
+        "delivery": 5,
+    }
+    # prepare + vote, commit + ack, to each of 2 participants
+    assert spent(before, after, "messages")["coordinator"] == 5 * 8
+
+
+def test_an_aborted_order_is_neither_forced_nor_acknowledged(shop_factory):
+    shop = shop_factory()
+    shop.faults("delivery", vote_no=True)
+    before = counters(shop)
+    result = shop.order("pizza", 1)
+    shop.settle()
+    after = counters(shop)
+    assert result["outcome"] == "aborted"
+    # Only inventory's yes was forced; the no, the decision and the abort are not.
+    assert spent(before, after, "forced_writes") == {
+        "coordinator": 0,
+        "inventory": 1,
+        "delivery": 0,
+    }
+    # Two prepares and their votes, then one abort to inventory that nobody answers.
+    assert spent(before, after, "messages")["coordinator"] == 4 + 1
+    assert shop.state("inventory", result["txid"]) == "ABORTED"
+
+
+def test_concurrent_commits_share_an_fsync_group_commit(shop_factory):
+    shop = shop_factory(stock="pizza=40", riders=40)
+    shop.faults("coordinator", slow_fsync_ms=300)  # a slow disk, so decisions queue behind it
+    before = shop.get("coordinator", "/log")["commit_groups"]
+    forced_before = shop.get("coordinator", "/stats")["forced_writes"]
+    start = threading.Barrier(20)
+
+    def one_order(_: int) -> dict:
+        start.wait()
+        return shop.order("pizza", 1)
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one_order, range(20)))
+    assert [r["outcome"] for r in results] == ["committed"] * 20
+    groups = shop.get("coordinator", "/log")["commit_groups"] - before
+    forced = shop.get("coordinator", "/stats")["forced_writes"] - forced_before
+    assert forced == groups < 20  # one fsync per group, and some group held several
+    shop.settle()
+    assert shop.atomicity_violations() == []
+
+
+# -- a coordinator that lost its log --------------------------------------------------------
+
+
+def test_a_coordinator_with_a_new_log_never_presumes_abort_and_an_operator_resolves(
+    shop_factory, tmp_path
+):
+    shop = shop_factory()
+    old_log = shop.log_id
+    txid = crash_the_coordinator_mid_order(shop, "after-first-commit", 2)
+    assert shop.state("inventory", txid) == "COMMITTED"
+    # Its disk is replaced: same URL, empty database, a new log identity.
+    shop.lose_the_coordinators_log(tmp_path)
+    back = shop.restart("coordinator")
+    assert shop.log_id != old_log
+    assert back.wait_for_output("1 of another coordinator log", timeout=SETTLE_TIMEOUT), back.text
+    # Delivery asks and hears "unknown", not a presumed abort: it stays in doubt, and says why.
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while "cannot know" not in shop.transactions("delivery")[txid]["doubt"]:
+        assert time.monotonic() < deadline, shop.transactions("delivery")[txid]
+        time.sleep(0.05)
+    tx = shop.get("delivery", f"/transactions/{txid}")
+    assert tx["state"] == "PREPARED" and tx["in_doubt"] is True
+    assert old_log in tx["doubt"] and shop.log_id in tx["doubt"]
+    listed = run_script("TwoPhaseCommit/in_doubt.py", "--participant", shop.url("delivery"))
+    assert "1 in-doubt transaction(s)" in listed.stdout and txid in listed.stdout
+    # The operator sees inventory COMMITTED, and commits delivery by hand.
+    resolved = run_script(
+        "TwoPhaseCommit/in_doubt.py", "--participant", shop.url("delivery"), "--commit", txid
+    )
+    assert resolved.returncode == 0, resolved.stdout
+    assert "COMMITTED (heuristic commit by an operator)" in resolved.stdout
+    assert shop.state("delivery", txid) == "COMMITTED"
+    assert shop.rider_counts() == {"free": 9, "reserved": 0, "assigned": 1}
+    again = shop.post("delivery", "/admin/resolve", {"txid": txid, "decision": "abort"})
+    assert again.status_code == 409  # no longer in doubt
+
+
+def test_the_old_log_refuses_to_be_overruled_by_a_new_one(shop_factory, tmp_path):
+    shop = shop_factory()
+    txid = crash_the_coordinator_mid_order(shop, "before-decision", 1)
+    shop.lose_the_coordinators_log(tmp_path)
+    shop.restart("coordinator")
+    # The new coordinator may not abort what the old log's transaction holds...
+    reply = shop.post("inventory", "/abort", {"txid": txid, "coordinator_log": shop.log_id})
+    assert reply.status_code == 409 and "prepared under coordinator log" in reply.json()["error"]
+    assert shop.state("inventory", txid) == "PREPARED"
+    # ...and a retry of the same order through it is refused, not reserved twice.
+    order_id = order_of(txid)
+    body = {"item": "pizza", "quantity": 1, "address": "1 Main St", "order_id": order_id}
+    retry = shop.post("coordinator", "/orders", body).json()
+    assert retry["outcome"] == "aborted"
+    assert "only an operator can settle it" in retry["votes"]["inventory"]["reason"]
+    assert shop.stock_of("pizza")["reserved"] == 1
 
 
 # -- chaos ---------------------------------------------------------------------------------
@@ -781,6 +995,7 @@ SCRIPTS = [
     "sequential_baseline.py",
     "demo.py",
     "bench.py",
+    "in_doubt.py",
 ]
 BAD_ARGUMENTS = [
     (INVENTORY, ["--stock", "pizza:ten"], "--stock: expected item=count"),
@@ -832,10 +1047,40 @@ def test_order_client_places_concurrent_orders_and_reports_each(shop):
 
 def test_order_client_says_when_the_coordinator_is_unreachable():
     result = run_script(
-        "TwoPhaseCommit/order_client.py", "--coordinator", "http://127.0.0.1:9", timeout=30
+        "TwoPhaseCommit/order_client.py",
+        "--coordinator",
+        "http://127.0.0.1:9",
+        "--attempts",
+        "2",
+        timeout=30,
     )
     assert result.returncode == 1
-    assert "cannot reach the coordinator" in result.stdout
+    assert "outcome unknown after 2 attempt(s): no answer from" in result.stdout
+
+
+def test_order_client_retries_a_lost_reply_and_reports_the_true_outcome(shop):
+    before = shop.stock_of("burger")
+    shop.faults("delivery", delay_ms=1200)  # every reply comes later than the client waits
+    try:
+        result = run_script(
+            "TwoPhaseCommit/order_client.py",
+            "--coordinator",
+            shop.url("coordinator"),
+            "--item",
+            "burger",
+            "--timeout",
+            "0.4",
+            "--attempts",
+            "20",
+            timeout=60,
+        )
+    finally:
+        shop.faults("delivery", delay_ms=0)
+    assert result.returncode == 0, result.stdout
+    assert "committed" in result.stdout and "attempts)" in result.stdout, result.stdout
+    assert "1 committed, 0 aborted, 0 errors" in result.stdout
+    after = shop.stock_of("burger")
+    assert (after["sold"], after["reserved"]) == (before["sold"] + 1, 0)  # once, not per retry
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
