@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 
 bq = load_module("BlockingQueue", "BlockingQueue")
 pipeline = load_module("BlockingQueue", "producer_consumer")
+stress = load_module("BlockingQueue", "queue_stress")
+textbook = load_module("BlockingQueue", "textbook_queue")
 
 BOUND = 10.0  # seconds any single wait in a test may take before the test fails
 HAS_SHUTDOWN = hasattr(queue.Queue, "shutdown")  # Python 3.13+
@@ -567,29 +569,11 @@ def test_every_call_answers_as_queue_queue_does(maxsize, operations):
 # -- stress: many threads, every item counted ---------------------------------
 
 
-class WatchedDeque(deque):
-    """The queue's storage, made to report on itself from inside the queue's lock.
-
-    Both implementations keep their items in `self.queue` and call append()
-    and popleft() on it only while holding the mutex, so what this records is
-    the exact order items entered and left, and the deepest the queue ever was.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.deepest = 0
-        self.entered: list = []
-        self.left: list = []
-
-    def append(self, item) -> None:
-        super().append(item)
-        self.deepest = max(self.deepest, len(self))
-        self.entered.append(item)
-
-    def popleft(self):
-        item = super().popleft()
-        self.left.append(item)
-        return item
+# The queue's storage, made to report on itself from inside the queue's lock:
+# both BlockingQueue and queue.Queue call append() and popleft() on `self.queue`
+# only while holding the mutex, so it records the exact order items entered and
+# left, and the deepest the queue ever was.
+WatchedDeque = stress.WatchedDeque
 
 
 STRESS_ITEMS = 100_000
@@ -743,6 +727,77 @@ def test_stress_shutdown_in_the_middle_leaves_nobody_blocked(immediate):
     else:
         assert storage.left == storage.entered  # drained: everything put was received
     assert_nobody_counted_waiting(q)
+
+
+# -- the textbook queue, and the stress that catches its broken variants -------
+
+
+def test_the_textbook_queue_is_a_bounded_fifo():
+    q = textbook.TextbookQueue(2)
+    q.put("a")
+    q.put("b")
+    putter = Worker(q.put, "c")
+    wait_for_sleepers(q.not_full, 1)  # full: the third put waits
+    assert [q.get(), q.get()] == ["a", "b"]
+    putter.finish()
+    assert q.get() == "c"
+    getter = Worker(q.get)
+    wait_for_sleepers(q.not_empty, 1)  # empty: get waits
+    q.put("d")
+    assert getter.finish().result == "d"
+    for maxsize in (0, -1):
+        with pytest.raises(ValueError, match="maxsize must be at least 1"):
+            textbook.TextbookQueue(maxsize)
+
+
+@pytest.mark.parametrize("setup", list(stress.SETUPS))
+@pytest.mark.parametrize("name", list(stress.CORRECT))
+def test_the_stress_passes_the_correct_queues(name, setup):
+    verdict = stress.stress(stress.CORRECT[name], stress.SETUPS[setup])
+    assert verdict.problem == ""
+    assert verdict.moved == stress.SETUPS[setup].items
+
+
+# Which set-up catches which bug, every time (README.md says why). An `if`
+# around a wait lets a getter pop from an empty deque or a putter go past
+# maxsize, whichever happens first; a missing notify and one condition shared
+# by both sides leave everyone asleep within a few items; a queue that only
+# notifies on empty -> non-empty wakes one of the consumers that sleep when the
+# stop markers arrive all at once.
+IF_BROKEN = ("crashed: consumer-", "over the limit: ")
+CAUGHT_BY = [
+    ("IfInsteadOfWhile", "spurious", IF_BROKEN),
+    ("IfInsteadOfWhile", "crowd", IF_BROKEN),
+    ("MissingNotify", "crowd", "deadlock: "),
+    ("MissingNotify", "hand-over", "deadlock: "),
+    ("NotifyOnTransitionOnly", "crowd", "deadlock: "),
+    ("OneConditionNotifyOne", "crowd", "deadlock: "),
+    ("OneConditionNotifyOne", "hand-over", "deadlock: "),
+]
+
+
+@pytest.mark.parametrize("name, setup, problem", CAUGHT_BY)
+def test_the_stress_catches_each_broken_queue(name, setup, problem):
+    verdict = stress.run_in_child(name, setup)  # its stuck threads die with the child
+    assert verdict.problem.startswith(problem), verdict
+
+
+def test_every_broken_queue_has_a_set_up_that_catches_it():
+    assert {name for name, _, _ in CAUGHT_BY} == set(stress.BROKEN)
+
+
+def test_queue_stress_script_reports_a_caught_queue_and_a_missed_one():
+    caught = run_script("BlockingQueue/queue_stress.py", "--queue", "MissingNotify")
+    assert caught.returncode == 0, caught.stdout + caught.stderr
+    assert caught.stdout.count("CAUGHT after") == len(stress.SETUPS)
+    assert "every correct queue passed and every broken one was caught" in caught.stdout
+    # With one slot every put empties -> non-empty and every get full -> not full:
+    # notifying "only on a transition" is then notifying always, and nothing shows.
+    missed = run_script(
+        "BlockingQueue/queue_stress.py", "--queue", "NotifyOnTransitionOnly", "--setup", "hand-over"
+    )
+    assert missed.returncode == 1
+    assert "FAIL  NotifyOnTransitionOnly is broken but got through hand-over" in missed.stdout
 
 
 # -- guarantees beyond queue.Queue's ------------------------------------------
@@ -955,7 +1010,24 @@ def test_demo_refuses_a_plot_folder_it_cannot_write_before_running(tmp_path, arg
     assert "Lesson" not in result.stdout  # refused before the runs, not after
 
 
-@pytest.mark.parametrize("script", ["producer_consumer.py", "demo.py", "bench.py"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--queue", "NoSuchQueue"], "invalid choice"),
+        (["--setup", "huge"], "invalid choice"),
+        (["--time-limit", "nan"], "--time-limit must be between 1 and 3600"),
+        (["--time-limit", "0"], "--time-limit must be between 1 and 3600"),
+    ],
+)
+def test_queue_stress_refuses_bad_input_clearly(args, message):
+    result = run_script("BlockingQueue/queue_stress.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "script", ["producer_consumer.py", "queue_stress.py", "demo.py", "bench.py"]
+)
 def test_every_script_has_help(script):
     result = run_script(f"BlockingQueue/{script}", "--help")
     assert result.returncode == 0, result.stderr
