@@ -1,17 +1,22 @@
-"""Threading demo: when threads win, when processes win, and the two bugs threads bring.
+"""Threading demo: when threads win, when processes win, and what threads cost.
 
 1. CPU-bound work (counting primes) sequentially, in threads, in processes,
    three rounds of each, so a burst of load from another program does not hide
    the lesson (the best round counts).
 2. I/O-bound work (32 requests to a slow local server), the same three ways.
-3. One table of wall times and speed-ups, and a plot of them (out/speedup.png;
-   images/speedup.png, the README's, only with --save-images).
-4. Break it: the lost update (race.py), with and without a Lock.
-5. Break it: the deadlock (deadlock.py), detected, then fixed by lock order.
+3. One table of wall times and speed-ups, and a plot of them.
+4. The convoy effect (convoy.py): a 1 ms round trip, alone and beside threads
+   that compute, at the default switch interval and a tenth of it.
+5. The price of sending data to processes (payload_sweep.py): 1 KB to 64 MB
+   per task, threads against pickling against shared memory.
+6. Break it: the lost update (race.py), in lockstep and the realistic way,
+   many runs of each, with and without a Lock.
+7. Break it: the deadlock (deadlock.py), detected, then fixed by lock order.
 
-Ends with a `Lesson:` line and exit 0 when the run showed the lesson, or a
-`Lesson not shown:` line saying what it saw instead and exit 1. README.md
-explains each step.
+The plots go to out/ (git-ignored); with --save-images to images/, the pictures
+the README shows. Ends with a `Lesson:` line and exit 0 when the run showed
+every part of the lesson, or a `Lesson not shown:` line saying what it saw
+instead and exit 1. README.md explains each step.
 """
 
 from __future__ import annotations
@@ -23,40 +28,56 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import convoy
 import deadlock
 import machine_info
 import MultiProcessing
 import MultiThreading
+import payload_sweep
 import race
 import workloads
 from slow_server import SlowServer
+
+KB, MB = payload_sweep.KB, payload_sweep.MB
 
 
 @dataclass(frozen=True)
 class Plan:
     """How much work each step does: the full run, or `--quick`'s smaller one."""
 
-    cpu_tasks: int  # windows of primes to count, CPU_SIZE numbers each
+    cpu_tasks: int  # windows of primes to count, cpu_size numbers each
     cpu_size: int
     cpu_rounds: int  # CPU-bound times are the best of this many rounds (see `measure`)
     io_tasks: int  # requests, each waiting io_delay seconds in the server
     io_delay: float
-    race_deposits: int  # per thread, RACE_THREADS threads
+    convoy_trips: int  # round trips per row of the convoy table
+    payload_sizes: tuple[int, ...]  # bytes per task; the largest decides the lesson
+    race_runs: int  # runs of each unlocked race
+    locked_runs: int  # runs of each locked race: it is slow (deposits take turns), loses none
+    lockstep_deposits: int  # per thread and run, with sleep(0) between read and write
+    call_deposits: int  # per thread and run, with a plain call between them
 
 
 FULL = Plan(
-    cpu_tasks=6, cpu_size=workloads.CPU_WINDOW, cpu_rounds=3,  # ~0.5 s sequentially
-    io_tasks=32, io_delay=workloads.IO_DELAY,  # ~3.2 s sequentially
-    race_deposits=1_000,
+    cpu_tasks=4, cpu_size=workloads.CPU_WINDOW, cpu_rounds=3,  # ~0.25 s sequentially
+    io_tasks=32, io_delay=0.05,  # ~1.6 s sequentially
+    convoy_trips=30,
+    payload_sizes=(KB, MB, 16 * MB, 64 * MB),
+    race_runs=10, locked_runs=2, lockstep_deposits=500, call_deposits=50_000,
 )  # fmt: skip
 QUICK = Plan(
     cpu_tasks=4, cpu_size=10_000, cpu_rounds=1,
     io_tasks=8, io_delay=0.02,
-    race_deposits=200,
+    convoy_trips=10,
+    payload_sizes=(KB, 32 * MB),
+    race_runs=4, locked_runs=1, lockstep_deposits=200, call_deposits=50_000,
 )  # fmt: skip
 CPU_WORKERS = (1, 2, 4)  # around the 2 cores of the target machine
 IO_WORKERS = (2, 8)  # and one worker per wait (plan.io_tasks), the table's row
 CPU_TABLE_WORKERS = 2  # the CPU-bound row the table, the targets and the lesson use
+CONVOY_CPU_THREADS = (0, 1, 2, 4)
+CONVOY_INTERVALS = (0.005, 0.0005)  # CPython's default switch interval, and a tenth
+CONVOY_BUDGET = 2.0  # seconds of round trips per row at most
 RACE_THREADS = 8
 
 # The targets of the issue, for 2 cores, printed as PASS/FAIL. A busy machine can
@@ -74,10 +95,21 @@ RUNNERS = {
 # "1.05x in processes but 1.11x in threads" shows nothing.
 LESSON_PROCESS_MARGIN = 1.25
 LESSON_IO_SPEEDUP = 2.0  # 32 threads must at least halve the time of 32 waits
+LESSON_CONVOY = 2.0  # beside one computing thread, a round trip at least this much slower
 
 FOLDER = Path(__file__).resolve().parent
 IMAGES = FOLDER / "images"  # the pictures the README shows: rewritten only by --save-images
 OUT = FOLDER / "out"  # git-ignored: every other run writes here
+PLOTS = ("speedup.png", "convoy_payload_race.png")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of the lesson: whether this run showed it, in words either way."""
+
+    shown: bool
+    lesson: str  # what the run showed, with its figures
+    seen: str  # what the run saw instead, with its figures
 
 
 class WrongAnswers(RuntimeError):
@@ -190,11 +222,169 @@ def target(label: str, value: float, ok: bool) -> None:
     print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value:.2f}x")
 
 
+def step_convoy(plan: Plan) -> dict[float, list[convoy.Convoy]]:
+    """Round trips alone and beside 1, 2, 4 computing threads, at each switch interval."""
+    print(
+        f"\nStep 4: the convoy effect: round trips to a server that answers in "
+        f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads that compute"
+    )
+    convoy.print_header("  ")
+    rows: dict[float, list[convoy.Convoy]] = {}
+    with SlowServer(convoy.SERVER_DELAY) as server:
+        for interval in CONVOY_INTERVALS:
+            rows[interval] = []
+            for cpu_threads in CONVOY_CPU_THREADS:
+                row = convoy.measure(
+                    server.address, cpu_threads, plan.convoy_trips, interval, CONVOY_BUDGET
+                )
+                rows[interval].append(row)
+                convoy.print_row(row, rows[interval][0], "  ")
+    return rows
+
+
+def step_payload(plan: Plan) -> list[payload_sweep.SizeRun]:
+    """The same computing with more and more data per task: threads, pickling, shared memory."""
+    print(
+        f"\nStep 5: the price of sending data to processes: {payload_sweep.TASKS} tasks of "
+        f"~40 ms of computing, on {payload_sweep.WORKERS} workers, with a block of data each"
+    )
+    payload_sweep.print_header("  ")
+    runs = []
+    with payload_sweep.started_pools() as pools:
+        for size in plan.payload_sizes:
+            runs.append(payload_sweep.measure(size, pools))
+            payload_sweep.print_row(runs[-1], "  ")
+    return runs
+
+
+def step_race(plan: Plan) -> dict[tuple[str, str], list[race.RaceResult]]:
+    """Each race many times, in lockstep (sleep(0)) and with a plain call; locked and not."""
+    print(
+        f"\nStep 6: Break it: the lost update ({RACE_THREADS} threads; {plan.race_runs} runs "
+        f"of each unlocked race, {plan.locked_runs} of each locked one)"
+    )
+    race.print_spread_header("  ")
+    races = {}
+    for between, deposits in (("sleep", plan.lockstep_deposits), ("call", plan.call_deposits)):
+        for name, kind, runs in (
+            ("no lock", race.Account, plan.race_runs),
+            ("with Lock", race.LockedAccount, plan.locked_runs),
+        ):
+            results = race.race_runs(kind, between, RACE_THREADS, deposits, runs)
+            race.print_spread(between, name, RACE_THREADS * deposits, race.Spread.of(results), "  ")
+            races[(between, name)] = results
+    return races
+
+
+def plot_lessons(
+    rows: dict[float, list[convoy.Convoy]],
+    payloads: list[payload_sweep.SizeRun],
+    races: dict[tuple[str, str], list[race.RaceResult]],
+    path: Path,
+) -> None:
+    """Three panels: the convoy, the payload sweep, and the loss of every race run."""
+    import matplotlib  # imported here, as in plot_speedups
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
+    for interval, convoy_rows in rows.items():
+        counts = [row.cpu_threads for row in convoy_rows]
+        medians = [row.median * 1000 for row in convoy_rows]
+        left.plot(counts, medians, marker="o", label=f"switch interval {interval * 1000:g} ms")
+    left.set_yscale("log")
+    left.set_xticks(CONVOY_CPU_THREADS)
+    left.set_xlabel("threads computing beside the round trips")
+    left.set_ylabel("median round trip (ms, log scale)")
+    left.set_title(f"The convoy: a {convoy.SERVER_DELAY * 1000:g} ms server, one waiting thread")
+
+    sizes = [run.size for run in payloads]
+    for name, marker in zip(payload_sweep.RUNNERS, "osD", strict=True):
+        middle.plot(sizes, [run.seconds[name] for run in payloads], marker=marker, label=name)
+    middle.set_xscale("log", base=2)
+    middle.set_xticks(sizes, [payload_sweep.size_label(size) for size in sizes])
+    middle.set_ylim(bottom=0)
+    middle.set_xlabel("data per task")
+    middle.set_ylabel("seconds for the run")
+    middle.set_title(f"Sending data: {payload_sweep.TASKS} tasks, {payload_sweep.WORKERS} workers")
+
+    for position, between in enumerate(("sleep", "call")):
+        losses = [100 * result.lost_share for result in races[(between, "no lock")]]
+        right.scatter([position] * len(losses), losses, alpha=0.6)
+    right.set_xticks([0, 1], ["time.sleep(0)\n(lockstep)", "a plain call\n(no sleep)"])
+    right.set_xlim(-0.5, 1.5)
+    right.set_ylim(0, 100)
+    right.set_ylabel("deposits lost in the run (%)")
+    right.set_title(f"Lost updates, one dot per run, {RACE_THREADS} threads, no lock")
+
+    for ax in (left, middle, right):
+        ax.grid(True, alpha=0.3)
+    left.legend()
+    middle.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def convoy_part(rows: dict[float, list[convoy.Convoy]]) -> Part:
+    default, smaller = (rows[interval] for interval in CONVOY_INTERVALS)
+    alone, beside_one, beside_most = default[0], default[1], default[-1]
+    words = (
+        f"a round trip of {ms(alone.median)} alone took {ms(beside_one.median)} beside "
+        f"1 computing thread and {ms(beside_most.median)} beside {beside_most.cpu_threads} "
+        f"(the convoy)"
+    )
+    if smaller[1].median < beside_one.median:  # say it only where this run showed it
+        words += f", {ms(smaller[1].median)} at a {CONVOY_INTERVALS[1] * 1000:g} ms switch interval"
+    return Part(beside_one.median >= LESSON_CONVOY * alone.median, words, words)
+
+
+def payload_part(runs: list[payload_sweep.SizeRun]) -> Part:
+    largest = runs[-1]
+    threads, pickled, shared = (largest.seconds[name] for name in payload_sweep.RUNNERS)
+    words = (
+        f"with {payload_sweep.size_label(largest.size)} per task processes took {pickled:.2f} s "
+        f"against threads' {threads:.2f} s (pickling), {shared:.2f} s from shared memory"
+    )
+    return Part(pickled > threads and shared < pickled, words, words)
+
+
+def race_part(races: dict[tuple[str, str], list[race.RaceResult]]) -> Part:
+    lockstep = race.Spread.of(races[("sleep", "no lock")])
+    call = race.Spread.of(races[("call", "no lock")])
+    locked_lost = sum(r.lost for key in races if key[1] == "with Lock" for r in races[key])
+    words = (
+        f"unlocked deposits were lost in {lockstep.runs_with_loss} of {lockstep.runs} "
+        f"lockstep runs (median {lockstep.median:.1%}) and, with a plain call instead of a "
+        f"sleep, in {call.runs_with_loss} of {call.runs} runs ({call.low:.0%} to "
+        f"{call.high:.0%}); locked ones lost {locked_lost:,}"
+    )
+    shown = lockstep.runs_with_loss == lockstep.runs and call.runs_with_loss > 0
+    return Part(shown and locked_lost == 0, words, words)
+
+
+def deadlock_part(broken: deadlock.TransferRun, fixed: deadlock.TransferRun) -> Part:
+    done = broken.completed + fixed.completed
+    shown = bool(broken.deadlocks) and not fixed.deadlocks and done == 4
+    return Part(
+        shown,
+        "the lock-order deadlock was detected and one global order avoided it",
+        f"opposite lock order deadlocked {len(broken.deadlocks)} time(s), one global order "
+        f"{len(fixed.deadlocks)} time(s), {done} of 4 transfers done",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Measure threads against processes on CPU-bound and I/O-bound work, "
-        "then provoke a lost update and a deadlock. Takes about 20 s; writes "
-        "Threading/out/speedup.png; exits 1 if the lesson did not show."
+        description="Measure threads against processes on CPU-bound and I/O-bound work, the "
+        "convoy effect and the price of sending data to processes; then provoke lost updates "
+        "and a deadlock. Takes about 25 s; writes its plots to Threading/out/; exits 1 if the "
+        "lesson did not show."
     )
     parser.add_argument(
         "--quick",
@@ -205,33 +395,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--save-images",
         action="store_true",
-        help="write the plot to Threading/images/ (the README's picture) instead of out/",
+        help="write the plots to Threading/images/ (the README's pictures) instead of out/",
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=OUT,
-        help="folder for the plot when --save-images is not given (default: Threading/out)",
+        help="folder for the plots when --save-images is not given (default: Threading/out)",
     )
     args = parser.parse_args(argv)
-    plot = (IMAGES if args.save_images else args.out) / "speedup.png"
+    plots = IMAGES if args.save_images else args.out
     try:  # before the measuring, so a folder it cannot write is refused at once
-        plot.parent.mkdir(parents=True, exist_ok=True)
+        plots.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        parser.error(f"cannot write the plot to {plot.parent}: {error.strerror}")
-    if not os.access(plot.parent, os.W_OK):
-        parser.error(f"cannot write the plot to {plot.parent}: permission denied")
+        parser.error(f"cannot write the plots to {plots}: {error.strerror}")
+    if not os.access(plots, os.W_OK):
+        parser.error(f"cannot write the plots to {plots}: permission denied")
     plan = QUICK if args.quick else FULL
     cores = machine_info.usable_cores()
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     print(f"Machine: {machine_info.machine_summary()}\n")
 
-    print(
-        f"Step 1: CPU-bound work, {plan.cpu_tasks} tasks counting primes (pure Python), "
-        f"best of {plan.cpu_rounds} round(s)",
-        flush=True,
-    )
     try:
+        print(
+            f"Step 1: CPU-bound work, {plan.cpu_tasks} tasks counting primes (pure Python), "
+            f"best of {plan.cpu_rounds} round(s)",
+            flush=True,
+        )
         cpu_tasks = workloads.make_tasks("cpu", plan.cpu_tasks, size=plan.cpu_size)
         results = {"cpu": measure("cpu", cpu_tasks, CPU_WORKERS, plan.cpu_rounds)}
 
@@ -241,30 +431,29 @@ def main(argv: list[str] | None = None) -> int:
         with SlowServer(plan.io_delay) as server:
             tasks = workloads.make_tasks("io", plan.io_tasks, address=server.address)
             results["io"] = measure("io", tasks, (*IO_WORKERS, plan.io_tasks))
-    except WrongAnswers as wrong:
+
+        print("\nStep 3: the table")
+        print_table(results, cores, plan)
+        plot_speedups(results, cores, plan, plots / PLOTS[0])
+
+        convoy_rows = step_convoy(plan)
+        payloads = step_payload(plan)
+        races = step_race(plan)
+    except (WrongAnswers, payload_sweep.WrongAnswers) as wrong:
         print(f"Lesson not shown: {wrong}; a speed-up with wrong answers is worth nothing")
         return 1
+    except TimeoutError as slow:
+        print(f"Lesson not shown: {slow}; the machine was too busy to finish the race")
+        return 1
 
-    print("\nStep 3: the table")
-    print_table(results, cores, plan)
-    plot_speedups(results, cores, plan, plot)
-    print(f"  plot written to {os.path.relpath(plot)}")
-
-    print(
-        f"\nStep 4: Break it: the lost update ({RACE_THREADS} threads x "
-        f"{plan.race_deposits} deposits)"
-    )
-    unlocked = race.deposit_concurrently(race.Account(), RACE_THREADS, plan.race_deposits)
-    locked = race.deposit_concurrently(race.LockedAccount(), RACE_THREADS, plan.race_deposits)
-    print(f"  {'account':<10} {'expected':>9} {'balance':>9} {'lost':>7}")
-    for name, run in (("no lock", unlocked), ("with Lock", locked)):
-        print(f"  {name:<10} {run.deposits:>9,} {run.balance:>9,} {run.lost:>7,}")
-
-    print("\nStep 5: Break it: the deadlock (two transfers, two locks, opposite order)")
+    print("\nStep 7: Break it: the deadlock (two transfers, two locks, opposite order)")
     broken = deadlock.run_transfers(ordered=False)
     deadlock.report(broken, indent="  ")
     fixed = deadlock.run_transfers(ordered=True)
     deadlock.report(fixed, indent="  ")
+
+    plot_lessons(convoy_rows, payloads, races, plots / PLOTS[1])
+    print(f"\nPlots written to {', '.join(os.path.relpath(plots / name) for name in PLOTS)}")
 
     cpu, io = results["cpu"], results["io"]
     cpu_w, io_w = CPU_TABLE_WORKERS, plan.io_tasks
@@ -311,25 +500,13 @@ def main(argv: list[str] | None = None) -> int:
         cpu_lesson = f"on {on_cores} without the GIL, {cpu_words}"
         cpu_seen = f"on {on_cores} without the GIL, {cpu_words}"
     io_words = f"{io_w} threads made {io_w} waits {io_threads:.1f}x faster"
-    race_words = (
-        f"unlocked deposits lost {unlocked.lost:,} of {unlocked.deposits:,}, "
-        f"locked ones {locked.lost:,}"
-    )
-    deadlock_words = (
-        f"opposite lock order deadlocked {len(broken.deadlocks)} time(s), "
-        f"one global order {len(fixed.deadlocks)} time(s)"
-    )
     parts = [
-        (cpu_shown, cpu_lesson, cpu_seen),
-        (io_threads >= LESSON_IO_SPEEDUP, io_words, io_words),
-        (unlocked.lost > 0 and locked.lost == 0, race_words, race_words),
-        (
-            bool(broken.deadlocks)
-            and not fixed.deadlocks
-            and broken.completed + fixed.completed == 4,
-            deadlock_words,
-            f"{deadlock_words}, {broken.completed + fixed.completed} of 4 transfers done",
-        ),
+        Part(cpu_shown, cpu_lesson, cpu_seen),
+        Part(io_threads >= LESSON_IO_SPEEDUP, io_words, io_words),
+        convoy_part(convoy_rows),
+        payload_part(payloads),
+        race_part(races),
+        deadlock_part(broken, fixed),
     ]
     if cores < 2:
         print("Note: 1 usable core, so processes cannot compute in parallel here.")
@@ -339,11 +516,11 @@ def main(argv: list[str] | None = None) -> int:
             "began: other programs were using the cores, so the CPU-bound figures "
             "understate this machine. Run it again when the machine is quiet."
         )
-    if all(shown for shown, _, _ in parts):
-        print("Lesson: " + "; ".join(lesson for _, lesson, _ in parts))
+    if all(part.shown for part in parts):
+        print("Lesson: " + "; ".join(part.lesson for part in parts))
         return 0
     # Only what failed is named, with its figures: no claim the run contradicts.
-    print("Lesson not shown: " + "; ".join(seen for shown, _, seen in parts if not shown))
+    print("Lesson not shown: " + "; ".join(part.seen for part in parts if not part.shown))
     return 1
 
 

@@ -169,11 +169,11 @@ class Spread:
 
 def race_runs(
     account_kind: type[Account], between: str, threads: int, deposits_each: int, runs: int
-) -> Spread:
-    """Run the same race `runs` times, each with a fresh account; return the spread."""
-    return Spread.of(
-        [deposit_concurrently(account_kind(between), threads, deposits_each) for _ in range(runs)]
-    )
+) -> list[RaceResult]:
+    """Run the same race `runs` times, each with a fresh account (`Spread.of` sums them up)."""
+    return [
+        deposit_concurrently(account_kind(between), threads, deposits_each) for _ in range(runs)
+    ]
 
 
 def print_spread_header(indent: str = "") -> None:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for between in args.between:
             deposits = args.deposits or DEFAULT_DEPOSITS[between]
             for name, kind in (("no lock", Account), ("with Lock", LockedAccount)):
-                spread = race_runs(kind, between, args.threads, deposits, args.runs)
+                spread = Spread.of(race_runs(kind, between, args.threads, deposits, args.runs))
                 print_spread(between, name, args.threads * deposits, spread)
                 if kind is LockedAccount and spread.runs_with_loss:
                     failures.append(f"the locked account lost deposits ({between} between)")

@@ -514,11 +514,13 @@ def test_race_that_outlasts_its_time_limit_is_reported_without_a_traceback(monke
 def test_the_race_with_a_plain_call_and_no_sleep_loses_deposits_in_bursts():
     # No sleep: the GIL changes hands only every 5 ms, and only sometimes inside
     # the read-to-write window; then a whole switch interval's deposits are lost.
-    spread = race.race_runs(race.Account, "call", threads=8, deposits_each=50_000, runs=10)
-    assert spread.runs_with_loss >= 1
+    runs = race.race_runs(race.Account, "call", threads=8, deposits_each=50_000, runs=10)
+    spread = race.Spread.of(runs)
+    assert spread.runs == 10 and spread.runs_with_loss >= 1
     assert spread.high > spread.low  # uneven: the loss is not the same in every run
+    assert [run.lost for run in runs] == [run.deposits - run.balance for run in runs]
     locked = race.race_runs(race.LockedAccount, "call", threads=8, deposits_each=20_000, runs=2)
-    assert locked.runs_with_loss == 0
+    assert [run.lost for run in locked] == [0, 0]
 
 
 def test_an_account_refuses_an_unknown_pause():
@@ -563,7 +565,10 @@ def test_demo_on_one_core_says_the_lesson_was_not_shown_instead_of_claiming_it(t
     assert not any(line.startswith("Lesson:") for line in lines), result.stdout
     assert lines[-1].startswith("Lesson not shown: on 1 core"), result.stdout
     assert "one core cannot run two processes at once" in lines[-1]
-    assert (tmp_path / "speedup.png").stat().st_size > 0  # the plot went where it was told
+    for plot in ("speedup.png", "convoy_payload_race.png"):  # where they were told to go
+        assert (tmp_path / plot).stat().st_size > 0
+    for step in ("Step 4: the convoy effect", "Step 5: the price", "Step 6: Break it"):
+        assert step in result.stdout
     assert "Traceback" not in result.stderr
 
 
@@ -572,5 +577,5 @@ def test_demo_refuses_a_plot_folder_it_cannot_write_before_measuring(tmp_path):
     blocker.write_text("not a folder")
     result = run_script("Threading/demo.py", "--out", str(blocker / "plots"), timeout=30)
     assert result.returncode == 2
-    assert "cannot write the plot" in result.stderr
+    assert "cannot write the plots" in result.stderr
     assert "Step 1" not in result.stdout
