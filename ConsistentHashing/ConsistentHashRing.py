@@ -1,29 +1,44 @@
-"""A consistent-hash ring with virtual nodes, weights and replicas.
+"""A consistent-hash ring with virtual nodes, weights, replicas, and a ketama mode.
 
-Keys and nodes are hashed onto the same circle; a key belongs to the first
-virtual node at or after its position, wrapping round past the top. README
-sections "The ring", "Virtual nodes", "Replicas" and "Weights" explain why.
+Keys and nodes are hashed onto the same circle of 2**32 positions; a key
+belongs to the first virtual node at or after its position, wrapping round
+past the top. README sections "The ring", "Virtual nodes", "The directory",
+"Replicas", "Weights" and "Ketama" explain why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import mmh3
+import numpy as np
 
 HashFunction = Callable[[str | bytes], int]
 
-# MurmurHash3 (x86, 32-bit, seed 0): fast, well mixed, and the same on every run
-# and every machine, unlike Python's hash(), which is salted per process for str
-# and bytes. It returns a signed int, so this ring runs from -2**31 to 2**31 - 1.
+# The circle: positions 0 .. 2**32 - 1. Any hash function will do as long as it
+# gives the same int in every process (so not Python's salted hash()); the ring
+# keeps its low 32 bits, `hash & MASK_32`.
+POSITION_BITS = 32
+MASK_32 = (1 << POSITION_BITS) - 1
+
+# MurmurHash3 (x86, 32-bit, seed 0): fast, well mixed, the same on every machine.
+# mmh3.hash returns it signed; its low 32 bits are the unsigned value.
 DEFAULT_HASH: HashFunction = mmh3.hash
 
 # Virtual nodes per unit of weight. 160 is the ketama (memcached) figure and
 # uhashring's default; the busiest node's excess shrinks like 1/sqrt(vnodes).
 DEFAULT_VNODES = 160
+
+# The directory cuts the circle into 2**b equal arcs ("buckets") with about
+# this many points each, so a lookup bisects a handful of points, not all N*V.
+POINTS_PER_BUCKET = 8
+# ... and is rebuilt (one pass over every point, like a dict growing) only when
+# the average drifts this many times above or below that.
+DIRECTORY_SLACK = 4
 
 
 class EmptyRingError(LookupError):
@@ -62,13 +77,32 @@ def vnode_label(node: str, index: int) -> str:
     return f"{node}#{index}"
 
 
-class ConsistentHashRing:
-    """A hash ring: `get_node(key)` is a binary search over sorted positions.
+def check_weight(node: str, weight: object) -> None:
+    """Refuse a weight that is not a finite real number above 0 (InvalidWeightError)."""
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, numbers.Real)  # int, float, Fraction, numpy numbers
+        or not math.isfinite(weight)
+        or weight <= 0
+    ):
+        raise InvalidWeightError(
+            f"weight of node {node!r} must be a finite number above 0, got {weight!r}"
+        )
 
-    The ring is two parallel lists sorted by (position, node name):
-    `_positions[i]` is a virtual node's place on the circle and `_owners[i]`
-    the physical node it belongs to. A lookup hashes the key and bisects, so it
-    costs O(log(N*V)) for N nodes of V virtual nodes each.
+
+class ConsistentHashRing:
+    """A hash ring: `get_node(key)` hashes the key and bisects a few sorted points.
+
+    The points (virtual nodes) are kept sorted by (position, node name) in a
+    *directory*: the circle is cut into 2**b equal arcs, and arc i,
+    `_arcs[i] = (positions, owners)`, holds the sorted positions that fall in
+    it and their owners. `owners` has one entry more than `positions`: the
+    owner of the first point *after* the arc, where a key beyond the arc's last
+    point belongs (for the last arc, that wraps round to the first point).
+    So a lookup is: the arc from the key's top bits, one bisect over its few
+    points, one list index. Adding or removing a node touches only the arcs
+    its V points land in (and the "next owner" of the empty arcs just before
+    them), never the other N*V points.
 
     Two virtual nodes can land on the same position (a 32-bit circle holding
     160,000 points has about three such pairs). The ring orders them by node
@@ -89,45 +123,57 @@ class ConsistentHashRing:
         `vnodes` is the number of virtual nodes for a node of weight 1; a node
         of weight w gets round(vnodes * w) of them (at least one).
         `hash_function` maps a str or bytes to an int and must give the same
-        answer in every process (so not Python's hash()).
+        answer in every process; the ring uses the int's low 32 bits.
         """
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
             raise ValueError(f"vnodes must be a whole number >= 1, got {vnodes!r}")
         self.vnodes = vnodes
         self._hash = hash_function
         self._weights: dict[str, float] = {}  # node -> weight, in the order added
-        self._positions: list[int] = []
-        # One entry longer than _positions: the extra last entry repeats the first
-        # owner, because a key hashing above the highest position wraps round to
-        # the first virtual node, and bisect returns len(_positions) for it.
-        self._owners: list[str] = []
+        self._point_counts: dict[str, int] = {}  # node -> how many labels it has hashed
+        self._points = 0  # virtual nodes on the ring
+        self._flat: tuple | None = None  # sorted numpy arrays for get_nodes(), built on demand
 
         if isinstance(nodes, str | bytes):
             raise TypeError(f"nodes must be a list of names, e.g. [{nodes!r}], not {nodes!r}")
         named = nodes.items() if isinstance(nodes, Mapping) else ((node, 1) for node in nodes)
-        points: list[tuple[int, str]] = []
         for node, weight in named:
             self._check_new_node(node, weight)
             self._weights[node] = weight
-            points += self._points_of(node)
-        points.sort()  # building from scratch: one sort of all N*V points
-        self._install([position for position, _ in points], [node for _, node in points])
+        self._rebuild(self._label_counts(self._weights))
 
     # -- lookups -------------------------------------------------------------
 
     def get_node(self, key: str | bytes) -> str:
         """The node that owns `key`; raises EmptyRingError if there is none."""
         try:
-            return self._owners[bisect_left(self._positions, self._hash(key))]
-        except IndexError:  # only an empty ring has no owner at index 0
+            position = self._hash(key) & MASK_32
+        except TypeError:  # the try costs nothing until something is raised
+            raise key_type_error(key) from None
+        positions, owners = self._arcs[position >> self._shift]
+        try:
+            return owners[bisect_left(positions, position)]
+        except IndexError:  # only an empty ring has an arc with no next owner
             raise EmptyRingError(
                 "the ring has no nodes; add_node() one before looking keys up"
             ) from None
-        except TypeError:  # the try costs nothing until something is raised
-            raise key_type_error(key) from None
 
-    def get_nodes(self, key: str | bytes, n: int) -> list[str]:
-        """`n` distinct physical nodes for `key`, its owner first (for replicas).
+    def get_nodes(self, keys: Sequence[str | bytes]) -> list[str]:
+        """The owner of each of `keys`, in order: `get_node` for a million keys at once.
+
+        The keys are hashed in one pass and placed with one numpy
+        `searchsorted` over all the sorted points (built from the directory on
+        the first call after a change, then reused). Same answers as get_node.
+        """
+        if isinstance(keys, str | bytes):
+            raise TypeError("get_nodes() takes a list of keys; for one key use get_node(key)")
+        keys = keys if isinstance(keys, Sequence) else list(keys)
+        positions, owner_codes, names = self._flat_points()
+        found = np.searchsorted(positions, self._key_positions(keys), side="left")
+        return names[owner_codes[found]].tolist()
+
+    def get_replicas(self, key: str | bytes, n: int) -> list[str]:
+        """`n` distinct physical nodes for `key`, its owner first.
 
         They are the first `n` different nodes met walking clockwise from the
         key, so every client picks the same replicas, and adding or removing a
@@ -154,21 +200,32 @@ class ConsistentHashRing:
         The first node yielded is `get_node(key)`. Replicas take the first few;
         bounded loads takes the first one that still has room.
         """
-        size = len(self._positions)
-        if not size:
+        if not self._points:
             return
         try:
-            start = bisect_left(self._positions, self._hash(key))
+            position = self._hash(key) & MASK_32
         except TypeError:
             raise key_type_error(key) from None
+        first_arc = position >> self._shift
+        start = bisect_left(self._arcs[first_arc][0], position)
+        arcs = len(self._arcs)
         seen: set[str] = set()
-        for step in range(size):
-            node = self._owners[(start + step) % size]
-            if node not in seen:
-                seen.add(node)
-                yield node
-                if len(seen) == len(self._weights):
-                    return
+        # The first arc from `start` on, every other arc, then the first arc's
+        # points before `start`, which are the last ones clockwise.
+        for step in range(arcs + 1):
+            _, owners = self._arcs[(first_arc + step) % arcs]
+            if step == 0:
+                run = owners[start:-1]
+            elif step == arcs:
+                run = owners[:start]
+            else:
+                run = owners[:-1]
+            for node in run:
+                if node not in seen:
+                    seen.add(node)
+                    yield node
+                    if len(seen) == len(self._weights):
+                        return
 
     # -- membership ------------------------------------------------------------
 
@@ -176,31 +233,14 @@ class ConsistentHashRing:
         """Put `node` on the ring with round(vnodes * weight) virtual nodes.
 
         Only keys whose position now falls just before one of the new virtual
-        nodes move, and they all move to `node`. Cost: the node's V points are
-        hashed and sorted (V log V), each is placed by bisection (V log(N*V)
-        comparisons), and one pass of slice copies builds the merged lists
-        (N*V pointer copies done in C; about 3 ms at 1,000 nodes x 160).
+        nodes move, and they all move to `node`. Cost: V hashes, and for each
+        point a bisect and an insert into one arc of ~8 points.
         Raises DuplicateNodeError or InvalidWeightError.
         """
         self._check_new_node(node, weight)
         self._weights[node] = weight
-        positions, owners, size = self._positions, self._owners, len(self._positions)
-        merged_positions: list[int] = []
-        merged_owners: list[str] = []
-        start = 0  # everything before `start` in the old lists is already copied
-        for position, name in self._points_of(node):
-            i = bisect_left(positions, position, start)
-            # Equal positions stay ordered by node name (see the class docstring).
-            while i < size and positions[i] == position and owners[i] < name:
-                i += 1
-            merged_positions += positions[start:i]
-            merged_owners += owners[start:i]
-            merged_positions.append(position)
-            merged_owners.append(name)
-            start = i
-        merged_positions += positions[start:]
-        merged_owners += owners[start:size]
-        self._install(merged_positions, merged_owners)
+        self._point_counts[node] = 0
+        self._apply_counts([node])
 
     def remove_node(self, node: str) -> None:
         """Take `node` and all its virtual nodes off the ring.
@@ -212,21 +252,20 @@ class ConsistentHashRing:
             raise UnknownNodeError(
                 f"node {node!r} is not on the ring; its nodes are {self._sample_of_nodes()}"
             )
-        positions, owners, size = self._positions, self._owners, len(self._positions)
-        kept_positions: list[int] = []
-        kept_owners: list[str] = []
-        start = 0
-        for position, _ in self._points_of(node):
-            i = bisect_left(positions, position, start)
-            while owners[i] != node:  # step past other nodes sharing this position
-                i += 1
-            kept_positions += positions[start:i]
-            kept_owners += owners[start:i]
-            start = i + 1
-        kept_positions += positions[start:]
-        kept_owners += owners[start:size]
-        del self._weights[node]
-        self._install(kept_positions, kept_owners)
+        self._resize_node(node, 0)
+        del self._weights[node], self._point_counts[node]
+        self._apply_counts([])
+
+    def set_weight(self, node: str, weight: float) -> None:
+        """Give `node` a new weight: it gains or loses virtual nodes at the end of its list.
+
+        Only keys moving to `node` (weight up) or away from it (weight down) move.
+        """
+        if node not in self._weights:
+            raise UnknownNodeError(f"node {node!r} is not on the ring")
+        self._check_weight(node, weight)
+        self._weights[node] = weight
+        self._apply_counts([node])
 
     @property
     def nodes(self) -> list[str]:
@@ -240,8 +279,18 @@ class ConsistentHashRing:
         return self._weights[node]
 
     def vnode_count(self, node: str) -> int:
-        """How many virtual nodes `node` has: its weight times `vnodes`, at least one."""
-        return max(1, round(self.vnodes * self.weight(node)))
+        """How many virtual nodes (points on the circle) `node` has."""
+        if node not in self._weights:
+            raise UnknownNodeError(f"node {node!r} is not on the ring")
+        return self.points_per_label * self._point_counts[node]
+
+    def points(self) -> list[tuple[int, str]]:
+        """Every virtual node as (position, node), in ring order (a copy)."""
+        return [
+            pair
+            for positions, owners in self._arcs
+            for pair in zip(positions, owners[:-1], strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self._weights)
@@ -251,23 +300,150 @@ class ConsistentHashRing:
 
     def __repr__(self) -> str:
         return (
-            f"ConsistentHashRing({len(self._weights)} nodes, "
-            f"{len(self._positions)} virtual nodes, vnodes={self.vnodes})"
+            f"{type(self).__name__}({len(self._weights)} nodes, "
+            f"{self._points} virtual nodes, {len(self._arcs)} arcs, vnodes={self.vnodes})"
         )
 
-    # -- internals -------------------------------------------------------------
+    # -- what a subclass may change: how a node's points are made ------------------
 
-    def _points_of(self, node: str) -> list[tuple[int, str]]:
-        """The sorted (position, node) pairs of `node`'s virtual nodes."""
+    points_per_label = 1  # positions one hashed label gives (ketama takes 4 from an md5)
+
+    def _label_counts(self, nodes: Iterable[str]) -> dict[str, int]:
+        """How many labels of each of `nodes` are hashed: round(vnodes * weight), at least one."""
+        return {node: max(1, round(self.vnodes * self._weights[node])) for node in nodes}
+
+    def _label_positions(self, node: str, indexes: range) -> list[int]:
+        """The positions of labels `indexes` of `node`."""
         hash_function = self._hash
-        count = self.vnode_count(node)
-        return sorted((hash_function(vnode_label(node, i)), node) for i in range(count))
+        return [hash_function(vnode_label(node, i)) & MASK_32 for i in indexes]
 
-    def _install(self, positions: list[int], owners: list[str]) -> None:
-        if owners:
-            owners.append(owners[0])  # the wrap-round entry (see __init__)
-        self._positions = positions
-        self._owners = owners
+    # -- the directory -------------------------------------------------------------
+
+    def _apply_counts(self, changed: Iterable[str]) -> None:
+        """Bring the `changed` nodes' points up or down to what their weights ask for."""
+        if not self._points:  # an empty directory has no next owners to keep: lay it out
+            self._rebuild(self._label_counts(self._weights))
+            return
+        for node, count in self._label_counts(changed).items():
+            if count != self._point_counts[node]:
+                self._resize_node(node, count)
+        if not self._points or not self._directory_fits():
+            self._rebuild(self._label_counts(self._weights))
+
+    def _resize_node(self, node: str, count: int) -> None:
+        """Add or remove labels at the end of `node`'s list until it has `count`."""
+        had = self._point_counts[node]
+        if count > had:
+            for position in self._label_positions(node, range(had, count)):
+                self._insert(position, node)
+        elif count < had:
+            for position in self._label_positions(node, range(count, had)):
+                self._delete(position, node)
+        self._point_counts[node] = count
+
+    def _insert(self, position: int, node: str) -> None:
+        arc = position >> self._shift
+        positions, owners = self._arcs[arc]
+        i = bisect_left(positions, position)
+        # Equal positions stay ordered by node name (see the class docstring).
+        while i < len(positions) and positions[i] == position and owners[i] < node:
+            i += 1
+        positions.insert(i, position)
+        owners.insert(i, node)
+        self._points += 1
+        self._flat = None
+        if i == 0:  # the arc's first point changed: so did the next owner of the arcs before
+            self._hand_back(arc)
+
+    def _delete(self, position: int, node: str) -> None:
+        arc = position >> self._shift
+        positions, owners = self._arcs[arc]
+        i = bisect_left(positions, position)
+        while owners[i] != node:  # step past other nodes sharing this position
+            i += 1
+        del positions[i], owners[i]
+        self._points -= 1
+        self._flat = None
+        if i == 0:
+            self._hand_back(arc)
+
+    def _hand_back(self, arc: int) -> None:
+        """Make `arc`'s first owner the next owner of the arcs before it.
+
+        Walks back over empty arcs to the first one that has points of its own
+        (at most all the way round, back to `arc` itself).
+        """
+        first_owner = self._arcs[arc][1][0]
+        arcs = len(self._arcs)
+        before = arc
+        while True:
+            before = (before - 1) % arcs
+            positions, owners = self._arcs[before]
+            owners[-1] = first_owner
+            if positions or before == arc:
+                return
+
+    def _directory_fits(self) -> bool:
+        arcs = len(self._arcs)
+        per_arc = self._points / arcs
+        too_crowded = per_arc > POINTS_PER_BUCKET * DIRECTORY_SLACK
+        too_sparse = per_arc < POINTS_PER_BUCKET / DIRECTORY_SLACK and arcs > 1
+        return not (too_crowded or too_sparse)
+
+    def _rebuild(self, counts: dict[str, int]) -> None:
+        """Lay every point out again in a directory sized for the ring (a full pass)."""
+        points: list[tuple[int, str]] = []
+        for node, count in counts.items():
+            points += ((position, node) for position in self._label_positions(node, range(count)))
+        self._point_counts = dict(counts)
+        points.sort()
+        bits = max(0, round(math.log2(len(points) / POINTS_PER_BUCKET))) if points else 0
+        self._shift = POSITION_BITS - bits
+        self._arcs: list[tuple[list[int], list[str]]] = [([], []) for _ in range(1 << bits)]
+        for position, node in points:
+            positions, owners = self._arcs[position >> self._shift]
+            positions.append(position)
+            owners.append(node)
+        self._points = len(points)
+        self._flat = None
+        if not points:
+            return  # every arc's owner list stays empty: lookups raise EmptyRingError
+        next_owner = points[0][1]  # after the last point, the ring wraps to the first
+        for positions, owners in reversed(self._arcs):
+            owners.append(next_owner)
+            if positions:
+                next_owner = owners[0]
+
+    # -- batch lookups ---------------------------------------------------------------
+
+    def _flat_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted positions, owner code per position plus the wrap-round one, names)."""
+        if not self._points:
+            raise EmptyRingError("the ring has no nodes; add_node() one before looking keys up")
+        if self._flat is None:
+            names = list(self._weights)
+            code = {node: i for i, node in enumerate(names)}
+            pairs = self.points()
+            positions = np.fromiter((p for p, _ in pairs), np.uint32, len(pairs))
+            owner_codes = np.fromiter(
+                (code[node] for _, node in [*pairs, pairs[0]]), np.intp, len(pairs) + 1
+            )
+            self._flat = (positions, owner_codes, np.array(names, dtype=object))
+        return self._flat
+
+    def _key_positions(self, keys: Sequence[str | bytes]) -> np.ndarray:
+        try:
+            if self._hash is mmh3.hash:
+                # The default hash, in C all the way: its signed 32-bit result,
+                # viewed as unsigned, is exactly its low 32 bits.
+                return np.fromiter(map(mmh3.hash, keys), np.int32, len(keys)).view(np.uint32)
+            hash_function = self._hash
+            return np.fromiter((hash_function(k) & MASK_32 for k in keys), np.uint32, len(keys))
+        except TypeError:
+            bad = next(key for key in keys if not isinstance(key, str | bytes))
+            raise key_type_error(bad) from None
+
+    # -- checks ------------------------------------------------------------------------
 
     def _check_new_node(self, node: str, weight: float) -> None:
         if not isinstance(node, str):
@@ -276,18 +452,77 @@ class ConsistentHashRing:
             raise DuplicateNodeError(
                 f"node {node!r} is already on the ring; remove_node() it first to re-add it"
             )
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, numbers.Real)  # int, float, Fraction, numpy numbers
-            or not math.isfinite(weight)
-            or weight <= 0
-        ):
-            raise InvalidWeightError(
-                f"weight of node {node!r} must be a finite number above 0, got {weight!r}"
-            )
+        self._check_weight(node, weight)
+
+    def _check_weight(self, node: str, weight: object) -> None:
+        check_weight(node, weight)
 
     def _sample_of_nodes(self, limit: int = 5) -> str:
         names = list(self._weights)
         shown = ", ".join(repr(name) for name in names[:limit])
         more = f" and {len(names) - limit} more" if len(names) > limit else ""
         return f"[{shown}{more}]" if names else "[] (the ring is empty)"
+
+
+# -- ketama ---------------------------------------------------------------------------
+
+KETAMA_LABELS = 40  # md5 digests per server of average weight: 40 x 4 = 160 points
+
+
+def ketama_hash(key: str | bytes) -> int:
+    """libketama's ketama_hashi(): the first 4 bytes of md5(key), little-endian."""
+    data = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(hashlib.md5(data).digest()[:4], "little")
+
+
+class KetamaRing(ConsistentHashRing):
+    """The ring as libketama (Last.fm, 2007) builds it, so it agrees with memcached clients.
+
+    What libketama does, and this class copies:
+    - a server named "10.0.1.1:11211" hashes the labels "10.0.1.1:11211-0",
+      "-1", ... with md5, and each 16-byte digest gives four points (its four
+      4-byte words, little-endian);
+    - a server of weight w (libketama: its memory) among n servers of total
+      weight W gets floorf(w/W * 40 * n) digests, computed in single
+      precision as its C code does: 40 digests (160 points) each when the
+      weights are equal, and 39 at some server counts (61 is the first),
+      where the float32 rounding falls just below 40;
+    - a key hashes to the first 4 bytes of md5(key), and belongs to the first
+      point at or after it, wrapping round to the first point.
+    Because every server's share depends on the total weight, a change of
+    membership re-counts every server's digests: with unequal weights, other
+    servers gain or lose a few points too (libketama rebuilds its continuum).
+    """
+
+    points_per_label = 4
+
+    def __init__(self, nodes: Iterable[str] | Mapping[str, int] = ()) -> None:
+        super().__init__(nodes, vnodes=KETAMA_LABELS, hash_function=ketama_hash)
+
+    def _label_counts(self, nodes: Iterable[str]) -> dict[str, int]:
+        """Every node's digest count, whichever `nodes` changed: each share
+        depends on the total weight and on the number of servers."""
+        total = np.float32(sum(self._weights.values()))
+        servers = len(self._weights)
+        counts = {}
+        for node, weight in self._weights.items():
+            share = np.float32(weight) / total  # C: (float)memory / (float)total
+            # C: floorf(pct * 40.0 * (float)numservers). The product is exact in
+            # double; passing it to floorf rounds it to float first.
+            counts[node] = int(np.floor(np.float32(float(share) * KETAMA_LABELS * servers)))
+        return counts
+
+    def _label_positions(self, node: str, indexes: range) -> list[int]:
+        positions = []
+        for k in indexes:
+            digest = hashlib.md5(f"{node}-{k}".encode()).digest()
+            positions += (int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4))
+        return positions
+
+    def _check_weight(self, node: str, weight: object) -> None:
+        check_weight(node, weight)
+        if not isinstance(weight, numbers.Integral):
+            raise InvalidWeightError(
+                f"ketama weights are whole numbers (libketama reads memory sizes), "
+                f"got {weight!r} for {node!r}"
+            )

@@ -1,8 +1,9 @@
 """The guided run: what moves when shards come and go, for the ring and its rivals.
 
 1. The brief's experiment: 1,000 shards, 10,000 keys, remove 50, add 50.
-2. The same change for modulo, jump, rendezvous and bounded-load hashing.
+2. The same change for modulo, jump, rendezvous, Maglev and bounded-load hashing.
 3. Balance: how far the busiest node sits above the mean, by virtual nodes.
+4. Maglev: balance and disruption by table size.
 
 Ends with a `Lesson:` line, or with `Lesson not shown:` and exit status 1 if
 the ring moved more than twice the theoretical share, modulo hashing moved
@@ -28,6 +29,7 @@ from strategies import (
     DEFAULT_BALANCE_FACTOR,
     BoundedLoadHashing,
     JumpHashing,
+    MaglevHashing,
     ModuloHashing,
     RendezvousHashing,
 )
@@ -36,6 +38,9 @@ SHARDS, KEYS, REMOVE, ADD = 1000, 10_000, 50, 50
 TRIALS = 3  # simulate_resharding.py runs more; three already show the spread
 BALANCE_NODES, BALANCE_KEYS = 100, 100_000
 BALANCE_VNODES = (1, 10, 100, 256)
+MAGLEV_NODES = 100
+MAGLEV_SIZES = (1_009, 4_099, 65_537)  # primes: about 10, 40 and 655 slots a node
+MAGLEV_LIMIT = 1.5  # at M = 65,537, needless moves may be at most 1.5x the necessary ones
 RING_LIMIT = 2.0  # the ring may move at most twice the theoretical share
 MODULO_FLOOR = 0.80  # modulo hashing must move at least this share to make the point
 PROGRESS_WIDTH = 60  # characters the updating progress line may take
@@ -73,31 +78,42 @@ def step_experiment(plot_dir: Path) -> experiment.Trial:
     return trials[0]
 
 
+def placements(strategy: Any, keys: list[str]) -> dict[str, str]:
+    return dict(zip(keys, strategy.get_nodes(keys), strict=True))
+
+
 def three_placements(
     strategy: Any, keys: list[str], leaving: list[str], joining: list[str]
 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """Where `keys` live before, after `leaving` left, and after `joining` joined."""
-    if isinstance(strategy, BoundedLoadHashing):
-        strategy.add_keys(keys)  # in one go: the cap is set once for all of them
-    before = experiment.place(strategy.get_node, keys)
+    before = placements(strategy, keys)  # bounded loads: all placed at once, one cap
     for shard in leaving:
         strategy.remove_node(shard)
-    middle = experiment.place(strategy.get_node, keys)
+    middle = placements(strategy, keys)
     for shard in joining:
         strategy.add_node(shard)
-    return before, middle, experiment.place(strategy.get_node, keys)
+    return before, middle, placements(strategy, keys)
 
 
-def renumbered_jump(
-    names: list[str], keys: list[str], leaving: list[str], joining: list[str]
+def rebuilt(
+    make: Callable[[list[str]], Any],
+    names: list[str],
+    keys: list[str],
+    leaving: list[str],
+    joining: list[str],
 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Jump hash told to drop shards from the middle: the survivors get renumbered."""
-    before = experiment.place(JumpHashing(names).get_node, keys)
-    survivors = JumpHashing([name for name in names if name not in set(leaving)])
-    middle = experiment.place(survivors.get_node, keys)
-    for shard in joining:
-        survivors.add_node(shard)
-    return before, middle, experiment.place(survivors.get_node, keys)
+    """The same three placements, each from a strategy built afresh from the node list.
+
+    Maglev is rebuilt from its node list on every change anyway (one build here
+    instead of one per shard); jump hash built from the survivors is what
+    removing shards from the middle of its list means: the rest are renumbered.
+    """
+    survivors = [name for name in names if name not in set(leaving)]
+    return (
+        placements(make(names), keys),
+        placements(make(survivors), keys),
+        placements(make(survivors + joining), keys),
+    )
 
 
 def movement(
@@ -133,9 +149,10 @@ def step_strategies(trial: experiment.Trial) -> dict[str, dict[str, float]]:
         ),
         (
             f"jump (the same {REMOVE}, renumbered)",
-            lambda: renumbered_jump(names, keys, removed, added),
+            lambda: rebuilt(JumpHashing, names, keys, removed, added),
         ),
         ("rendezvous", lambda: three_placements(RendezvousHashing(names), keys, removed, added)),
+        ("Maglev, M = 65,537", lambda: rebuilt(MaglevHashing, names, keys, removed, added)),
         (
             f"bounded loads, c={DEFAULT_BALANCE_FACTOR}",
             lambda: three_placements(BoundedLoadHashing(names), keys, removed, added),
@@ -186,7 +203,7 @@ def step_balance() -> dict[int, float]:
     for vnodes in BALANCE_VNODES:
         ring = ConsistentHashRing(names, vnodes=vnodes)
         ring_max[vnodes], ring_std = experiment.balance(
-            experiment.load_per_node(experiment.place(ring.get_node, keys), names)
+            experiment.load_per_node(placements(ring, keys), names)
         )
         bounded = BoundedLoadHashing(names, vnodes=vnodes)
         bounded.add_keys(keys)
@@ -213,11 +230,65 @@ def step_balance() -> dict[int, float]:
     for label, strategy in (
         ("jump hash", JumpHashing(names)),
         ("rendezvous", RendezvousHashing(names)),
+        ("Maglev, M = 65,537", MaglevHashing(names)),
     ):
-        loads = experiment.load_per_node(experiment.place(strategy.get_node, keys), names)
+        loads = experiment.load_per_node(placements(strategy, keys), names)
         top, spread = experiment.balance(loads)
         print(f"{label} (no virtual nodes): busiest/mean {top:.3f}, std/mean {spread:.3f}")
     return ring_max
+
+
+def step_maglev() -> dict[int, float]:
+    heading(
+        f"4. Maglev: {MAGLEV_NODES} nodes, {BALANCE_KEYS:,} keys, one node leaves; by table size M"
+    )
+    keys = experiment.make_keys(BALANCE_KEYS, random.Random(11))
+    names = [f"node-{i:03d}" for i in range(MAGLEV_NODES)]
+    leaving = names[42]
+    rows = []
+    needless_share: dict[int, float] = {}
+    for size in MAGLEV_SIZES:
+        progress(f"building a table of {size:,} slots ...")
+        started = time.perf_counter()
+        maglev = MaglevHashing(names, table_size=size)
+        built = time.perf_counter() - started
+        slots = maglev.slot_counts().values()
+        before = maglev.get_nodes(keys)
+        maglev.remove_node(leaving)
+        after = maglev.get_nodes(keys)
+        must = sum(node == leaving for node in before)
+        needless = sum(a != b and a != leaving for a, b in zip(before, after, strict=True))
+        needless_share[size] = needless / must
+        counts = Counter(before)
+        top, _ = experiment.balance([counts[name] for name in names])
+        rows.append(
+            [
+                f"{size:,}",
+                f"{min(slots)} - {max(slots)}",
+                f"{top:.3f}",
+                experiment.percent(must / len(keys)),
+                experiment.percent(needless / len(keys)),
+                f"{needless / must:.2f}x",
+                f"{built:.2f}",
+            ]
+        )
+    clear_progress()
+    header = [
+        "table size M",
+        "slots a node",
+        "busiest/mean",
+        "had to move",
+        "moved needlessly",
+        "needlessly / had to",
+        "s to build",
+    ]
+    print(experiment.format_table(header, rows))
+    print(
+        "Every node holds M/N slots give or take one. A node leaving frees its slots, and\n"
+        "refilling the table also hands some slots from one staying node to another: few\n"
+        "when M is ~100x the nodes, as the paper advises, more when the table is small."
+    )
+    return needless_share
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     trial = step_experiment(experiment.IMAGES if args.save_images else experiment.OUT)
     results = step_strategies(trial)
     ring_max = step_balance()
+    maglev = step_maglev()
 
     theory_out, _ = experiment.theoretical_shares(SHARDS, REMOVE, ADD)
     ring = results[f"ring, {DEFAULT_VNODES} vnodes"]
@@ -248,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     strays = ring["strays"] + results["rendezvous"]["strays"]
     if strays:
         problems.append(f"{strays} keys moved that consistent hashing says must stay")
+    if maglev[MAGLEV_SIZES[-1]] > MAGLEV_LIMIT:
+        problems.append(
+            f"Maglev (M = {MAGLEV_SIZES[-1]:,}) moved {maglev[MAGLEV_SIZES[-1]]:.2f}x as many "
+            f"keys needlessly as it had to (limit {MAGLEV_LIMIT}x)"
+        )
 
     print(f"\n(demo took {time.perf_counter() - started:.1f} s)")
     figures = (
@@ -256,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{experiment.percent(ring['addition'])} (theory {experiment.percent(theory_out)}; "
         f"modulo hashing: {experiment.percent(modulo['removal'])}); "
         f"{BALANCE_VNODES[-1]} virtual nodes keep the busiest node at "
-        f"{ring_max[BALANCE_VNODES[-1]]:.2f}x the mean (1 virtual node: {ring_max[1]:.2f}x)"
+        f"{ring_max[BALANCE_VNODES[-1]]:.2f}x the mean (1 virtual node: {ring_max[1]:.2f}x); "
+        f"Maglev moved {maglev[MAGLEV_SIZES[-1]]:.2f}x the necessary keys needlessly at "
+        f"M = {MAGLEV_SIZES[-1]:,} ({maglev[MAGLEV_SIZES[0]]:.2f}x at M = {MAGLEV_SIZES[0]:,})"
     )
     if problems:
         print(f"Lesson not shown: {'; '.join(problems)}: {figures}")
