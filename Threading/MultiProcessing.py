@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         "Run CPU-bound or I/O-bound tasks sequentially and in processes; compare wall times.",
         default_kind="cpu",
         workers_are="processes",
+        max_workers=compare_runs.MAX_PROCESSES,
     )
     return compare_runs.compare(
-        parser.parse_args(argv),
+        compare_runs.parse_checked(parser, argv),
         {
             "multiprocessing.Process + Queue": run_with_processes,
             "ProcessPoolExecutor": run_with_process_pool,

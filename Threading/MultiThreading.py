@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         "Run CPU-bound or I/O-bound tasks sequentially and in threads; compare wall times.",
         default_kind="io",
         workers_are="threads",
+        max_workers=compare_runs.MAX_THREADS,
     )
     return compare_runs.compare(
-        parser.parse_args(argv),
+        compare_runs.parse_checked(parser, argv),
         {"threading.Thread + Queue": run_with_threads, "ThreadPoolExecutor": run_with_thread_pool},
     )
 

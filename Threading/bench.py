@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workers",
-        type=command_line.comma_list(command_line.bounded_int(compare_runs.MAX_WORKERS)),
+        type=command_line.comma_list(command_line.bounded_int(compare_runs.MAX_PROCESSES)),
         default=DEFAULT_WORKERS,
         help="comma-separated worker counts (default: 1,2,4,8; the targets' counts, "
         "2 and 32, always run too)",

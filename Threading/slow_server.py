@@ -16,6 +16,7 @@ import multiprocessing
 import signal
 import socketserver
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 
@@ -25,6 +26,8 @@ from workloads import IO_DELAY
 SERVER_STARTUP_TIMEOUT = 10.0  # seconds the server process may take to start
 SERVER_BACKLOG = 128  # pending connections the server accepts at once (32 clients arrive together)
 MAX_REQUEST_BYTES = 64  # a request is one short line: the question's number
+MAX_CONNECTIONS = 256  # open at once; one more is closed at once instead of costing a thread
+IDLE_TIMEOUT = 30.0  # seconds a connection may stay silent before the server closes it
 
 
 class ServerStartError(RuntimeError):
@@ -34,7 +37,17 @@ class ServerStartError(RuntimeError):
 class _SlowHandler(socketserver.StreamRequestHandler):
     """One connection: for each line, wait the server's delay, answer the number squared."""
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # type: ignore[attr-defined]  # a silent client is dropped
+        super().setup()
+
     def handle(self) -> None:
+        try:
+            self.answer_each_line()
+        except OSError:  # the client left, reset the connection, or stayed silent too long
+            pass
+
+    def answer_each_line(self) -> None:
         while line := self.rfile.readline(MAX_REQUEST_BYTES):
             try:
                 if not line.endswith(b"\n"):  # longer than MAX_REQUEST_BYTES, or cut off
@@ -48,18 +61,41 @@ class _SlowHandler(socketserver.StreamRequestHandler):
 
 
 class _SlowTCPServer(socketserver.ThreadingTCPServer):
+    """A thread per connection, at most `max_connections` of them at once."""
+
     daemon_threads = True  # a stuck connection never keeps the server alive
     allow_reuse_address = True
     request_queue_size = SERVER_BACKLOG
 
-    def __init__(self, host: str, port: int, delay: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        delay: float,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         super().__init__((host, port), _SlowHandler)  # port 0: the OS picks a free port
         self.delay = delay
+        self.idle_timeout = idle_timeout
+        self._free_slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        if not self._free_slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: a flood of clients costs no more threads
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._free_slots.release()
 
 
-def _serve(host: str, delay: float, report_port: Connection) -> None:
+def _serve(host: str, limits: dict, report_port: Connection) -> None:
     """Child-process entry point: bind, tell the parent the port, serve until terminated."""
-    with _SlowTCPServer(host, 0, delay) as server:
+    with _SlowTCPServer(host, 0, **limits) as server:
         report_port.send(server.server_address[1])
         report_port.close()
         server.serve_forever()
@@ -75,8 +111,18 @@ class SlowServer:
     unsafe). Use it as a context manager; `address` is where it listens.
     """
 
-    def __init__(self, delay: float = IO_DELAY, host: str = "127.0.0.1") -> None:
-        self.delay = delay
+    def __init__(
+        self,
+        delay: float = IO_DELAY,
+        host: str = "127.0.0.1",
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self.limits = {
+            "delay": delay,
+            "idle_timeout": idle_timeout,
+            "max_connections": max_connections,
+        }
         self.host = host
         self.address: tuple[str, int] = (host, 0)
         self._process: multiprocessing.Process | None = None
@@ -84,7 +130,7 @@ class SlowServer:
     def __enter__(self) -> SlowServer:
         receive_port, send_port = multiprocessing.Pipe(duplex=False)
         self._process = multiprocessing.Process(
-            target=_serve, args=(self.host, self.delay, send_port), name="slow-server", daemon=True
+            target=_serve, args=(self.host, self.limits, send_port), name="slow-server", daemon=True
         )
         self._process.start()
         send_port.close()  # the child holds its own copy

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from conftest import ROOT, load_module, run_script
@@ -98,6 +99,32 @@ def test_slow_server_script_answers_many_questions_on_one_connection(start_serve
         sock.sendall(b"1" * 100 + b"\n")  # too long for one request: refused, not misread
         assert replies.readline().startswith(b"error")
     assert workloads.ask_slow_server((server.host, server.port), 7) == 49  # still serving
+
+
+def test_slow_server_closes_a_silent_connection_and_refuses_a_flood():
+    with server_module.SlowServer(delay=0, idle_timeout=0.2, max_connections=4) as server:
+        silent = socket.create_connection(server.address, timeout=10)
+        assert silent.recv(1) == b""  # closed by the server, not left holding a thread
+        silent.close()
+        held = [socket.create_connection(server.address, timeout=10) for _ in range(4)]
+        try:
+            held[0].sendall(b"5\n")  # each held connection has its thread and is served
+            assert held[0].recv(16) == b"25\n"
+            extra = socket.create_connection(server.address, timeout=10)
+            assert extra.recv(1) == b""  # over the limit: closed at once
+            extra.close()
+        finally:
+            for sock in held:
+                sock.close()
+        # Slots are given back when connections end: a new client is served again.
+        answered = False
+        for _ in range(50):
+            try:
+                answered = workloads.ask_slow_server(server.address, 6) == 36
+                break
+            except ConnectionError:  # a slot not yet freed: the server closed us
+                time.sleep(0.05)
+        assert answered
 
 
 def test_io_tasks_without_a_server_address_are_refused():
@@ -435,6 +462,8 @@ BAD_ARGUMENTS = [
     ("Threading/slow_server.py", "--port", "-1"),
     ("Threading/MultiThreading.py", "--delay", "inf"),
     ("Threading/bench.py", "--workers", "1,,2"),
+    ("Threading/MultiProcessing.py", "--workers", "65"),  # 65 interpreters: refused
+    ("Threading/MultiThreading.py", "--tasks", "10001"),
     ("Threading/convoy.py", "--trips", "0"),
     ("Threading/convoy.py", "--cpu-threads", "17"),
     ("Threading/convoy.py", "--cpu-threads", "-1"),
@@ -454,6 +483,25 @@ def test_bad_arguments_exit_2_with_a_message_not_a_traceback(script, option, val
     assert f"argument {option}" in result.stderr
     assert value in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("Threading/MultiThreading.py", ("--kind", "cpu", "--tasks", "5000")),  # ~5 min each
+        ("Threading/MultiProcessing.py", ("--kind", "io", "--tasks", "200", "--delay", "1")),
+    ],
+)
+def test_scripts_refuse_runs_that_would_take_many_minutes(script, args):
+    result = run_script(script, *args, timeout=30)
+    assert result.returncode == 2
+    assert "one after another" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_refuses_to_save_the_readme_pictures_from_a_quick_run():
+    result = run_script("Threading/demo.py", "--quick", "--save-images", timeout=30)
+    assert result.returncode == 2
+    assert "full runs" in result.stderr
 
 
 def test_multithreading_script_compares_three_ways_with_the_same_answers():
