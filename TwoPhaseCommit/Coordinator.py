@@ -543,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         log,
         participants,
         faults,
+        Messenger(faults.messages),
         vote_timeout=args.vote_timeout,
         retry_interval=args.retry_interval,
         retry_max=args.retry_max,

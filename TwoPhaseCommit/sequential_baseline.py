@@ -38,8 +38,9 @@ CALL_TIMEOUT = 2.0  # s for one call to a service, like the coordinator's vote t
 
 
 def create_app(participants: dict[str, str]) -> Flask:
-    messenger = Messenger()
-    app = new_app("sequential", None, messenger, Faults(()))
+    faults = Faults(())
+    messenger = Messenger(faults.messages)
+    app = new_app("sequential", None, messenger, faults)
 
     def apply(name: str, txid: str, order: dict) -> tuple[bool, str]:
         body = {"txid": txid, "order": order}

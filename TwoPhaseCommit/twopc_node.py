@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import re
 import signal
 import threading
@@ -35,6 +36,7 @@ ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,48}")  # chosen by the client, o
 TXID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # "<order_id>.<attempt>", or any id
 CRASH_EXIT_CODE = 75  # what an injected crash exits with, so a test can tell it from a bug
 MAX_DELAY_MS = 60_000  # longest injected delay: a minute is "very late", more is a typo
+REORDER_HOLD_MS = 300  # longest a reordered message is held back while later ones pass it
 MAX_SECONDS = 3600.0  # longest timeout, back-off or interval any flag accepts
 OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored: databases of runs by hand
 
@@ -148,6 +150,117 @@ class Unreachable(Exception):
     """The other process did not answer: refused, timed out, or replied with garbage."""
 
 
+class MessageFaults:
+    """Seeded faults on every message this process sends, and on the replies it waits for.
+
+    drop       probability that a request is lost, and, separately, that its reply is
+    duplicate  probability that a request arrives twice (the copy a little later)
+    delay_ms   every message leaves this much later
+    reorder    probability that a message is held back (up to REORDER_HOLD_MS) while
+               later ones overtake it
+    partition  {"peer": URL, "ms": n}: nothing reaches that peer or comes back from it
+               for n ms (set it on both ends to cut a link both ways; "ms": 0 heals it)
+    seed       the random sequence: the same seed, the same coin tosses in the same order
+    heal       true: every message fault off at once
+    """
+
+    PROBABILITIES = ("drop", "duplicate", "reorder")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the generator and the partitions
+        self.heal()
+
+    def heal(self) -> None:
+        self.drop = self.duplicate = self.reorder = 0.0
+        self.delay_ms = 0
+        self.seed = 0
+        self.random = random.Random(0)
+        self.partitions: dict[str, float] = {}  # peer URL -> time.monotonic() it heals
+
+    def as_dict(self) -> dict[str, Any]:
+        now = time.monotonic()
+        partitions = {peer: round((end - now) * 1000) for peer, end in self.partitions.items()}
+        return {
+            **{name: getattr(self, name) for name in self.PROBABILITIES},
+            "delay_ms": self.delay_ms,
+            "seed": self.seed,
+            "partitions_ms_left": {peer: ms for peer, ms in partitions.items() if ms > 0},
+        }
+
+    def update(self, changes: Any) -> None:
+        """Apply a JSON change; raise ValueError with a message for a bad one."""
+        if not isinstance(changes, dict):
+            raise ValueError("messages must be a JSON object")
+        known = {*self.PROBABILITIES, "delay_ms", "partition", "seed", "heal"}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown message fault {unknown[0]!r}: one of {sorted(known)}")
+        new = {}
+        for name in self.PROBABILITIES:
+            value = changes.get(name, getattr(self, name))
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"messages.{name} must be a probability 0..1")
+            new[name] = float(value)
+        delay_ms = milliseconds(changes, "delay_ms", self.delay_ms)
+        seed = changes.get("seed", self.seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError("messages.seed must be a whole number 0..2**32-1")
+        partition = changes.get("partition")
+        if partition is not None:
+            if not isinstance(partition, dict) or set(partition) != {"peer", "ms"}:
+                raise ValueError('messages.partition must be {"peer": URL, "ms": n}')
+            peer = partition["peer"]
+            if not isinstance(peer, str) or not peer.startswith("http") or len(peer) > MAX_TEXT:
+                raise ValueError("messages.partition.peer must be an http:// URL")
+            ms = milliseconds(partition, "ms", 0)
+        heal = changes.get("heal", False)
+        if not isinstance(heal, bool):
+            raise ValueError("messages.heal must be true or false")
+        with self._lock:
+            if heal:
+                self.heal()
+                return
+            for name, value in new.items():
+                setattr(self, name, value)
+            self.delay_ms = delay_ms
+            if "seed" in changes:
+                self.seed, self.random = seed, random.Random(seed)
+            if partition is not None:
+                self.partitions[peer.rstrip("/")] = time.monotonic() + ms / 1000
+
+    def roll(self, fault: str) -> bool:
+        """One toss of the seeded coin for `fault` (drop, duplicate, reorder)."""
+        probability = getattr(self, fault)
+        if not probability:
+            return False
+        with self._lock:
+            return self.random.random() < probability
+
+    def hold_seconds(self) -> float:
+        with self._lock:
+            return self.random.uniform(0, REORDER_HOLD_MS / 1000)
+
+    def partitioned(self, url: str) -> bool:
+        with self._lock:
+            return any(
+                url.startswith(peer) and time.monotonic() < end
+                for peer, end in self.partitions.items()
+            )
+
+    def on_the_way(self, method: str, url: str) -> None:
+        """What happens to a request before it arrives: raise Unreachable if it never does."""
+        if self.partitioned(url):
+            raise Unreachable(f"{method} {url}: partitioned (injected)")
+        if self.roll("drop"):
+            raise Unreachable(f"{method} {url}: the request was lost (injected)")
+        wait = self.delay_ms / 1000 + (self.hold_seconds() if self.roll("reorder") else 0.0)
+        if wait:
+            time.sleep(wait)
+
+    def reply_lost(self, url: str) -> bool:
+        return self.partitioned(url) or self.roll("drop")
+
+
 class Messenger:
     """Sends protocol messages as HTTP requests and counts them.
 
@@ -159,10 +272,11 @@ class Messenger:
     not a TCP handshake, even from a short-lived request thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, faults: MessageFaults | None = None) -> None:
         self._idle: list[requests.Session] = []  # list.pop/append are atomic
         self._lock = threading.Lock()
         self.messages = 0
+        self.faults = faults or MessageFaults()
         self._background = ThreadPoolExecutor(16, thread_name_prefix="notify")
 
     def call(
@@ -188,6 +302,23 @@ class Messenger:
             self.messages += messages
 
     def _send(self, method: str, url: str, timeout: float, body: dict | None) -> tuple[int, dict]:
+        self.faults.on_the_way(method, url)  # lost, partitioned, late or overtaken
+        if self.faults.roll("duplicate"):
+            self._background.submit(self._send_copy, method, url, timeout, body)
+        result = self._http(method, url, timeout, body)
+        if self.faults.reply_lost(url):
+            raise Unreachable(f"{method} {url}: the reply was lost (injected)")
+        return result
+
+    def _send_copy(self, method: str, url: str, timeout: float, body: dict | None) -> None:
+        """The duplicate of a message: it arrives a little later, and nobody reads its reply."""
+        time.sleep(self.faults.hold_seconds())
+        try:
+            self._http(method, url, timeout, body)
+        except Unreachable:
+            pass
+
+    def _http(self, method: str, url: str, timeout: float, body: dict | None) -> tuple[int, dict]:
         try:
             session = self._idle.pop()
         except IndexError:
@@ -213,6 +344,7 @@ class Faults:
     vote_no   a participant refuses every prepare
     delay_ms  a participant waits this long before it handles a prepare
     slow_fsync_ms  the coordinator's disk takes this long to force a group of commits
+    messages  faults on the messages this process sends (MessageFaults), in every process
     """
 
     def __init__(
@@ -222,13 +354,16 @@ class Faults:
         self.crash_at = crash_at
         # A participant passes vote_no and delay_ms; the coordinator only crashes,
         # so it refuses the faults it would silently ignore.
-        self.kinds = ("crash_at", *faults)
+        self.kinds = ("crash_at", *faults, "messages")
+        self.messages = MessageFaults()
         self.vote_no = bool(faults.get("vote_no", False))
         self.delay_ms = int(faults.get("delay_ms", 0))
         self.slow_fsync_ms = int(faults.get("slow_fsync_ms", 0))
 
     def as_dict(self) -> dict[str, Any]:
-        return {kind: getattr(self, kind) for kind in self.kinds}
+        return {kind: getattr(self, kind) for kind in self.kinds if kind != "messages"} | {
+            "messages": self.messages.as_dict()
+        }
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a JSON change; raise ValueError with a message for a bad one."""
@@ -245,6 +380,8 @@ class Faults:
             raise ValueError("vote_no must be true or false")
         delay_ms = milliseconds(changes, "delay_ms", self.delay_ms)
         slow_fsync_ms = milliseconds(changes, "slow_fsync_ms", self.slow_fsync_ms)
+        if "messages" in changes:
+            self.messages.update(changes["messages"])
         self.crash_at, self.vote_no = crash_at, vote_no
         self.delay_ms, self.slow_fsync_ms = delay_ms, slow_fsync_ms
 

@@ -490,7 +490,7 @@ def serve(
         return 1
     faults = Faults(CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms)
     participant = Participant(
-        resource, store, faults, Messenger(), args.in_doubt_after, args.ask_max
+        resource, store, faults, Messenger(faults.messages), args.in_doubt_after, args.ask_max
     )
     run(participant, create_service_app(participant), args.host, args.port)
     return 0
