@@ -113,59 +113,27 @@ def bench_convoy() -> dict[float, list[convoy.Convoy]]:
         f"Convoy: {CONVOY_TRIPS} round trips per row to a server that answers in "
         f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads counting primes"
     )
-    convoy.print_header("  ")
-    rows: dict[float, list[convoy.Convoy]] = {}
-    with SlowServer(convoy.SERVER_DELAY) as server:
-        for interval in CONVOY_INTERVALS:
-            rows[interval] = []
-            for cpu_threads in CONVOY_CPU_THREADS:
-                progress(f"convoy: {cpu_threads} threads, {interval * 1000:g} ms")
-                rows[interval].append(
-                    convoy.measure(server.address, cpu_threads, CONVOY_TRIPS, interval)
-                )
-                convoy.print_row(rows[interval][-1], rows[interval][0], "  ")
+    progress("convoy")
+    rows = convoy.run_table(CONVOY_CPU_THREADS, CONVOY_INTERVALS, CONVOY_TRIPS, indent="  ")
     progress("")
     print()
     return rows
 
 
 def bench_payload(repeats: int) -> list[payload_sweep.SizeRun]:
-    """Every size measured once per repeat, interleaved; each runner's median per size."""
-    sizes = payload_sweep.DEFAULT_SIZES
-    seconds: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
-    with payload_sweep.started_pools() as pools:
-        for repeat in range(1, repeats + 1):
-            for size in sizes:
-                progress(f"payload: run {repeat} of {repeats}, {payload_sweep.size_label(size)}")
-                for name, took in payload_sweep.measure(size, pools).seconds.items():
-                    seconds[size].setdefault(name, []).append(took)
-    progress("")
-    runs = [
-        payload_sweep.SizeRun(size, {n: statistics.median(t) for n, t in seconds[size].items()})
-        for size in sizes
-    ]
     print(
         f"Payload: {payload_sweep.TASKS} tasks of ~40 ms of computing on "
         f"{payload_sweep.WORKERS} workers, a block of data each; median of {repeats} runs"
     )
-    payload_sweep.print_header("  ")
-    for run in runs:
-        payload_sweep.print_row(run, "  ")
+    runs = payload_sweep.run_table(payload_sweep.DEFAULT_SIZES, repeats, "  ", progress)
     print()
     return runs
 
 
 def bench_race() -> None:
     print(f"Lost update: {RACE_THREADS} threads, {RACE_RUNS} runs of each unlocked race")
-    race.print_spread_header("  ")
-    for between, deposits in RACE_DEPOSITS.items():
-        for name, kind, runs in (
-            ("no lock", race.Account, RACE_RUNS),
-            ("with Lock", race.LockedAccount, LOCKED_RUNS),
-        ):
-            progress(f"race: {between}, {name}")
-            spread = race.Spread.of(race.race_runs(kind, between, RACE_THREADS, deposits, runs))
-            race.print_spread(between, name, RACE_THREADS * deposits, spread, "  ")
+    progress("race")
+    race.run_table(RACE_DEPOSITS, RACE_THREADS, RACE_RUNS, LOCKED_RUNS, "  ")
     progress("")
     print()
 

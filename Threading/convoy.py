@@ -137,6 +137,26 @@ def print_row(row: Convoy, alone: Convoy, indent: str = "") -> None:
     )
 
 
+def run_table(
+    cpu_threads: tuple[int, ...],
+    intervals: tuple[float, ...],
+    trips: int,
+    budget: float = TIME_BUDGET,
+    indent: str = "",
+) -> dict[float, list[Convoy]]:
+    """Measure and print one row per interval and thread count; 0 threads always comes first,
+    as the baseline each row is compared with. Starts and stops its own server."""
+    print_header(indent)
+    rows: dict[float, list[Convoy]] = {}
+    with SlowServer(SERVER_DELAY) as server:
+        for interval in intervals:
+            rows[interval] = []
+            for count in sorted({0, *cpu_threads}):
+                rows[interval].append(measure(server.address, count, trips, interval, budget))
+                print_row(rows[interval][-1], rows[interval][0], indent)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Time round trips to a local server that answers in 1 ms, alone and "
@@ -166,17 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Round trips to a server that answers in {SERVER_DELAY * 1000:g} ms, beside threads "
         "counting primes (median and 90th percentile)"
     )
-    print_header()
     try:
-        with SlowServer(SERVER_DELAY) as server:
-            for interval in sorted(args.switch_intervals, reverse=True):
-                rows = [
-                    measure(server.address, n, args.trips, interval)
-                    for n in sorted({0, *args.cpu_threads})
-                ]
-                for row in rows:
-                    if row.cpu_threads in args.cpu_threads:
-                        print_row(row, rows[0])
+        run_table(args.cpu_threads, tuple(sorted(args.switch_intervals, reverse=True)), args.trips)
     except KeyboardInterrupt:
         print("Interrupted.")
         return 130

@@ -228,18 +228,9 @@ def step_convoy(plan: Plan) -> dict[float, list[convoy.Convoy]]:
         f"\nStep 4: the convoy effect: round trips to a server that answers in "
         f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads that compute"
     )
-    convoy.print_header("  ")
-    rows: dict[float, list[convoy.Convoy]] = {}
-    with SlowServer(convoy.SERVER_DELAY) as server:
-        for interval in CONVOY_INTERVALS:
-            rows[interval] = []
-            for cpu_threads in CONVOY_CPU_THREADS:
-                row = convoy.measure(
-                    server.address, cpu_threads, plan.convoy_trips, interval, CONVOY_BUDGET
-                )
-                rows[interval].append(row)
-                convoy.print_row(row, rows[interval][0], "  ")
-    return rows
+    return convoy.run_table(
+        CONVOY_CPU_THREADS, CONVOY_INTERVALS, plan.convoy_trips, CONVOY_BUDGET, indent="  "
+    )
 
 
 def step_payload(plan: Plan) -> list[payload_sweep.SizeRun]:
@@ -248,13 +239,7 @@ def step_payload(plan: Plan) -> list[payload_sweep.SizeRun]:
         f"\nStep 5: the price of sending data to processes: {payload_sweep.TASKS} tasks of "
         f"~40 ms of computing, on {payload_sweep.WORKERS} workers, with a block of data each"
     )
-    payload_sweep.print_header("  ")
-    runs = []
-    with payload_sweep.started_pools() as pools:
-        for size in plan.payload_sizes:
-            runs.append(payload_sweep.measure(size, pools))
-            payload_sweep.print_row(runs[-1], "  ")
-    return runs
+    return payload_sweep.run_table(plan.payload_sizes, indent="  ")
 
 
 def step_race(plan: Plan) -> dict[tuple[str, str], list[race.RaceResult]]:
@@ -263,17 +248,8 @@ def step_race(plan: Plan) -> dict[tuple[str, str], list[race.RaceResult]]:
         f"\nStep 6: Break it: the lost update ({RACE_THREADS} threads; {plan.race_runs} runs "
         f"of each unlocked race, {plan.locked_runs} of each locked one)"
     )
-    race.print_spread_header("  ")
-    races = {}
-    for between, deposits in (("sleep", plan.lockstep_deposits), ("call", plan.call_deposits)):
-        for name, kind, runs in (
-            ("no lock", race.Account, plan.race_runs),
-            ("with Lock", race.LockedAccount, plan.locked_runs),
-        ):
-            results = race.race_runs(kind, between, RACE_THREADS, deposits, runs)
-            race.print_spread(between, name, RACE_THREADS * deposits, race.Spread.of(results), "  ")
-            races[(between, name)] = results
-    return races
+    deposits = {"sleep": plan.lockstep_deposits, "call": plan.call_deposits}
+    return race.run_table(deposits, RACE_THREADS, plan.race_runs, plan.locked_runs, "  ")
 
 
 def plot_lessons(

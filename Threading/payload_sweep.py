@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ PATTERN = bytes(range(251))  # a prime length, so the byte read from each page v
 KB, MB = 1024, 1024 * 1024
 DEFAULT_SIZES = (KB, 64 * KB, MB, 8 * MB, 16 * MB, 32 * MB, 64 * MB)
 MAX_SIZE = 256 * MB  # per task; a pool may hold a few pickled copies at once
+MAX_REPEATS = 20
 UNITS = {"B": 1, "KB": KB, "MB": MB}
 
 
@@ -177,6 +179,34 @@ def print_row(run: SizeRun, indent: str = "") -> None:
     print(f"{indent}{size_label(run.size):>9}{cells}{run.ratio('threads', 'processes'):>21.2f}x")
 
 
+def run_table(
+    sizes: tuple[int, ...],
+    repeats: int = 1,
+    indent: str = "",
+    progress: Callable[[str], None] = lambda text: None,
+) -> list[SizeRun]:
+    """Measure every size `repeats` times and print a row per size with the median times.
+
+    The repeats are interleaved (every size once, then again), so a burst of load
+    elsewhere hits all sizes alike; each row is printed as its last repeat ends.
+    """
+    print_header(indent)
+    seconds: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
+    runs = []
+    with started_pools() as pools:
+        for repeat in range(1, repeats + 1):
+            for size in sizes:
+                progress(f"payload: run {repeat} of {repeats}, {size_label(size)}")
+                for name, took in measure(size, pools).seconds.items():
+                    seconds[size].setdefault(name, []).append(took)
+                if repeat == repeats:
+                    medians = {name: statistics.median(t) for name, t in seconds[size].items()}
+                    runs.append(SizeRun(size, medians))
+                    print_row(runs[-1], indent)
+    progress("")
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=f"Run {TASKS} tasks of the same computing, each with a block of data of "
@@ -190,16 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated sizes per task, e.g. 1KB,1MB,64MB "
         "(default: 1KB,64KB,1MB,8MB,16MB,32MB,64MB; at most 256MB)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=command_line.bounded_int(MAX_REPEATS),
+        default=1,
+        help=f"runs of every size; the table shows medians (default: 1, at most {MAX_REPEATS})",
+    )
     args = parser.parse_args(argv)
     print(
         f"{TASKS} tasks of ~40 ms of computing each, on {WORKERS} workers (pools started "
-        "beforehand); seconds per run"
+        f"beforehand); seconds per run, median of {args.repeats}"
     )
-    print_header()
     try:
-        with started_pools() as pools:
-            for size in args.sizes:
-                print_row(measure(size, pools))
+        run_table(args.sizes, args.repeats)
     except WrongAnswers as wrong:
         print(f"FAILED: {wrong}")
         return 1

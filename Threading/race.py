@@ -193,6 +193,23 @@ def print_spread(
     )
 
 
+def run_table(
+    deposits: dict[str, int], threads: int, runs: int, locked_runs: int, indent: str = ""
+) -> dict[tuple[str, str], list[RaceResult]]:
+    """For each pause in `deposits` (its deposits per thread and run): the unlocked race
+    `runs` times, the locked one `locked_runs` times; a row printed for each."""
+    print_spread_header(indent)
+    races = {}
+    for between, each in deposits.items():
+        for name, kind, count in (
+            ("no lock", Account, runs),
+            ("with Lock", LockedAccount, locked_runs),
+        ):
+            races[(between, name)] = race_runs(kind, between, threads, each, count)
+            print_spread(between, name, threads * each, Spread.of(races[(between, name)]), indent)
+    return races
+
+
 def between_list(text: str) -> tuple[str, ...]:
     """An argparse type: comma-separated names from BETWEEN, in the order given."""
     names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
@@ -250,25 +267,23 @@ def main(argv: list[str] | None = None) -> int:
     threads = f"{args.threads} thread" + "s" * (args.threads != 1)
     verb = "deposits" if args.threads == 1 else "deposit"
     print(f"{threads} {verb} 1 at a time into one account; {args.runs} runs of each race")
-    print_spread_header()
-    failures = []
+    deposits = {between: args.deposits or DEFAULT_DEPOSITS[between] for between in args.between}
     try:
-        for between in args.between:
-            deposits = args.deposits or DEFAULT_DEPOSITS[between]
-            for name, kind in (("no lock", Account), ("with Lock", LockedAccount)):
-                spread = Spread.of(race_runs(kind, between, args.threads, deposits, args.runs))
-                print_spread(between, name, args.threads * deposits, spread)
-                if kind is LockedAccount and spread.runs_with_loss:
-                    failures.append(f"the locked account lost deposits ({between} between)")
-                if kind is Account and between == "sleep" and args.threads > 1:
-                    if spread.runs_with_loss < spread.runs:  # the lockstep race always loses
-                        failures.append("the lockstep race lost nothing in some runs")
+        races = run_table(deposits, args.threads, args.runs, args.runs)
     except TimeoutError as slow:
         print(f"Stopped: {slow}; the machine is busy or the run too big: try fewer --deposits")
         return 1
     except KeyboardInterrupt:
         print("Interrupted.")
         return 130
+    failures = [
+        f"the locked account lost deposits ({between} between)"
+        for (between, name), results in races.items()
+        if name == "with Lock" and any(result.lost for result in results)
+    ]
+    lockstep = races.get(("sleep", "no lock"), [])
+    if args.threads > 1 and not all(result.lost for result in lockstep):
+        failures.append("the lockstep race lost nothing in some runs")
     if args.threads == 1:
         print("One thread cannot race with itself: nothing can be lost. Try --threads 2.")
     if "nothing" in args.between:
