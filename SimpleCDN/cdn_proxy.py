@@ -307,14 +307,14 @@ class Edge:
                     return
                 self.cache.invalidate(plan.target)  # a 304 about another copy: ask for it all
                 stored = None
+            self.receive(fill, plan, exchange, request_time, response_time)
         except OriginError as exc:
             fill.fail(exc)
-            return
         except Exception as exc:  # a bug must cost this fetch, never the edge
             traceback.print_exc()
             fill.fail(OriginError(f"internal error in the edge: {exc}"))
-            return
-        self.receive(fill, plan, exchange, request_time, response_time)
+            if fill.source is not None:
+                fill.source.abort()
 
     def receive(
         self,

@@ -149,6 +149,7 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: HttpError | None = None  # to answer once the queue is empty, then close
         self.closing = False  # closed or closing: nothing more is written
         self.deaf = False  # refused something: nothing more is read
+        self.hang_up_when_answered = False
         self.reading_paused = False
         # The one deadline this connection has at any moment (idle, header,
         # body or linger), in loop time, and what happens when it passes.
@@ -203,6 +204,13 @@ class ClientConnection(asyncio.Protocol):
                 if self.head_bytes > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
                     raise HttpError(431, "request header fields too large")
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # CONNECT, or `Connection: upgrade`: the request is answered as
+            # plain HTTP (the edge does not switch protocols), and whatever
+            # the client sends after it cannot be read as HTTP: hang up then.
+            self.deaf = self.hang_up_when_answered = True
+            if not self.busy and not self.queue:
+                self.hang_up()
         except httptools.HttpParserCallbackError as exc:
             context = exc.__context__
             self.refuse(context if isinstance(context, HttpError) else HttpError(400, str(exc)))
@@ -356,6 +364,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.refusal is not None:  # the requests before it are answered: now refuse
             self.send_refusal()
+            return
+        if self.hang_up_when_answered:
+            self.hang_up()
             return
         if self.deaf:
             return  # lingering after a refusal
