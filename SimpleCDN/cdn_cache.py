@@ -16,9 +16,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cdn_freshness import Directives, current_age
-from cdn_http import Headers, get_all, get_combined, split_list
+from cdn_http import Headers, get_all, get_combined, serialize_head, split_list
 
 # How many recent invalidations to remember, so that a response fetched
 # before a URL changed is not stored after it changed (see HttpCache.store).
@@ -83,6 +84,11 @@ class CacheEntry:
         header_bytes = sum(len(k) + len(v) + 4 for k, v in self.headers)
         object.__setattr__(self, "size", len(self.body) + header_bytes + ENTRY_OVERHEAD_BYTES)
 
+    @cached_property
+    def wire_head(self) -> bytes:
+        """The status line and stored fields as sent, made once: every hit reuses them."""
+        return serialize_head(f"HTTP/1.1 {self.status} {self.reason}", self.headers)[:-2]
+
     def age(self, now: float) -> float:
         return current_age(self.initial_age, self.response_time, now)
 
@@ -126,14 +132,19 @@ class HttpCache:
     def select(self, key: str, request_headers: Headers) -> CacheEntry | None:
         """The newest stored response for `key` whose variant matches this request."""
         with self._lock:
+            variants = self._variants.get(key)
+            if not variants:
+                return None
             candidates = [
                 self._entries[(key, variant)]
-                for variant in self._variants.get(key, ())
-                if self._entries[(key, variant)].matches(request_headers)
+                for variant in variants
+                if not variant or self._entries[(key, variant)].matches(request_headers)
             ]
             if not candidates:
                 return None
-            newest = max(candidates, key=lambda entry: entry.response_time)
+            newest = candidates[0]
+            if len(candidates) > 1:
+                newest = max(candidates, key=lambda entry: entry.response_time)
             self._entries.move_to_end((key, newest.variant))
             return newest
 

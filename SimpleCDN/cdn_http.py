@@ -177,5 +177,10 @@ def serialize_head(start_line: str, headers: Headers) -> bytes:
     Every value here was parsed by httptools (which refuses CR, LF and NUL
     in a field) or made by the edge, so none can split a message in two.
     """
-    lines = [start_line] + [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
+    return start_line.encode("latin-1") + b"\r\n" + serialize_fields(headers) + b"\r\n"
+
+
+def serialize_fields(headers: Headers) -> bytes:
+    """`Name: value` lines, each ending in CRLF."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return lines.encode("latin-1", errors="replace")

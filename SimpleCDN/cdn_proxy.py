@@ -97,6 +97,9 @@ class Answer:
     length: int | None = None  # the streamed body's length, when known
     label: str = ""  # X-Cache: HIT, MISS, REVALIDATED or STALE; "" for the edge's own pages
     send_body: bool = True  # False for the answer to a HEAD
+    # A stored response's status line and fields, already serialized (it has
+    # its Date); `headers` then holds only what this answer adds (Age...).
+    stored_head: bytes = b""
 
 
 @dataclass
@@ -168,13 +171,14 @@ class Edge:
             headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
             body = json.dumps(self.snapshot(), indent=2).encode()
             return self.finish(request, Answer(200, "OK", headers, body))
-        plan = Plan(route.action, route.target, request, request_cc, client_address, send_interim)
         if "only-if-cached" in request_cc and route.action == "pass":
             return self.finish(request, self.not_in_cache())
         if route.action != "lookup":
-            return plan
+            return Plan(
+                route.action, route.target, request, request_cc, client_address, send_interim
+            )
         now = self.clock()
-        entry = self.cache.select(plan.target, request.headers)
+        entry = self.cache.select(route.target, request.headers)
         if entry is not None:
             age = entry.age(now)
             verdict = policy.assess(age, entry.lifetime, entry.directives, request_cc)
@@ -183,18 +187,18 @@ class Edge:
             if verdict == policy.STALE_ALLOWED:
                 return self.finish(request, self.from_entry(entry, request, "STALE"))
             if verdict == policy.STALE_WHILE_REVALIDATE:
-                self.refresh_in_background(plan, entry)
+                self.refresh_in_background(route.target, request, client_address, entry)
                 return self.finish(request, self.from_entry(entry, request, "STALE"))
-            being_refreshed = self.flight_key(plan.target, request.headers) in self.flights
+            being_refreshed = self.flight_key(route.target, request.headers) in self.flights
             if being_refreshed and policy.stale_if_error_allows(
                 entry.staleness(now), entry.directives, request_cc
             ):  # serve stale while updating: one request asks, the others need not wait
                 return self.finish(request, self.from_entry(entry, request, "STALE"))
         if "only-if-cached" in request_cc:
             return self.finish(request, self.not_in_cache())
+        action = "head" if request.method == "HEAD" else "lookup"
+        plan = Plan(action, route.target, request, request_cc, client_address, send_interim)
         plan.stored = entry
-        if request.method == "HEAD":
-            plan.action = "head"
         return plan
 
     async def carry_out(self, plan: Plan) -> Answer:
@@ -212,7 +216,7 @@ class Edge:
 
     def finish(self, request: Request, answer: Answer) -> Answer:
         """Add what every answer carries (Date; Via and X-Cache on proxied ones) and count it."""
-        if not get_all(answer.headers, "date"):
+        if not answer.stored_head and not get_all(answer.headers, "date"):
             answer.headers.append(("Date", format_http_date(self.clock())))
         label = answer.label
         if label:
@@ -267,11 +271,13 @@ class Edge:
         task.add_done_callback(lambda _: None)  # its failures go to the fill's readers
         return fill
 
-    def refresh_in_background(self, plan: Plan, stored: CacheEntry) -> None:
+    def refresh_in_background(
+        self, target: str, request: Request, client_address: str, stored: CacheEntry
+    ) -> None:
         """stale-while-revalidate: one refresh per object, nobody waits for it."""
-        key = self.flight_key(plan.target, plan.request.headers)
+        key = self.flight_key(target, request.headers)
         if key not in self.flights:
-            background = Plan("lookup", plan.target, plan.request, {}, plan.client_address)
+            background = Plan("lookup", target, request, {}, client_address)
             background.stored = stored
             self.start_fill(background, key)
 
@@ -575,6 +581,15 @@ class Edge:
         if request.method == "HEAD":
             headers.append(("Content-Length", str(len(entry.body))))
             return Answer(entry.status, entry.reason, headers, label=label)
+        if not (ok and request.has("range")):  # the common case: the stored head as it is
+            return Answer(
+                entry.status,
+                entry.reason,
+                [("Age", str(int(age)))],
+                entry.body,
+                label=label,
+                stored_head=entry.wire_head,
+            )
         answer = Answer(entry.status, entry.reason, headers, entry.body, label=label)
         if ok and request.has("range"):
             span = policy.byte_range(request.header("range"), len(entry.body))

@@ -44,6 +44,7 @@ from cdn_http import (
     Request,
     end_to_end,
     get_all,
+    serialize_fields,
     serialize_head,
 )
 from cdn_proxy import (
@@ -303,7 +304,9 @@ class ClientConnection(asyncio.Protocol):
 
     def extension_method_ahead(self, data: bytes) -> bool:
         """Does the next request use a method the fast parser does not know?"""
-        method = data.lstrip(b"\r\n").split(b" ", 1)[0]
+        if data[:1] in b"\r\n":
+            data = data.lstrip(b"\r\n")
+        method = data[: data.find(b" ", 0, 32)]
         return bool(method) and method not in FAST_PARSER_METHODS and method.isalpha()
 
     def read_slowly(self, data: bytes) -> None:
@@ -346,7 +349,8 @@ class ClientConnection(asyncio.Protocol):
         while self.queue and not self.busy and not self.closing:
             request = self.queue.popleft()
             try:
-                decided = self.edge.decide(request, self.client_address, self.interim(request))
+                interim = self.send_interim if request.version >= (1, 1) else None
+                decided = self.edge.decide(request, self.client_address, interim)
             except Exception:  # a bug must cost one request, not the edge
                 traceback.print_exc()
                 decided = error_answer(500, "internal error in the edge")
@@ -404,6 +408,8 @@ class ClientConnection(asyncio.Protocol):
                 headers = headers + [("Content-Length", str(length))]
         if close:
             headers = headers + [("Connection", "close")]
+        if answer.stored_head:
+            return answer.stored_head + serialize_fields(headers) + b"\r\n", close
         return serialize_head(f"HTTP/1.1 {answer.status} {answer.reason}", headers), close
 
     def write_at_once(self, request: Request, answer: Answer) -> None:
@@ -463,17 +469,11 @@ class ClientConnection(asyncio.Protocol):
             self.stalled()
             raise ClientGone() from None
 
-    def interim(self, request: Request):
+    def send_interim(self, status: int, reason: str, headers: Headers) -> None:
         """Relays the origin's 1xx (e.g. 103 Early Hints) to an HTTP/1.1 client."""
-        if request.version < (1, 1):
-            return None  # HTTP/1.0 clients do not understand interim responses
-
-        def send_interim(status: int, reason: str, headers: Headers) -> None:
-            if self.transport is not None:
-                line = f"HTTP/1.1 {status} {reason}"
-                self.transport.write(serialize_head(line, end_to_end(headers)))
-
-        return send_interim
+        if self.transport is not None:
+            line = f"HTTP/1.1 {status} {reason}"
+            self.transport.write(serialize_head(line, end_to_end(headers)))
 
     # --- refusing and hanging up -----------------------------------------------------
 
