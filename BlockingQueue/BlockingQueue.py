@@ -18,6 +18,7 @@ import queue
 import threading
 import types
 from collections import deque
+from collections.abc import Iterable
 from queue import Empty, Full
 from threading import TIMEOUT_MAX
 from time import monotonic
@@ -160,6 +161,55 @@ class BlockingQueue:
             raise
         self.putters_waiting -= 1
 
+    def put_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
+        """Add `items` at the back, in order, and return how many were added.
+
+        Takes the mutex once per chunk instead of once per item: everything at
+        once if it fits (always, on an unbounded queue); otherwise as many as
+        there is room for, then it waits while the queue is full and adds the
+        next chunk, so a batch larger than maxsize flows through as consumers
+        make room. The batch keeps its order; another putter's items may land
+        between two chunks. Wakes one sleeping getter per item added.
+
+        Returns fewer than len(items) (the first n went in, the rest did not)
+        when the queue filled with `block=False`, when `timeout` (one deadline
+        for the whole call) ran out, or when the queue was shut down part-way.
+        Raises instead, as put() would, if not even the first item went in:
+        `Full`, or `ShutDown`. `ValueError` for a negative or NaN timeout on a
+        bounded queue. `items` is read into a list before the lock is taken,
+        so a generator's code never runs while the queue is locked.
+        """
+        items = list(items)
+        with self.mutex:
+            if self.is_shutdown:
+                raise ShutDown
+            deadline = None
+            if self.maxsize > 0 and block and timeout is not None:
+                if not timeout >= 0:  # as in put()
+                    raise ValueError(NEGATIVE_TIMEOUT)
+                deadline = monotonic() + timeout
+            added = 0
+            while added < len(items):
+                room = self.maxsize - len(self.queue) if self.maxsize > 0 else len(items)
+                if room <= 0:
+                    try:
+                        if not block:
+                            raise Full
+                        self._wait_for_room(deadline)
+                    except (Full, ShutDown):
+                        if added:
+                            return added  # the caller learns which items went in
+                        raise
+                    continue
+                chunk = items[added : added + room]
+                self.queue.extend(chunk)
+                added += len(chunk)
+                self.unfinished_tasks += len(chunk)
+                self._wake_getters(len(chunk))
+            return added
+
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the item at the front of the queue.
 
@@ -173,23 +223,49 @@ class BlockingQueue:
         `inf`, or too long for the lock to wait, waits like None.
         """
         with self.mutex:
-            if self.is_shutdown and not self.queue:
-                raise ShutDown
-            if not block:
-                if not self.queue:
-                    raise Empty
-            elif timeout is None:
-                if not self.queue:
-                    self._wait_for_item()
-            elif not timeout >= 0:  # as in put()
-                raise ValueError(NEGATIVE_TIMEOUT)
-            elif not self.queue:
-                self._wait_for_item(monotonic() + timeout)
+            self._until_an_item(block, timeout)
             item = self.queue.popleft()
             if self.putters_waiting > self.putters_woken:  # a putter sleeps, nobody woke it
                 self.putters_woken += 1
                 self.not_full.notify()  # one free slot: wake one putter, not all
             return item
+
+    def _until_an_item(self, block: bool, timeout: float | None) -> None:
+        """Return once an item is queued (mutex held), waiting as get() describes, or raise."""
+        if self.is_shutdown and not self.queue:
+            raise ShutDown
+        if not block:
+            if not self.queue:
+                raise Empty
+        elif timeout is None:
+            if not self.queue:
+                self._wait_for_item()
+        elif not timeout >= 0:  # as in put()
+            raise ValueError(NEGATIVE_TIMEOUT)
+        elif not self.queue:
+            self._wait_for_item(monotonic() + timeout)
+
+    def get_many(
+        self, max_items: int, block: bool = True, timeout: float | None = None
+    ) -> list[Any]:
+        """Remove and return up to `max_items` items from the front, oldest first.
+
+        Waits for the first item exactly as get() does (`block`, `timeout`,
+        `Empty`, `ShutDown`, and `ValueError` for a negative or NaN timeout),
+        then takes whatever else is queued, up to `max_items`, without waiting
+        for more: a short batch is normal, an empty one never returned. This
+        is Java's `drainTo(collection, max)` after a blocking `take()`. Wakes
+        one sleeping putter per slot it frees. Each item still needs its own
+        task_done() if you use join(). Raises `ValueError` if max_items < 1.
+        """
+        if not max_items >= 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        with self.mutex:
+            self._until_an_item(block, timeout)
+            popleft = self.queue.popleft
+            items = [popleft() for _ in range(min(max_items, len(self.queue)))]
+            self._wake_putters(len(items))
+            return items
 
     def _wait_for_item(self, deadline: float | None = None) -> None:
         """Sleep on not_empty until an item is queued (mutex held). Raises Empty or ShutDown."""
@@ -217,6 +293,23 @@ class BlockingQueue:
                 self.not_empty.notify()
             raise
         self.getters_waiting -= 1
+
+    # put_many() and get_many() change several items at once, so they wake up
+    # to that many sleepers, by the same rule put() and get() write inline for
+    # one (inline there because a method call costs more than the rest of a put).
+    def _wake_getters(self, items_added: int) -> None:
+        """One sleeping getter per item added, not counting those already woken (mutex held)."""
+        wake = min(items_added, self.getters_waiting - self.getters_woken)
+        if wake > 0:
+            self.getters_woken += wake
+            self.not_empty.notify(wake)
+
+    def _wake_putters(self, slots_freed: int) -> None:
+        """One sleeping putter per slot freed, not counting those already woken (mutex held)."""
+        wake = min(slots_freed, self.putters_waiting - self.putters_woken)
+        if wake > 0:
+            self.putters_woken += wake
+            self.not_full.notify(wake)
 
     def put_nowait(self, item: Any) -> None:
         """put(item, block=False): add the item if there is room now, else raise `Full`."""

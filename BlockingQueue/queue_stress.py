@@ -108,6 +108,10 @@ class WatchedDeque(deque):
         self.deepest = max(self.deepest, len(self))
         self.entered.append(item)
 
+    def extend(self, items: Any) -> None:  # deque.extend() would not call append()
+        for item in items:
+            self.append(item)
+
     def popleft(self) -> Any:
         item = super().popleft()
         self.left.append(item)

@@ -525,6 +525,192 @@ def test_immediate_shutdown_after_a_plain_one_discards_the_rest(shutdown_impl):
     assert q.is_shutdown
 
 
+# -- batches: put_many() and get_many() ---------------------------------------
+
+
+def test_put_many_adds_everything_in_order_and_counts_each_as_a_task():
+    q = bq.BlockingQueue(0)
+    assert q.put_many(range(5)) == 5
+    assert q.put_many([]) == 0
+    assert list(q.queue) == [0, 1, 2, 3, 4] and q.unfinished_tasks == 5
+
+
+def test_put_many_larger_than_maxsize_flows_through_as_room_appears():
+    q = bq.BlockingQueue(4)
+    putter = Worker(q.put_many, range(100))
+    got = [q.get(timeout=BOUND) for _ in range(100)]
+    assert putter.finish().result == 100
+    assert got == list(range(100))
+    assert_nobody_counted_waiting(q)
+
+
+def test_put_many_without_blocking_adds_what_fits_and_says_how_many():
+    q = bq.BlockingQueue(4)
+    q.put("first")
+    assert q.put_many("abcdef", block=False) == 3  # a, b, c; d, e, f are the caller's
+    assert list(q.queue) == ["first", "a", "b", "c"]
+    with pytest.raises(queue.Full):  # not even one fits: raise, as put_nowait() does
+        q.put_many("xyz", block=False)
+
+
+def test_put_many_timeout_is_one_deadline_for_the_whole_batch():
+    q = bq.BlockingQueue(4)
+    q.put_many("ab")
+    started = time.monotonic()
+    assert q.put_many("cdefg", timeout=0.1) == 2  # c and d went in, then it timed out
+    assert time.monotonic() - started >= 0.1
+    with pytest.raises(queue.Full):
+        q.put_many("x", timeout=0.05)
+    assert list(q.queue) == list("abcd")
+
+
+def test_put_many_stopped_by_shutdown_part_way_returns_what_it_added():
+    q = bq.BlockingQueue(2)
+    putter = Worker(q.put_many, range(5))
+    wait_for_sleepers(q.not_full, 1)  # 0 and 1 are in, it waits for room
+    assert q.get() == 0
+    wait_for_sleepers(q.not_full, 1)  # 2 went in, full again
+    q.shutdown()
+    assert putter.finish().result == 3  # 0, 1 and 2: the rest were never added
+    with pytest.raises(bq.ShutDown):
+        q.put_many([9])
+    assert [q.get(), q.get()] == [1, 2]
+    assert_nobody_counted_waiting(q)
+
+
+def test_put_many_wakes_one_sleeping_getter_per_item():
+    q = bq.BlockingQueue(0)
+    getters = [Worker(q.get) for _ in range(8)]
+    wait_for_sleepers(q.not_empty, 8)
+    q.put_many(range(8))  # a single notify() would leave seven asleep beside items
+    assert sorted(g.finish().result for g in getters) == list(range(8))
+    assert_nobody_counted_waiting(q)
+
+
+def test_put_many_reads_its_items_before_taking_the_lock():
+    q = bq.BlockingQueue(4)
+    # This generator calls back into the queue: iterated under the (non-re-entrant)
+    # lock, it would deadlock.
+    assert Worker(q.put_many, (q.qsize() for _ in range(3))).finish().result == 3
+    assert list(q.queue) == [0, 0, 0]
+
+
+def test_get_many_takes_what_is_there_up_to_max_items_without_waiting_for_more():
+    q = bq.BlockingQueue(0)
+    q.put_many(range(5))
+    assert q.get_many(3) == [0, 1, 2]
+    assert q.get_many(10, timeout=BOUND) == [3, 4]  # a short batch, at once
+    with pytest.raises(queue.Empty):
+        q.get_many(10, block=False)
+
+
+def test_get_many_waits_for_the_first_item_as_get_does():
+    q = bq.BlockingQueue(0)
+    getter = Worker(q.get_many, 10)
+    wait_for_sleepers(q.not_empty, 1)
+    q.put_many("abc")
+    assert getter.finish().result == ["a", "b", "c"]
+    started = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get_many(10, timeout=0.1)
+    assert time.monotonic() - started >= 0.1
+
+
+def test_get_many_frees_a_slot_for_each_sleeping_putter():
+    q = bq.BlockingQueue(8)
+    q.put_many(range(8))
+    putters = [Worker(q.put, n) for n in range(8, 16)]
+    wait_for_sleepers(q.not_full, 8)
+    assert q.get_many(8) == list(range(8))
+    for putter in putters:
+        assert putter.finish().error is None
+    assert sorted(q.get_many(8)) == list(range(8, 16))
+    assert_nobody_counted_waiting(q)
+
+
+def test_get_many_after_shutdown_drains_then_raises():
+    q = bq.BlockingQueue(0)
+    q.put_many("abc")
+    q.shutdown()
+    assert q.get_many(2) == ["a", "b"]
+    assert q.get_many(2) == ["c"]
+    with pytest.raises(bq.ShutDown):
+        q.get_many(2)
+    getter_q = bq.BlockingQueue(1)
+    getter = Worker(getter_q.get_many, 4)
+    wait_for_sleepers(getter_q.not_empty, 1)
+    getter_q.shutdown()
+    assert isinstance(getter.finish().error, bq.ShutDown)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan")])
+def test_get_many_refuses_a_batch_of_less_than_one(bad):
+    with pytest.raises(ValueError, match="max_items must be at least 1"):
+        bq.BlockingQueue(0).get_many(bad)
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan")])
+def test_batches_refuse_a_negative_or_nan_timeout(timeout):
+    q = bq.BlockingQueue(2)
+    with pytest.raises(ValueError, match="'timeout' must be a non-negative number"):
+        q.put_many("a", timeout=timeout)
+    q.put("a")
+    with pytest.raises(ValueError, match="'timeout' must be a non-negative number"):
+        q.get_many(1, timeout=timeout)
+
+
+BATCH_OPERATIONS = st.one_of(
+    st.tuples(st.just("put_many"), st.lists(st.integers(0, 9), max_size=6)),
+    st.tuples(st.just("get_many"), st.integers(1, 6)),
+    st.tuples(st.just("shutdown"), st.none()),
+)
+
+
+def as_single_calls(model: queue.Queue, shut_down: bool, op: tuple) -> tuple:
+    """What a non-blocking batch call must do, worked out with put_nowait/get_nowait."""
+    name, arg = op
+    if name == "put_many":
+        if shut_down:
+            return ("raised", "ShutDown")
+        added = 0
+        for item in arg:
+            try:
+                model.put_nowait(item)
+            except queue.Full:
+                break
+            added += 1
+        return ("raised", "Full") if arg and not added else ("returned", added)
+    taken = []
+    while len(taken) < arg:
+        try:
+            taken.append(model.get_nowait())
+        except queue.Empty:
+            break
+    if not taken:
+        return ("raised", "ShutDown" if shut_down else "Empty")
+    return ("returned", taken)
+
+
+@settings(max_examples=300, deadline=None)
+@given(maxsize=st.integers(0, 5), operations=st.lists(BATCH_OPERATIONS, max_size=30))
+def test_a_batch_call_does_what_the_same_single_calls_would(maxsize, operations):
+    """put_many(block=False) is put_nowait until Full; get_many(block=False) is
+    get_nowait until Empty; each raises only if it could do nothing at all."""
+    ours, model = bq.BlockingQueue(maxsize), queue.Queue(maxsize)
+    shut_down = False
+    for op in operations:
+        if op[0] == "shutdown":
+            ours.shutdown()
+            shut_down = True
+            continue
+        try:
+            got = ("returned", getattr(ours, op[0])(op[1], block=False))
+        except (queue.Full, queue.Empty, bq.ShutDown) as error:
+            got = ("raised", type(error).__name__)
+        assert got == as_single_calls(model, shut_down, op), op
+        assert list(ours.queue) == list(model.queue)
+
+
 # -- the same answers as queue.Queue, call for call ---------------------------
 
 OPERATIONS = st.one_of(
@@ -582,49 +768,66 @@ STRESS_CONSUMERS = 8
 STRESS_MAXSIZE = 16
 
 
-def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> list[list]:
+def run_stress(
+    q, producers: int, consumers: int, items: int, timed: bool, batched: bool = False
+) -> list[list]:
     """Producers put (producer, sequence) pairs; consumers get until shutdown.
 
     With `timed`, half the producers and half the consumers use a short
     timeout and retry on Full/Empty, so timed and untimed waits race on the
     same conditions: a wake-up lost between them would leave an untimed
     consumer asleep beside a queued item, and join() would never return.
+    With `batched`, they use put_many() and get_many() with random batch sizes
+    up to twice maxsize, so batches are split, partial, and cut by timeouts.
     Returns what each consumer got.
     """
     per_producer = items // producers
     received: list[list] = [[] for _ in range(consumers)]
     errors: list[BaseException] = []
+    wait = {"timeout": 0.001}
+
+    def put(me: int, chunk: list, rng: random.Random) -> int:
+        """Put some of `chunk` (at least its first item, unless timed); return how many."""
+        timing = wait if timed and not me % 2 else {}  # with `timed`, half still block
+        try:
+            if batched:
+                return q.put_many(chunk[: rng.randint(1, 2 * q.maxsize)], **timing)
+            q.put(chunk[0], **timing)
+            return 1
+        except queue.Full:
+            return 0
 
     def produce(me: int) -> None:
+        rng = random.Random(me)
+        mine = [(me, sequence) for sequence in range(per_producer)]
+        done = 0
         try:
-            for sequence in range(per_producer):
-                item = (me, sequence)
-                if not timed or me % 2:  # with `timed`, half the producers still block
-                    q.put(item)
-                    continue
-                while True:
-                    try:
-                        q.put(item, timeout=0.001)
-                        break
-                    except queue.Full:
-                        pass
+            while done < len(mine):
+                done += put(me, mine[done:], rng)
         except BaseException as error:  # noqa: BLE001 - reported by the test
             errors.append(error)
 
+    def take(me: int, rng: random.Random) -> list:
+        timing = wait if timed and me % 2 else {}
+        try:
+            if batched:
+                return q.get_many(rng.randint(1, 2 * q.maxsize), **timing)
+            return [q.get(**timing)]
+        except queue.Empty:
+            return []
+
     def consume(me: int) -> None:
+        rng = random.Random(-me)
         mine = received[me]
         try:
             while True:
-                try:
-                    item = q.get(timeout=0.001) if timed and me % 2 else q.get()
-                except queue.Empty:
-                    continue
-                if item is None:  # the end, for a queue without shutdown()
-                    break
-                mine.append(item)
-                if len(mine) % 97 == 0:
-                    assert q.qsize() <= q.maxsize  # and from outside, now and then
-                q.task_done()
+                for item in take(me, rng):
+                    if item is None:  # the end, for a queue without shutdown()
+                        return
+                    mine.append(item)
+                    if len(mine) % 97 == 0:
+                        assert q.qsize() <= q.maxsize  # and from outside, now and then
+                    q.task_done()
         except bq.ShutDown:
             pass
         except BaseException as error:  # noqa: BLE001 - reported by the test
@@ -649,11 +852,12 @@ def run_stress(q, producers: int, consumers: int, items: int, timed: bool) -> li
     return received
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batches"])
 @pytest.mark.parametrize("timed", [False, True], ids=["blocking", "timeouts"])
-def test_stress_every_item_arrives_exactly_once_in_order_within_maxsize(timed):
+def test_stress_every_item_arrives_exactly_once_in_order_within_maxsize(timed, batched):
     q = bq.BlockingQueue(STRESS_MAXSIZE)
     q.queue = storage = WatchedDeque()
-    received = run_stress(q, STRESS_PRODUCERS, STRESS_CONSUMERS, STRESS_ITEMS, timed)
+    received = run_stress(q, STRESS_PRODUCERS, STRESS_CONSUMERS, STRESS_ITEMS, timed, batched)
 
     got = [item for mine in received for item in mine]
     expected = {
