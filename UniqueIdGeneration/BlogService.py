@@ -32,11 +32,13 @@ from datetime import datetime
 from pathlib import Path
 
 import IdGenerator
+from id_arguments import bounded
 
 LOGICAL_SHARDS = IdGenerator.MAX_WORKER_ID + 1  # 32: the worker bits name the logical shard
 DEFAULT_DATABASES = 4
 DEFAULT_DB_DIR = Path(__file__).resolve().parent / "out" / "blog"  # git-ignored
 MAX_RECENT = 10_000  # recent_posts() holds up to this many posts per database in memory
+MAX_LENGTH = {"author": 100, "title": 300, "body": 100_000}  # characters: a blog, not a dump
 DATABASE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # a file name on every system
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another's SQLite write lock
 MOVE_BATCH = 500  # rows copied per step of a move: the source is never locked for long
@@ -249,10 +251,10 @@ class BlogService:
 
     def database(self, name: str) -> Database:
         """The open database called name (<db_dir>/<name>.db), created if new."""
-        if not DATABASE_NAME.fullmatch(name):
+        if not isinstance(name, str) or not DATABASE_NAME.fullmatch(name) or name == "catalog":
             raise ValueError(
-                f"database name {name[:40]!r} must be 1-32 of a-z, 0-9, '-', '_' "
-                f"(starting with a letter or digit)"
+                f"database name {str(name)[:40]!r} must be 1-32 of a-z, 0-9, '-', '_' "
+                f"(starting with a letter or digit), and not 'catalog'"
             )
         with self.open_lock:
             if name not in self.databases:
@@ -262,11 +264,13 @@ class BlogService:
     # -- posts -----------------------------------------------------------------------
 
     def create_post(self, author: str, title: str, body: str) -> Post:
-        for field, value in (("author", author), ("title", title)):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{field} must be a non-empty string")
-        if not isinstance(body, str):
-            raise ValueError("body must be a string")
+        for field, value in (("author", author), ("title", title), ("body", body)):
+            if not isinstance(value, str) or (field != "body" and not value.strip()):
+                raise ValueError(f"{field} must be a{' non-empty' * (field != 'body')} string")
+            if len(value) > MAX_LENGTH[field]:
+                raise ValueError(
+                    f"{field} is {len(value):,} characters; at most {MAX_LENGTH[field]:,}"
+                )
         shard = self.shard_for_author(author)
         for _ in range(MAX_LOOKUP_RETRIES):
             name, version = self.lookup(shard)
@@ -449,28 +453,10 @@ def format_post(post: Post) -> str:
     )
 
 
-def bounded_int(name: str, low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: a whole number in low..high, refused with a one-line error."""
-
-    def parse(text: str) -> int:
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be a whole number, got {shown!r}"
-            ) from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{name} must be in {low}..{high:,}, got {shown}")
-        return value
-
-    return parse
-
-
 def database_name(text: str) -> str:
-    if not DATABASE_NAME.fullmatch(text):
+    if not DATABASE_NAME.fullmatch(text) or text == "catalog":
         raise argparse.ArgumentTypeError(
-            f"database names are 1-32 of a-z, 0-9, '-', '_', got {text[:40]!r}"
+            f"database names are 1-32 of a-z, 0-9, '-', '_' (not 'catalog'), got {text[:40]!r}"
         )
     return text
 
@@ -481,7 +467,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--databases",
-        type=bounded_int("--databases", 1, LOGICAL_SHARDS),
+        type=bounded(int, 1, LOGICAL_SHARDS),
         default=DEFAULT_DATABASES,
         help=f"how many databases a new --db-dir starts with, 1..{LOGICAL_SHARDS} (default 4)",
     )
@@ -494,14 +480,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     create.add_argument("--title", required=True)
     create.add_argument("--body", default="")
     get = commands.add_parser("get", help="read one post by id")
-    get.add_argument("id", type=bounded_int("id", 0, IdGenerator.MAX_ID))
+    get.add_argument("id", type=bounded(int, 0, IdGenerator.MAX_ID))
     recent = commands.add_parser("recent", help="the newest posts across all shards")
     recent.add_argument(
-        "--limit", type=bounded_int("--limit", 0, MAX_RECENT), default=10, help=f"0..{MAX_RECENT:,}"
+        "--limit", type=bounded(int, 0, MAX_RECENT), default=10, help=f"0..{MAX_RECENT:,}"
     )
     commands.add_parser("shards", help="which database holds each logical shard, and its posts")
     move = commands.add_parser("move", help="move a logical shard to another database, live")
-    move.add_argument("shard", type=bounded_int("shard", 0, LOGICAL_SHARDS - 1))
+    move.add_argument("shard", type=bounded(int, 0, LOGICAL_SHARDS - 1))
     move.add_argument("--to", required=True, type=database_name, help="e.g. db-04 (made if new)")
     return parser.parse_args(argv)
 

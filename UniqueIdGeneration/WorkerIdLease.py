@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import requests
+from id_arguments import bounded
 
 PREFIX = "/uniqueid/workers/"  # one key per leased worker id: /uniqueid/workers/07
 WORKER_IDS = range(32)  # IdGenerator's 5 worker-id bits
@@ -185,7 +186,9 @@ class WorkerIdLease:
                 f"(the TTL less one renewal interval), got {margin!r}"
             )
         worker_ids = list(worker_ids)
-        if not worker_ids or any(not 0 <= w <= max(WORKER_IDS) for w in worker_ids):
+        if not worker_ids or any(
+            isinstance(w, bool) or not isinstance(w, int) or w not in WORKER_IDS for w in worker_ids
+        ):
             raise ValueError(f"worker_ids must be a non-empty subset of 0..{max(WORKER_IDS)}")
         if not prefix.endswith("/"):
             raise ValueError(f"prefix must end with '/', got {prefix!r}")
@@ -314,18 +317,26 @@ class WorkerIdLease:
 
     def keep(self) -> None:
         """The keeper thread: renew every TTL/3; re-acquire once the lease is gone."""
-        wait = self.renew_every
-        while not self.stopping.wait(wait):
+        while not self.stopping.wait(self.next_renewal()):
             try:
                 holding = self.holding
                 if holding is None or not self.renew(holding):
                     self.publish(None)  # gone: etcd expired it while we were away
                     self.publish(self.try_acquire())
-                wait = self.renew_every
-            except (EtcdUnavailableError, NoFreeWorkerIdError):
-                # etcd is down, or every id is taken. An unrenewed deadline runs
-                # out by itself and generators stop minting then; try again soon.
-                wait = self.poll_interval
+            except Exception:  # the keeper must outlive any one bad answer
+                # etcd is down, every id is taken, or an answer made no sense.
+                # An unrenewed deadline runs out by itself and generators stop
+                # minting then; try again soon.
+                self.stopping.wait(self.poll_interval)
+
+    def next_renewal(self) -> float:
+        """Seconds until the next keep-alive: TTL/3, or sooner when a slow etcd
+        (a grant or renewal that took most of the margin) left the deadline close."""
+        holding = self.holding
+        if holding is None:
+            return self.poll_interval
+        left = (holding.deadline_ns - self.clock()) / 1e9
+        return max(0.05, min(self.renew_every, left / 2))
 
     def renew(self, holding: Holding) -> bool:
         """One keep-alive; True if the lease (and the key on it) is still ours."""
@@ -380,22 +391,6 @@ class WorkerIdLease:
 
 
 # -- command line: hold a worker id and mint with it, saying what happens --------------
-
-
-def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a number of `kind` in low..high, or a one-line error."""
-
-    def parse(text: str) -> float:
-        shown = text if len(text) <= 40 else text[:37] + "..."
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {shown!r}") from None
-        if not low <= value <= high:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be in {low:g}..{high:g}, got {shown}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -466,7 +461,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     minted: list[int] = []
     with lease:
-        generator = IdGenerator.IdGenerator(lease=lease)
+        generator = None
+        while generator is None and not stop.is_set():
+            try:  # a slow etcd can hand out a hold whose deadline has already passed
+                generator = IdGenerator.IdGenerator(lease=lease)
+            except WorkerIdUnavailableError:
+                continue
         seen_holds, fenced = 0, False
         burst = max(1, args.rate // 100)  # mint in 100 bursts a second
         until = time.monotonic() + args.seconds if args.seconds else float("inf")

@@ -38,6 +38,7 @@ import btree_experiment
 import IdGenerator
 import LocalEtcd
 import WorkerIdLease
+from id_arguments import bounded
 from snowflake import SnowflakeGenerator
 
 CEILING = (IdGenerator.MAX_SEQUENCE + 1) * 1000  # 4,096,000 ids/s per worker
@@ -225,24 +226,17 @@ class Targets:
         return 0 if self.met == len(self.lines) else 1
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number from 1 to 10**9 (a bigger one is a typo)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 10**9:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 1,000,000,000, got {value:,}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rounds", type=positive_int, default=5, help="rounds per peer, median taken (5)"
+        "--rounds", type=bounded(int, 1, 100), default=5, help="rounds per peer, median taken (5)"
     )
-    parser.add_argument("--ids", type=positive_int, default=1_000_000, help="ids per round")
-    parser.add_argument("--rows", type=positive_int, default=1_000_000, help="rows per B-tree run")
+    parser.add_argument(
+        "--ids", type=bounded(int, 1, 100_000_000), default=1_000_000, help="ids per round"
+    )
+    parser.add_argument(
+        "--rows", type=bounded(int, 1, 10_000_000), default=1_000_000, help="rows per B-tree run"
+    )
     parser.add_argument("--skip-btree", action="store_true", help="only the generator benches")
     parser.add_argument(
         "--save-images",
@@ -251,15 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         f"instead of {OUT.relative_to(HERE.parent)}/",
     )
     args = parser.parse_args(argv)
-    if args.rounds > 100:
-        parser.error(f"--rounds must be at most 100, got {args.rounds:,}")
-    if args.ids > 100_000_000:
-        parser.error(f"--ids must be at most 100,000,000, got {args.ids:,}")
-    if args.rows % btree_experiment.BATCH_ROWS or args.rows > 10_000_000:
-        parser.error(
-            f"--rows must be a multiple of {btree_experiment.BATCH_ROWS:,} "
-            f"up to 10,000,000, got {args.rows:,}"
-        )
+    if args.rows % btree_experiment.BATCH_ROWS:
+        parser.error(f"--rows must be a multiple of {btree_experiment.BATCH_ROWS:,}")
     targets = Targets()
 
     print(f"Machine: {machine()}")

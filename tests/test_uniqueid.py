@@ -473,11 +473,19 @@ def test_database_counts_outside_1_to_32_are_rejected(tmp_path, databases):
         blog_service.BlogService(tmp_path, databases=databases)
 
 
-def test_posts_need_an_author_and_a_title(tmp_path):
+def test_posts_need_an_author_and_a_title_and_have_bounded_fields(tmp_path):
     with blog_service.BlogService(tmp_path, databases=2) as blog:
-        for author, title in (("", "t"), ("ada", "  "), (None, "t")):
-            with pytest.raises(ValueError):
-                blog.create_post(author, title, "")
+        for author, title, body in (
+            ("", "t", ""),
+            ("ada", "  ", ""),
+            (None, "t", ""),
+            ("ada", "t", None),
+            ("a" * 101, "t", ""),
+            ("ada", "t" * 301, ""),
+            ("ada", "t", "b" * 100_001),
+        ):
+            with pytest.raises(ValueError, match="author|title|body"):
+                blog.create_post(author, title, body)
         assert blog.recent_posts(10) == []
 
 
@@ -514,7 +522,7 @@ def test_a_move_refuses_bad_targets_and_a_second_move_at_once(tmp_path):
     with blog_service.BlogService(tmp_path, databases=2) as blog:
         with pytest.raises(blog_service.MoveError, match="already in db-00"):
             blog.move_shard(0, "db-00")
-        for bad in ("../escape", "", "x" * 33, "DB"):
+        for bad in ("../escape", "", "x" * 33, "DB", "catalog", None):
             with pytest.raises(ValueError, match="database name"):
                 blog.move_shard(0, bad)
         for shard in (-1, 32, "3", True):
@@ -681,6 +689,7 @@ def test_cli_reports_an_unknown_id_clearly(tmp_path):
         ["--databases", "x", "recent"],
         ["move", "32", "--to", "db-09"],
         ["move", "3", "--to", "../../etc"],
+        ["move", "3", "--to", "catalog"],
         ["move", "3"],
         ["get", "abc"],
         ["get", "99999999999999999999"],
@@ -802,11 +811,13 @@ def leases(etcd_server):
         lease.release()
 
 
-def wait_for(condition, timeout: float = 30.0, what: str = "the condition") -> None:
+def wait_for(condition, timeout: float = 30.0, what: str = "the condition"):
+    """Poll until condition() is truthy (bounded); return what it returned."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s"
         time.sleep(0.05)
+    return value
 
 
 def test_leases_take_the_lowest_free_ids_and_never_the_same(etcd_server, leases):
@@ -891,6 +902,26 @@ def test_past_its_deadline_a_generator_mints_nothing_until_the_lease_is_renewed(
     assert generator.next_id() > before
 
 
+def test_a_hold_born_past_its_deadline_is_renewed_at_once(leases):
+    # etcd took 1.6 s to answer the acquisition (a busy disk): the hold arrives
+    # with its deadline (2 s TTL - 0.5 s margin) already passed. The keeper must
+    # renew at once, not a third of a TTL later, and the generator then mints.
+    clock = JumpingClock()
+    reads = []
+
+    def slow_etcd_clock() -> int:
+        reads.append(1)
+        if len(reads) == 2:  # everything after the reading taken before the grant
+            clock.jump_ns = 1_600_000_000
+        return clock()
+
+    lease = leases(clock=slow_etcd_clock, reacquire_timeout=0.4)
+    lease.acquire()
+    assert lease.valid_worker_id() is None, "born past its deadline"
+    generator = ids.IdGenerator(lease=lease)
+    assert ids.decode(generator.next_id()).worker_id == 0
+
+
 def test_a_killed_holders_id_is_taken_over_within_the_ttl(etcd_server, leases):
     holder = subprocess.Popen(
         [
@@ -944,6 +975,7 @@ def test_an_etcd_outage_stops_minting_and_the_same_id_resumes_after(etcd_server,
         ({"ttl": 10, "safety_margin": 7}, "safety_margin"),
         ({"worker_ids": []}, "worker_ids"),
         ({"worker_ids": [31, 32]}, "worker_ids"),
+        ({"worker_ids": [1.5]}, "worker_ids"),
         ({"prefix": "/no/slash"}, "prefix"),
     ],
 )
@@ -1036,7 +1068,7 @@ def test_chaos_paused_holders_and_an_etcd_crash_never_give_a_duplicate(etcd_serv
     try:
         wait_for(lambda: len(holder_pids()) == 4, what="4 of the 8 workers holding ids")
         for _ in range(3):
-            victim = by_pid[rng.choice(holder_pids())]
+            victim = by_pid[rng.choice(wait_for(holder_pids, what="a holder to freeze"))]
             victim.send_signal(signal.SIGSTOP)
             paused.append(victim.pid)
             time.sleep(TEST_TTL + 2)  # its lease expires and a waiter takes the id
