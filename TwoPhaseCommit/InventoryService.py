@@ -23,6 +23,8 @@ from twopc_node import (
     MAX_QUANTITY,
     OUT_DIR,
     DurableStore,
+    Messenger,
+    StoreError,
     add_server_args,
     check_server_args,
 )
@@ -122,17 +124,47 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_STOCK,
         help=f"initial stock of a new database, item=count,... (default {DEFAULT_STOCK})",
     )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="where the stock lives: SQLite (--db, the default) or PostgreSQL (--dsn), "
+        "whose PREPARE TRANSACTION is the participant's prepare",
+    )
+    parser.add_argument("--dsn", help="PostgreSQL connection string, for --store postgres")
     twopc_participant.add_participant_args(parser)
     args = parser.parse_args(argv)
     check_server_args(parser, args)
     twopc_participant.check_participant_args(parser, args)
+    if (args.store == "postgres") != bool(args.dsn):
+        parser.error("--dsn goes with --store postgres, and --store postgres needs --dsn")
+    if args.store == "postgres" and args.volatile_cache:
+        parser.error("--volatile-cache is for the SQLite store (PostgreSQL keeps its own disk)")
     try:
         stock = parse_stock(args.stock)
     except ValueError as err:
         parser.error(f"--stock: {err}")
+    if args.store == "postgres":
+        return serve_on_postgres(args, stock)
     return twopc_participant.serve(
         args, Stock(), lambda disk: open_store(args.db, stock, disk), create_app
     )
+
+
+def serve_on_postgres(args: argparse.Namespace, stock: dict[str, int]) -> int:
+    import inventory_postgres  # only here: the SQLite service never needs psycopg
+
+    try:
+        store = inventory_postgres.PostgresStore(args.dsn, stock)
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    faults = twopc_participant.participant_faults(args)
+    participant = inventory_postgres.PostgresParticipant(
+        Stock(), store, faults, Messenger(faults.messages), args.in_doubt_after, args.ask_max
+    )
+    twopc_participant.run(participant, create_app(participant), args.host, args.port)
+    return 0
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ class DurableStore:
         """fsyncs since open that forced a commit to disk (checkpoints left out)."""
         return self.disk.syncs_of(self.path) - self.syncs_at_open - self.checkpoint_syncs
 
+    def stats(self) -> dict[str, int]:
+        fsyncs = self.disk.syncs_of(self.path) - self.syncs_at_open
+        return {"forced_writes": self.forced_writes, "fsyncs": fsyncs}
+
     def read(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         with self.lock:
             return self.db.execute(sql, params).fetchall()
@@ -409,8 +413,11 @@ def crash_now(point: str, txid: str) -> None:
 # -- HTTP: JSON in, JSON out ---------------------------------------------------------
 
 
-def new_app(name: str, store: DurableStore | None, messenger: Messenger, faults: Faults) -> Flask:
-    """A Flask app that answers every error as JSON and exposes /stats and /admin/faults."""
+def new_app(name: str, store: Any, messenger: Messenger, faults: Faults) -> Flask:
+    """A Flask app that answers every error as JSON and exposes /stats and /admin/faults.
+
+    `store` is anything with `stats()` (a DurableStore, or PostgreSQL's), or None.
+    """
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
@@ -426,13 +433,8 @@ def new_app(name: str, store: DurableStore | None, messenger: Messenger, faults:
 
     @app.get("/stats")
     def stats():
-        return jsonify(
-            service=name,
-            # the bench's baseline keeps no log
-            forced_writes=store.forced_writes if store else 0,
-            fsyncs=store.disk.syncs_of(store.path) - store.syncs_at_open if store else 0,
-            messages=messenger.messages,
-        )
+        disk = store.stats() if store else {"forced_writes": 0, "fsyncs": 0}  # (the baseline)
+        return jsonify(service=name, **disk, messages=messenger.messages)
 
     @app.route("/admin/faults", methods=["GET", "POST"])
     def admin_faults():

@@ -261,6 +261,16 @@ class Participant:
 
     # -- in doubt: asking the coordinator ------------------------------------------------
 
+    def transactions(self, state: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM transactions", ()
+        if state:
+            sql, params = sql + " WHERE state = ?", (state,)
+        return self.store.read(sql + " ORDER BY updated_at", params)
+
+    def transaction(self, txid: str) -> dict | None:
+        rows = self.store.read("SELECT * FROM transactions WHERE txid = ?", (txid,))
+        return rows[0] if rows else None
+
     def in_doubt(self) -> list[dict]:
         return self.store.read(
             "SELECT txid, coordinator, coordinator_log, updated_at, doubt FROM transactions "
@@ -449,18 +459,15 @@ def create_app(participant: Participant) -> Flask:
         state = request.args.get("state")
         if state is not None and state not in (PREPARED, COMMITTED, ABORTED):
             abort(400, "state must be PREPARED, COMMITTED or ABORTED")
-        sql, params = "SELECT * FROM transactions", ()
-        if state:
-            sql, params = sql + " WHERE state = ?", (state,)
-        rows = participant.store.read(sql + " ORDER BY updated_at", params)
+        rows = participant.transactions(state)
         return jsonify(transactions=[transaction_json(r) for r in rows])
 
     @app.get("/transactions/<txid>")
     def transaction(txid: str):
-        rows = participant.store.read("SELECT * FROM transactions WHERE txid = ?", (txid,))
-        if not rows:
+        row = participant.transaction(txid)
+        if row is None:
             abort(404, f"no transaction {txid}")
-        return jsonify(transaction_json(rows[0]))
+        return jsonify(transaction_json(row))
 
     return app
 
@@ -488,12 +495,16 @@ def serve(
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    faults = Faults(CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms)
+    faults = participant_faults(args)
     participant = Participant(
         resource, store, faults, Messenger(faults.messages), args.in_doubt_after, args.ask_max
     )
     run(participant, create_service_app(participant), args.host, args.port)
     return 0
+
+
+def participant_faults(args: Any) -> Faults:
+    return Faults(CRASH_POINTS, args.crash_at, vote_no=args.vote_no, delay_ms=args.delay_ms)
 
 
 def run(participant: Participant, app: Flask, host: str, port: int) -> None:

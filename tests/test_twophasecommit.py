@@ -50,14 +50,22 @@ class Shop:
         vote_timeout: float = 5.0,
         coordinator_args: tuple[str, ...] = (),
         power_cuts: bool = False,
+        inventory_dsn: str | None = None,
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         # With a volatile cache, every kill (and every injected crash) is a power cut.
         self.disk_args = ("--volatile-cache",) if power_cuts else ()
         self.coordinator_args = coordinator_args  # after FAST_COORDINATOR, so they win
         self.initial = {item: int(n) for item, n in (part.split("=") for part in stock.split(","))}
+        # Inventory on PostgreSQL (inventory_dsn) or, by default, on SQLite.
+        store = ("--store", "postgres", "--dsn", inventory_dsn) if inventory_dsn else None
         self.args = {
-            "inventory": (INVENTORY, "--db", str(tmp_path / "inventory.db"), "--stock", stock),
+            "inventory": (
+                INVENTORY,
+                *(store or ("--db", str(tmp_path / "inventory.db"))),
+                "--stock",
+                stock,
+            ),
             "delivery": (DELIVERY, "--db", str(tmp_path / "delivery.db"), "--riders", str(riders)),
         }
         self.procs: dict[str, ServerProcess] = {}
@@ -813,6 +821,92 @@ def test_the_old_log_refuses_to_be_overruled_by_a_new_one(shop_factory, tmp_path
     assert shop.stock_of("pizza")["reserved"] == 1
 
 
+# -- the same participant on PostgreSQL ---------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def either_store(request, shop_factory) -> Shop:
+    """A shop whose inventory keeps its stock in SQLite, or (second run) in PostgreSQL."""
+    if request.param == "postgres":
+        postgres = request.getfixturevalue("postgres_server")
+        return shop_factory(stock="pizza=10,burger=10", inventory_dsn=postgres.dsn)
+    return shop_factory(stock="pizza=10,burger=10")
+
+
+def test_orders_commit_and_abort_alike_on_either_store(either_store):
+    shop = either_store
+    committed = shop.order("pizza", 2)
+    assert committed["outcome"] == "committed", committed
+    assert shop.state("inventory", committed["txid"]) == "COMMITTED"
+    assert shop.stock_of("pizza") == {"available": 8, "reserved": 0, "sold": 2}
+    too_many = shop.order("pizza", 50)
+    assert too_many["outcome"] == "aborted"
+    assert "out of stock: 50 pizza wanted, 8 available" in too_many["reason"]
+    unknown = shop.order("caviar", 1)
+    assert unknown["votes"]["inventory"] == {"vote": "no", "reason": "unknown item 'caviar'"}
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert shop.stock_of("pizza") == {"available": 8, "reserved": 0, "sold": 2}
+
+
+def test_the_participants_promises_hold_on_either_store(either_store):
+    shop = either_store
+    txid = "direct-" + uuid.uuid4().hex[:8]
+    assert prepare(shop, "inventory", txid, quantity=2)["vote"] == "yes"
+    assert prepare(shop, "inventory", txid, quantity=2)["vote"] == "yes"  # reserved once
+    assert shop.transactions("inventory")[txid]["in_doubt"] is True
+    for _ in range(2):
+        reply = shop.post("inventory", "/commit", {"txid": txid})
+        assert (reply.status_code, reply.json()["state"]) == (200, "COMMITTED")
+    assert shop.stock_of("burger") == {"available": 8, "reserved": 0, "sold": 2}
+    assert shop.post("inventory", "/abort", {"txid": txid}).status_code == 409
+    # An abort before the prepare leaves a tombstone: the late prepare votes no.
+    late = "late-" + uuid.uuid4().hex[:8]
+    assert shop.post("inventory", "/abort", {"txid": late}).json()["state"] == "ABORTED"
+    assert prepare(shop, "inventory", late)["vote"] == "no"
+    bad = prepare(shop, "inventory", "bad-" + uuid.uuid4().hex[:8], quantity=0)
+    assert bad["vote"] == "no" and "quantity must be 1..100, got 0" in bad["reason"]
+    assert shop.stock_of("burger") == {"available": 8, "reserved": 0, "sold": 2}
+
+
+def test_a_crash_after_voting_yes_recovers_on_either_store(either_store):
+    shop = either_store
+    shop.faults("inventory", crash_at="after-vote")
+    result = shop.order("pizza", 1)
+    assert shop.procs["inventory"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
+    assert result["outcome"] == "committed"
+    back = shop.restart("inventory")
+    assert f"recovered 1 PREPARED transaction(s), in doubt: {result['txid']}" in back.text
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert shop.state("inventory", result["txid"]) == "COMMITTED"
+
+
+def test_postgres_keeps_a_prepared_transaction_through_kill_9_and_recovery_completes_it(
+    shop_factory, postgres_server
+):
+    shop = shop_factory(stock="pizza=10", inventory_dsn=postgres_server.dsn)
+    txid = crash_the_coordinator_mid_order(shop, "after-decision", 2)
+
+    def prepared_gids() -> list[str]:
+        with postgres_server.connect() as conn:
+            return [row[0] for row in conn.execute("SELECT gid FROM pg_prepared_xacts")]
+
+    assert [gid.split("|")[0] for gid in prepared_gids()] == [txid]
+    postgres_server.kill()  # SIGKILL to the postmaster and every backend
+    postgres_server.start()  # crash recovery from its WAL
+    assert [gid.split("|")[0] for gid in prepared_gids()] == [txid]  # still prepared
+    with postgres_server.connect() as conn:  # invisible until it commits
+        assert conn.execute("SELECT sold FROM stock WHERE item = 'pizza'").fetchone() == (0,)
+    back = shop.restart("coordinator")
+    assert "1 commit(s) to deliver again" in back.text
+    shop.settle()
+    assert shop.atomicity_violations() == []
+    assert prepared_gids() == []
+    assert shop.state("inventory", txid) == shop.state("delivery", txid) == "COMMITTED"
+    assert shop.stock_of("pizza") == {"available": 8, "reserved": 0, "sold": 2}
+
+
 # -- message faults and chaos ----------------------------------------------------------------
 
 NAMES = ("coordinator", "inventory", "delivery")
@@ -1121,6 +1215,8 @@ BAD_ARGUMENTS = [
     (DELIVERY, ["--delay-ms", "99999999"], "--delay-ms must be 0..60000"),
     (COORDINATOR, ["--db", "/no/such/dir/c.db"], "does not exist"),
     (INVENTORY, ["--crash-at", "sometime"], "invalid choice"),
+    (INVENTORY, ["--store", "postgres"], "--store postgres needs --dsn"),
+    (INVENTORY, ["--dsn", "postgresql://x", "--db", "a.db"], "--dsn goes with --store postgres"),
     ("TwoPhaseCommit/order_client.py", ["--concurrent", "0"], "--concurrent must be"),
     ("TwoPhaseCommit/bench.py", ["--orders", "3"], "--orders must be 10.."),
     ("TwoPhaseCommit/bench.py", ["--kill-every", "0"], "--kill-every must be"),
