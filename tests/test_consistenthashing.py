@@ -9,6 +9,8 @@ import random
 import re
 import subprocess
 import sys
+import threading
+import time
 from bisect import bisect_left
 from collections import Counter
 from fractions import Fraction
@@ -19,12 +21,15 @@ import pytest
 from conftest import ROOT, child_env, load_module, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.cluster import RedisCluster
 from uhashring import HashRing
 
 FOLDER = "ConsistentHashing"
 ring_module = load_module(FOLDER, "ConsistentHashRing")
 strategies = load_module(FOLDER, "strategies")
 simulate = load_module(FOLDER, "simulate_resharding")
+redis_shards = load_module(FOLDER, "redis_shards")
+reshard_redis = load_module(FOLDER, "reshard_redis")
 
 ConsistentHashRing = ring_module.ConsistentHashRing
 KetamaRing = ring_module.KetamaRing
@@ -1132,3 +1137,200 @@ def test_maglev_refuses_more_nodes_than_slots():
     with pytest.raises(ValueError, match="holds at most"):
         maglev.add_node("d")
     assert maglev.nodes == ["a", "b", "c"]
+
+
+# -- real Redis: client-side sharding, resharded live -------------------------------------
+
+LIVE_KEYS = [f"key:{i:05d}" for i in range(3000)]
+VALUE_BYTES = 64
+
+
+def wait_for_more_reads(load, at_least: int = 10, timeout: float = 10.0):
+    """A move's progress hook: wait (bounded) until clients have read some more keys,
+    so the reads are sure to overlap the move, however fast or slow the machine."""
+    seen = load.report.reads
+
+    def hook(report) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while load.report.reads < seen + at_least and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen = load.report.reads
+
+    return hook
+
+
+def test_live_ring_resharding_3_4_3_moves_exactly_the_keys_whose_owner_changed(
+    redis_server, monkeypatch
+):
+    monkeypatch.setattr(redis_shards, "SCAN_BATCH", 100)  # many small steps, reads between
+    servers = {f"redis-{i}": redis_server().client() for i in (1, 2, 3)}
+    store = redis_shards.ShardedStore(ConsistentHashRing(list(servers)), servers)
+    redis_shards.load_keys(store, LIVE_KEYS, VALUE_BYTES)
+    load = redis_shards.LoadGenerator(lambda: store, LIVE_KEYS, VALUE_BYTES, workers=3, rate=0)
+    load.start()
+    try:
+        for new_ring, new_servers in (
+            (ConsistentHashRing([*servers, "redis-4"]), {"redis-4": redis_server().client()}),
+            (ConsistentHashRing(list(servers)), {}),
+        ):
+            before, after = store.ring.get_nodes(LIVE_KEYS), new_ring.get_nodes(LIVE_KEYS)
+            must = {
+                key.encode() for key, a, b in zip(LIVE_KEYS, before, after, strict=True) if a != b
+            }
+            report = redis_shards.reshard(store, new_ring, new_servers, wait_for_more_reads(load))
+            assert report.moved | report.superseded == must and must
+            assert not report.moved & report.superseded
+            assert report.bytes_moved >= len(report.moved) * VALUE_BYTES
+    finally:
+        final = load.stop()
+    assert (final.errors, final.wrong_reads) == (0, 0), final.examples
+    assert final.reads > 0 and final.writes > 0
+    assert store.reads_from_old_owner > 0  # the fallback was needed, and it worked
+    assert redis_shards.placement_problems(store, load) == []
+
+
+def two_servers_and_a_store(redis_server):
+    a, b = redis_server().client(), redis_server().client()
+    store = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": a})
+    redis_shards.load_keys(store, LIVE_KEYS[:300], VALUE_BYTES)
+    grown = ConsistentHashRing(["a", "b"])
+    moving = [key for key in LIVE_KEYS[:300] if grown.get_node(key) == "b"]
+    return a, b, store, grown, moving
+
+
+def test_a_key_rewritten_on_its_new_owner_mid_move_keeps_the_new_value(redis_server):
+    a, b, store, grown, moving = two_servers_and_a_store(redis_server)
+    old_ring = store.begin_move(grown, {"b": b})
+    store.set(moving[0], b"written during the move")
+    assert b.get(moving[0]) == b"written during the move"  # writes follow the new ring at once
+    assert store.get(moving[1]) == redis_shards.value_for(moving[1], 0, VALUE_BYTES)
+    report = redis_shards.move_keys(store, old_ring)
+    store.finish_move()
+    assert report.superseded == {moving[0].encode()}  # MIGRATE refused; the stale copy dropped
+    assert report.moved == {key.encode() for key in moving[1:]}
+    assert store.get(moving[0]) == b"written during the move" and not a.exists(moving[0])
+
+
+def test_a_read_that_misses_both_copies_because_the_key_just_moved_asks_again(
+    redis_server, monkeypatch
+):
+    a, b, store, grown, moving = two_servers_and_a_store(redis_server)
+    store.begin_move(grown, {"b": b})
+    host, port = redis_shards.address(b)
+    read_old_owner = a.get
+
+    def the_key_moves_just_before_this_read(key):
+        a.migrate(host, port, [key], 0, 5000)
+        return read_old_owner(key)
+
+    monkeypatch.setattr(a, "get", the_key_moves_just_before_this_read)
+    assert store.get(moving[0]) == redis_shards.value_for(moving[0], 0, VALUE_BYTES)
+    assert store.reads_after_the_key_moved == 1
+
+
+def test_a_move_begins_only_after_operations_under_the_old_ring_have_finished(redis_server):
+    a, b, store, grown, moving = two_servers_and_a_store(redis_server)
+    entered, release = threading.Event(), threading.Event()
+    write_to_a = a.set
+
+    def slow_write(key, value):
+        entered.set()
+        release.wait(10)
+        return write_to_a(key, value)
+
+    a.set = slow_write
+    writer = threading.Thread(target=store.set, args=(moving[0], b"old-ring write"))
+    writer.start()
+    assert entered.wait(10)
+    switched = threading.Event()
+    mover = threading.Thread(target=lambda: (store.begin_move(grown, {"b": b}), switched.set()))
+    mover.start()
+    assert not switched.wait(0.3)  # still waiting for the write under the old ring
+    release.set()
+    writer.join(10)
+    mover.join(10)
+    assert switched.is_set()
+    del a.set
+    assert a.get(moving[0]) == b"old-ring write"  # it landed before any key moved
+
+
+def test_a_store_refuses_a_ring_with_nodes_it_has_no_server_for(redis_server):
+    client = redis_server().client()
+    with pytest.raises(ValueError, match=r"no Redis client for ring nodes \['b'\]"):
+        redis_shards.ShardedStore(ConsistentHashRing(["a", "b"]), {"a": client})
+    store = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": client})
+    with pytest.raises(ValueError, match="no Redis client"):
+        store.begin_move(ConsistentHashRing(["a", "c"]))
+    store.begin_move(ConsistentHashRing(["a"]))
+    with pytest.raises(RuntimeError, match="already in progress"):
+        store.begin_move(ConsistentHashRing(["a"]))
+
+
+def test_redis_cluster_resharding_3_4_3_moves_each_slots_keys_under_load(redis_cluster):
+    cluster = redis_cluster(masters=3)
+    ports = [node.port for node in cluster.nodes]
+    seed = ports[0]
+    reshard_redis.load_cluster(seed, LIVE_KEYS, VALUE_BYTES)
+    newcomer = cluster.add_node()
+    load = redis_shards.LoadGenerator(
+        lambda: RedisCluster(host="127.0.0.1", port=seed), LIVE_KEYS, VALUE_BYTES, workers=3
+    ).start()
+    try:
+        reshard_redis.cluster_join(seed, newcomer.port, ports, slots=300)
+        slots = reshard_redis.slots_of(newcomer.port)
+        assert 290 <= len(slots) <= 300  # redis-cli shares the 300 out among 3 masters
+        on_newcomer = newcomer.client().dbsize()
+        assert on_newcomer == reshard_redis.keys_in_slots(LIVE_KEYS, slots) > 0
+        reshard_redis.cluster_leave(seed, newcomer.port, slots=len(slots))
+        assert newcomer.client().dbsize() == 0
+        reshard_redis.wait_for_cluster(ports)
+        assert sum(len(reshard_redis.slots_of(port)) for port in ports) == 16384
+    finally:
+        final = load.stop()
+    assert (final.errors, final.wrong_reads) == (0, 0), final.examples
+    assert final.operations > 0
+    client = RedisCluster(host="127.0.0.1", port=seed)
+    assert reshard_redis.cluster_problems(client, load) == []
+    client.close()
+
+
+def test_reshard_redis_runs_both_experiments_and_reports_them(tmp_path):
+    result = run_script(
+        f"{FOLDER}/reshard_redis.py", "--keys", "2000", "--cluster-slots", "200", timeout=240
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {
+        match[1]: match.groups()[1:]
+        for match in re.finditer(
+            r"^(ring: 3 -> 4 servers|ring: 4 -> 3 servers|cluster: 3 -> 4 masters|"
+            r"cluster: 4 -> 3 masters)\s+([\d,]+)\s+([\d,]+)\s.*?\s(\d+)\s+(\d+)$",
+            result.stdout,
+            re.MULTILINE,
+        )
+    }
+    assert len(rows) == 4, result.stdout
+    for name, (moved, must, errors, wrong) in rows.items():
+        assert moved == must != "0" and errors == wrong == "0", name
+    assert "OK: exactly the keys whose owner changed moved" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--keys", "0"], "--keys must be between 1 and 2,000,000"),
+        (["--rate", "nan"], "--rate must be between 1 and 100,000"),
+        (["--workers", "1000"], "--workers must be between 1 and 64"),
+        (["--cluster-slots", "16384"], "--cluster-slots must be between 1 and 16,383"),
+        (["--keys", "many"], "invalid int value"),
+    ],
+)
+def test_reshard_redis_refuses_bad_arguments_in_one_line(args, message):
+    result = run_script(f"{FOLDER}/reshard_redis.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reshard_redis_explains_itself():
+    result = run_script(f"{FOLDER}/reshard_redis.py", "--help")
+    assert result.returncode == 0 and "--cluster-slots" in result.stdout
