@@ -10,6 +10,7 @@ condition's list of sleepers (bounded) instead of sleeping and hoping.
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
 import random
 import threading
@@ -27,6 +28,7 @@ bq = load_module("BlockingQueue", "BlockingQueue")
 pipeline = load_module("BlockingQueue", "producer_consumer")
 stress = load_module("BlockingQueue", "queue_stress")
 textbook = load_module("BlockingQueue", "textbook_queue")
+executors = load_module("BlockingQueue", "bounded_executor")
 
 BOUND = 10.0  # seconds any single wait in a test may take before the test fails
 HAS_SHUTDOWN = hasattr(queue.Queue, "shutdown")  # Python 3.13+
@@ -1004,6 +1006,112 @@ def test_queue_stress_script_reports_a_caught_queue_and_a_missed_one():
     assert "FAIL  NotifyOnTransitionOnly is broken but got through hand-over" in missed.stdout
 
 
+# -- the bounded executor, and the trap it fixes --------------------------------
+
+
+def busy_pool(make_pool, workers: int):
+    """A pool whose workers are all running a task that waits until `release` is set."""
+    release = threading.Event()
+    pool = make_pool()
+    stuck = [pool.submit(release.wait, BOUND) for _ in range(workers)]
+    wait_until(lambda: all(f.running() for f in stuck))
+    return pool, release, stuck
+
+
+def wait_until(condition) -> None:
+    deadline = time.monotonic() + BOUND
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.001)
+
+
+def test_thread_pool_executor_submit_never_blocks_however_much_waits():
+    """The trap: with every worker busy, 2,000 more submits all return at once."""
+    pool, release, _ = busy_pool(lambda: concurrent.futures.ThreadPoolExecutor(2), 2)
+    submitter = Worker(lambda: [pool.submit(len, b"x") for _ in range(2_000)])
+    assert len(submitter.finish().result) == 2_000
+    assert pool._work_queue.qsize() >= 2_000 - 2  # all of it waiting, in memory
+    release.set()
+    pool.shutdown()
+
+
+def test_bounded_executor_submit_blocks_at_its_limit_until_a_worker_frees_a_place():
+    pool, release, stuck = busy_pool(lambda: executors.BoundedExecutor(2, max_queued=3), 2)
+    queued = [pool.submit(pow, 2, n) for n in range(3)]  # fills the queue
+    blocked = Worker(pool.submit, pow, 2, 10)
+    wait_for_sleepers(pool.work.not_full, 1)  # the fourth waits: backpressure
+    assert pool.work.qsize() == 3
+    release.set()
+    assert blocked.finish().result.result(timeout=BOUND) == 1024
+    assert [f.result(timeout=BOUND) for f in queued] == [1, 2, 4]
+    assert all(f.result(timeout=BOUND) for f in stuck)
+    pool.shutdown()
+
+
+def test_bounded_executor_runs_tasks_and_reports_their_exceptions():
+    with executors.BoundedExecutor(3, max_queued=4) as pool:
+        assert list(pool.map(pow, range(20), [2] * 20)) == [n * n for n in range(20)]
+        failing = pool.submit(int, "not a number")
+        with pytest.raises(ValueError, match="invalid literal"):
+            failing.result(timeout=BOUND)
+    assert not any(w.is_alive() for w in pool.workers)  # `with` waited for them
+
+
+@pytest.mark.parametrize("cancel", [False, True], ids=["run", "cancel"])
+def test_bounded_executor_shutdown_runs_what_is_queued_or_cancels_it(cancel):
+    pool, release, _ = busy_pool(lambda: executors.BoundedExecutor(1, max_queued=5), 1)
+    queued = [pool.submit(pow, 3, n) for n in range(5)]
+    stopper = Worker(pool.shutdown, cancel_futures=cancel)  # waits for the busy worker
+    wait_until(lambda: pool.work.is_shutdown)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        pool.submit(pow, 0, 0)
+    if cancel:  # every queued task cancelled before the worker is free to take one
+        wait_until(lambda: pool.work.qsize() == 0)
+    release.set()
+    stopper.finish()
+    if cancel:
+        assert all(f.cancelled() for f in queued)
+    else:
+        assert [f.result(timeout=BOUND) for f in queued] == [1, 3, 9, 27, 81]
+    assert not any(w.is_alive() for w in pool.workers)
+
+
+def test_bounded_executor_a_submit_blocked_at_shutdown_is_refused_not_lost():
+    pool, release, _ = busy_pool(lambda: executors.BoundedExecutor(1, max_queued=1), 1)
+    pool.submit(pow, 2, 2)
+    blocked = Worker(pool.submit, pow, 2, 3)
+    wait_for_sleepers(pool.work.not_full, 1)
+    pool.shutdown(wait=False)
+    assert isinstance(blocked.finish().error, RuntimeError)
+    release.set()
+    for worker in pool.workers:
+        worker.join(BOUND)
+    assert not any(w.is_alive() for w in pool.workers)
+
+
+@pytest.mark.parametrize("workers, queued", [(0, 1), (1, 0), (-1, 5)])
+def test_bounded_executor_refuses_a_limit_below_one(workers, queued):
+    with pytest.raises(ValueError, match="must be at least 1"):
+        executors.BoundedExecutor(workers, queued)
+
+
+def test_bounded_executor_job_script_reports_its_memory():
+    result = run_script(
+        "BlockingQueue/bounded_executor.py",
+        *("--executor", "bounded", "--tasks", "200", "--payload", "1024", "--max-queued", "8"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "BoundedExecutor (4 workers, max_queued 8): 200 tasks of 1,024 B" in result.stdout
+    assert "peak RSS" in result.stdout
+
+
+def test_a_job_measured_in_a_child_process_comes_back_whole():
+    report = executors.run_job_in_child("unbounded", tasks=50, payload=4096, workers=2)
+    assert (report.executor, report.tasks, report.max_queued) == ("unbounded", 50, None)
+    assert report.peak_rss >= report.baseline_rss > 0
+    assert report.seconds >= report.submitting > 0
+
+
 # -- guarantees beyond queue.Queue's ------------------------------------------
 
 
@@ -1230,7 +1338,25 @@ def test_queue_stress_refuses_bad_input_clearly(args, message):
 
 
 @pytest.mark.parametrize(
-    "script", ["producer_consumer.py", "queue_stress.py", "demo.py", "bench.py"]
+    "args, message",
+    [
+        (["--executor", "bounded", "--tasks", "0"], "must be between 1 and"),
+        (["--executor", "bounded", "--payload", "-1"], "must be between 0 and"),
+        (["--executor", "unbounded", "--workers", "1000"], "must be between 1 and 64"),
+        (["--executor", "bounded", "--max-queued", "x"], "invalid int value"),
+        (["--executor", "unbounded", "--tasks", "100000", "--payload", "4194304"], "MiB, which"),
+        (["--executor", "none"], "invalid choice"),
+    ],
+)
+def test_bounded_executor_script_refuses_bad_input_clearly(args, message):
+    result = run_script("BlockingQueue/bounded_executor.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["producer_consumer.py", "queue_stress.py", "bounded_executor.py", "demo.py", "bench.py"],
 )
 def test_every_script_has_help(script):
     result = run_script(f"BlockingQueue/{script}", "--help")

@@ -1,0 +1,259 @@
+"""A thread pool whose submit() blocks while too much work is waiting: backpressure for executors.
+
+`concurrent.futures.ThreadPoolExecutor` keeps the tasks it has not started in
+an unbounded queue, so `submit()` never blocks: a loop that submits faster
+than the workers finish piles every task, and every argument it carries, up
+in memory. `BoundedExecutor` is the same pool on a `BlockingQueue(max_queued)`:
+`submit()` blocks while `max_queued` tasks wait, so the submitting loop runs
+at the workers' pace and memory stays flat. README.md, "The unbounded
+executor trap", shows both; run this file to measure one of them:
+
+    python BlockingQueue/bounded_executor.py --executor unbounded --tasks 4000
+    python BlockingQueue/bounded_executor.py --executor bounded --tasks 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+from producer_consumer import MiB, bounded
+
+from BlockingQueue import BlockingQueue, Empty, ShutDown
+
+
+class BoundedExecutor(Executor):
+    """`max_workers` threads running submitted calls; submit() blocks while `max_queued` wait.
+
+    A drop-in for ThreadPoolExecutor where it matters (submit, map, shutdown,
+    `with`), minus its initializer and thread-name options. One trap it does
+    not remove but makes visible: a task that submits to its own executor can
+    block forever once every worker does the same and the queue is full.
+    """
+
+    def __init__(self, max_workers: int, max_queued: int) -> None:
+        if max_workers < 1 or max_queued < 1:
+            raise ValueError(
+                f"max_workers and max_queued must be at least 1, got {max_workers}, {max_queued}"
+            )
+        self.max_queued = max_queued
+        # (future, fn, args, kwargs) for each task not yet started, at most max_queued
+        self.work: BlockingQueue[tuple] = BlockingQueue(max_queued)
+        self.workers = [
+            threading.Thread(target=self._work, name=f"BoundedExecutor-{n}", daemon=True)
+            for n in range(max_workers)
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule fn(*args, **kwargs) and return its Future; blocks while max_queued tasks wait.
+
+        Raises RuntimeError after shutdown(), including to a submit() that was
+        blocked when shutdown() was called (its task was not scheduled).
+        """
+        future: Future = Future()
+        try:
+            self.work.put((future, fn, args, kwargs))
+        except ShutDown:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
+        return future
+
+    def _work(self) -> None:
+        while True:
+            try:
+                future, fn, args, kwargs = self.work.get()
+            except ShutDown:
+                return  # shut down and drained
+            if future.set_running_or_notify_cancel():  # False: cancelled while it waited
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as error:  # noqa: BLE001 - the caller sees it in the Future
+                    future.set_exception(error)
+            del future, fn, args, kwargs  # let a finished task's arguments go now
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new tasks; the workers finish what is queued, then stop.
+
+        With `cancel_futures=True` the tasks still queued are cancelled instead
+        of run. With `wait=True` (the default, and what `with` does) it returns
+        once every worker has stopped.
+        """
+        self.work.shutdown()  # from now on submit() raises; blocked submitters too
+        if cancel_futures:
+            while True:
+                try:
+                    future, *_ = self.work.get_nowait()
+                except (Empty, ShutDown):
+                    break
+                future.cancel()
+        if wait:
+            for worker in self.workers:
+                worker.join()
+
+
+# -- measuring one job: peak memory with and without the limit -----------------
+
+DEFAULT_TASKS = 4_000
+DEFAULT_PAYLOAD = 64 * 1024  # bytes each task carries: a chunk of a file, say
+DEFAULT_WORKERS = 4
+DEFAULT_MAX_QUEUED = 64
+ROUND_TRIP = 0.002  # seconds each task waits, as for a network round trip
+SAMPLE_EVERY = 0.01  # seconds between two readings of the process's RSS
+MAX_TASKS = 100_000
+MAX_PAYLOAD = 4 * MiB
+MAX_HELD = 1024 * MiB  # payload bytes an unbounded executor could end up holding
+
+
+@dataclass
+class JobReport:
+    """One job, measured in the process that ran it."""
+
+    executor: str  # "unbounded" (ThreadPoolExecutor) or "bounded" (BoundedExecutor)
+    tasks: int
+    payload: int
+    workers: int
+    max_queued: int | None
+    seconds: float = 0.0  # from the first submit to the last result
+    submitting: float = 0.0  # until the last submit() returned
+    baseline_rss: int = 0  # bytes, before the job
+    peak_rss: int = 0  # bytes, the most the process ever held (getrusage)
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds, RSS bytes)
+
+    @property
+    def growth(self) -> int:
+        """Bytes the job added to the process's peak: what the pile-up cost."""
+        return self.peak_rss - self.baseline_rss
+
+
+def send_chunk(chunk: bytes) -> bytes:
+    """The work per task, as for uploading a chunk: checksum it, then wait for the far end."""
+    checksum = hashlib.sha256(chunk).digest()
+    time.sleep(ROUND_TRIP)
+    return checksum
+
+
+def run_job(
+    executor: str,
+    tasks: int = DEFAULT_TASKS,
+    payload: int = DEFAULT_PAYLOAD,
+    workers: int = DEFAULT_WORKERS,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+) -> JobReport:
+    """Submit `tasks` chunks of `payload` bytes as fast as they can be made; measure RSS.
+
+    Making a chunk (a memset) takes microseconds and sending it milliseconds,
+    so the submitting loop outruns the workers: whatever the executor lets it
+    queue, it queues. The loop keeps no Futures (each holds a lock and a
+    result): it counts the finished tasks, so the only thing that can pile up
+    is what the executor holds.
+    """
+    report = JobReport(executor, tasks, payload, workers, max_queued)
+    pool: Executor
+    if executor == "bounded":
+        pool = BoundedExecutor(workers, max_queued)
+    else:
+        pool = ThreadPoolExecutor(workers)
+        report.max_queued = None
+    process = psutil.Process()
+    report.baseline_rss = process.memory_info().rss
+    done = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while not done.wait(SAMPLE_EVERY):
+            report.samples.append((time.monotonic() - started, process.memory_info().rss))
+
+    finished = 0
+    counting = threading.Lock()
+
+    def count(future: Future) -> None:
+        nonlocal finished
+        future.result()  # raises if the task did
+        with counting:
+            finished += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    with pool:  # leaving it waits for every task
+        for n in range(tasks):
+            pool.submit(send_chunk, bytes([n % 256]) * payload).add_done_callback(count)
+        report.submitting = time.monotonic() - started
+    report.seconds = time.monotonic() - started
+    if finished != tasks:
+        raise RuntimeError(f"{finished} of {tasks} tasks finished")
+    done.set()
+    sampler.join()
+    report.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return report
+
+
+def run_job_in_child(executor: str, **options: int) -> JobReport:
+    """run_job() in a fresh Python process, so its peak RSS is this job's alone."""
+    command = [sys.executable, __file__, "--executor", executor, "--json"]
+    for name, value in options.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[1:])} failed: {done.stderr.strip()[-500:]}")
+    fields = json.loads(done.stdout.splitlines()[-1])
+    fields["samples"] = [tuple(s) for s in fields["samples"]]
+    return JobReport(**fields)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Submit many tasks, each carrying a chunk of bytes, to ThreadPoolExecutor "
+        "(unbounded) or BoundedExecutor, faster than the workers can send them; report the "
+        "time and the peak memory."
+    )
+    parser.add_argument("--executor", choices=["unbounded", "bounded"], required=True)
+    parser.add_argument("--tasks", type=bounded(int, 1, MAX_TASKS), default=DEFAULT_TASKS)
+    parser.add_argument(
+        "--payload",
+        type=bounded(int, 0, MAX_PAYLOAD),
+        default=DEFAULT_PAYLOAD,
+        help="bytes per task",
+    )
+    parser.add_argument("--workers", type=bounded(int, 1, 64), default=DEFAULT_WORKERS)
+    parser.add_argument(
+        "--max-queued",
+        type=bounded(int, 1, MAX_TASKS),
+        default=DEFAULT_MAX_QUEUED,
+        help="BoundedExecutor's limit (ignored for unbounded)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    args = parser.parse_args(argv)
+    if args.tasks * args.payload > MAX_HELD:
+        parser.error(
+            f"--tasks x --payload is {args.tasks * args.payload / MiB:,.0f} MiB, which the "
+            f"unbounded executor may hold at once; the limit is {MAX_HELD / MiB:,.0f} MiB"
+        )
+
+    report = run_job(args.executor, args.tasks, args.payload, args.workers, args.max_queued)
+    if args.json:
+        print(json.dumps(asdict(report)))
+        return 0
+    name = "ThreadPoolExecutor" if args.executor == "unbounded" else "BoundedExecutor"
+    limit = f"max_queued {args.max_queued}" if args.executor == "bounded" else "no limit"
+    print(f"{name} ({args.workers} workers, {limit}): {args.tasks:,} tasks of {args.payload:,} B")
+    print(f"  submitting took      {report.submitting:.2f} s")
+    print(f"  the whole job took   {report.seconds:.2f} s")
+    print(f"  peak RSS             {report.peak_rss / MiB:,.1f} MiB")
+    print(f"  growth over baseline {report.growth / MiB:,.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
