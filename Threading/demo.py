@@ -218,8 +218,74 @@ def plot_speedups(results: dict[str, dict], cores: int, plan: Plan, path: Path) 
     plt.close(fig)
 
 
-def target(label: str, value: float, ok: bool) -> None:
-    print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value:.2f}x")
+@dataclass(frozen=True)
+class Speedups:
+    """The three speed-ups over sequential that the targets and the lesson use."""
+
+    cpu_processes: float  # CPU_TABLE_WORKERS processes on CPU-bound work
+    cpu_threads: float  # CPU_TABLE_WORKERS threads on CPU-bound work
+    io_threads: float  # one thread per wait on I/O-bound work
+
+    @classmethod
+    def of(cls, results: dict[str, dict], plan: Plan) -> Speedups:
+        cpu, io = results["cpu"], results["io"]
+        return cls(
+            cpu_processes=cpu["sequential"] / cpu["processes"][CPU_TABLE_WORKERS],
+            cpu_threads=cpu["sequential"] / cpu["threads"][CPU_TABLE_WORKERS],
+            io_threads=io["sequential"] / io["threads"][plan.io_tasks],
+        )
+
+
+def print_targets(speedups: Speedups, plan: Plan) -> None:
+    workers, waits = CPU_TABLE_WORKERS, plan.io_tasks
+    print(f"\nTargets ({workers} workers on CPU-bound work, {waits} threads on {waits} waits):")
+    for label, value, ok in (
+        (
+            f"CPU-bound, {workers} processes >= {TARGET_CPU_PROCESSES}x",
+            speedups.cpu_processes,
+            speedups.cpu_processes >= TARGET_CPU_PROCESSES,
+        ),
+        (
+            f"CPU-bound, {workers} threads <= {TARGET_CPU_THREADS}x",
+            speedups.cpu_threads,
+            speedups.cpu_threads <= TARGET_CPU_THREADS,
+        ),
+        (
+            f"I/O-bound, {waits} threads >= {TARGET_IO_THREADS:.0f}x",
+            speedups.io_threads,
+            speedups.io_threads >= TARGET_IO_THREADS,
+        ),
+    ):
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value:.2f}x")
+
+
+def speedup_parts(speedups: Speedups, cores: int, plan: Plan) -> list[Part]:
+    on_cores = f"{cores} core" + "s" * (cores != 1)
+    processes, threads = speedups.cpu_processes, speedups.cpu_threads
+    cpu_words = (
+        f"the speed-up on CPU-bound work was {processes:.2f}x in {CPU_TABLE_WORKERS} "
+        f"processes but {threads:.2f}x in {CPU_TABLE_WORKERS} threads"
+    )
+    if machine_info.gil_enabled():
+        # On one core a "speed-up" of processes is never parallelism: two processes
+        # merely get more turns than one beside other programs' work.
+        cpu = Part(
+            cores >= 2 and processes >= LESSON_PROCESS_MARGIN * threads,
+            f"on {on_cores}, {cpu_words} (the GIL)",
+            f"on {on_cores} (load average {machine_info.load_average()}), {cpu_words}: "
+            + (
+                "one core cannot run two processes at once"
+                if cores < 2
+                else f"processes were not {LESSON_PROCESS_MARGIN}x faster than threads"
+            ),
+        )
+    else:  # free-threaded: threads compute in parallel too; the lesson is that both help
+        words = f"on {on_cores} without the GIL, {cpu_words}"
+        cpu = Part(cores >= 2 and min(processes, threads) >= LESSON_PROCESS_MARGIN, words, words)
+    io_words = (
+        f"{plan.io_tasks} threads made {plan.io_tasks} waits {speedups.io_threads:.1f}x faster"
+    )
+    return [cpu, Part(speedups.io_threads >= LESSON_IO_SPEEDUP, io_words, io_words)]
 
 
 def step_convoy(plan: Plan) -> dict[float, list[convoy.Convoy]]:
@@ -434,54 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     plot_lessons(convoy_rows, payloads, races, plots / PLOTS[1])
     print(f"\nPlots written to {', '.join(os.path.relpath(plots / name) for name in PLOTS)}")
 
-    cpu, io = results["cpu"], results["io"]
-    cpu_w, io_w = CPU_TABLE_WORKERS, plan.io_tasks
-    cpu_processes = cpu["sequential"] / cpu["processes"][cpu_w]
-    cpu_threads = cpu["sequential"] / cpu["threads"][cpu_w]
-    io_threads = io["sequential"] / io["threads"][io_w]
+    speedups = Speedups.of(results, plan)
     if plan == FULL:
-        print(f"\nTargets ({cpu_w} workers on CPU-bound work, {io_w} threads on {io_w} waits):")
-        target(
-            f"CPU-bound, {cpu_w} processes >= {TARGET_CPU_PROCESSES}x",
-            cpu_processes,
-            cpu_processes >= TARGET_CPU_PROCESSES,
-        )
-        target(
-            f"CPU-bound, {cpu_w} threads <= {TARGET_CPU_THREADS}x",
-            cpu_threads,
-            cpu_threads <= TARGET_CPU_THREADS,
-        )
-        target(
-            f"I/O-bound, {io_w} threads >= {TARGET_IO_THREADS:.0f}x",
-            io_threads,
-            io_threads >= TARGET_IO_THREADS,
-        )
-
-    # The lesson, part by part: what this run must have shown, the words that
-    # say it, and the words that say what was seen instead.
-    on_cores = f"{cores} core" + "s" * (cores != 1)
-    cpu_words = (
-        f"the speed-up on CPU-bound work was {cpu_processes:.2f}x in {cpu_w} processes but "
-        f"{cpu_threads:.2f}x in {cpu_w} threads"
-    )
-    if machine_info.gil_enabled():
-        # On one core a "speed-up" of processes is never parallelism: two processes
-        # merely get more turns than one beside other programs' work.
-        cpu_shown = cores >= 2 and cpu_processes >= LESSON_PROCESS_MARGIN * cpu_threads
-        cpu_lesson = f"on {on_cores}, {cpu_words} (the GIL)"
-        cpu_seen = f"on {on_cores} (load average {machine_info.load_average()}), {cpu_words}: " + (
-            "one core cannot run two processes at once"
-            if cores < 2
-            else f"processes were not {LESSON_PROCESS_MARGIN}x faster than threads"
-        )
-    else:  # free-threaded: threads compute in parallel too; the lesson is that both help
-        cpu_shown = cores >= 2 and min(cpu_processes, cpu_threads) >= LESSON_PROCESS_MARGIN
-        cpu_lesson = f"on {on_cores} without the GIL, {cpu_words}"
-        cpu_seen = f"on {on_cores} without the GIL, {cpu_words}"
-    io_words = f"{io_w} threads made {io_w} waits {io_threads:.1f}x faster"
+        print_targets(speedups, plan)
     parts = [
-        Part(cpu_shown, cpu_lesson, cpu_seen),
-        Part(io_threads >= LESSON_IO_SPEEDUP, io_words, io_words),
+        *speedup_parts(speedups, cores, plan),
         convoy_part(convoy_rows),
         payload_part(payloads),
         race_part(races),
@@ -489,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if cores < 2:
         print("Note: 1 usable core, so processes cannot compute in parallel here.")
-    elif cpu_processes < TARGET_CPU_PROCESSES and load_at_start >= cores:
+    elif speedups.cpu_processes < TARGET_CPU_PROCESSES and load_at_start >= cores:
         print(
             f"Note: the load average was {load_at_start:.2f} on {cores} cores when the demo "
             "began: other programs were using the cores, so the CPU-bound figures "
