@@ -53,7 +53,7 @@ def round_trips(address: tuple[str, int], count: int, budget: float = TIME_BUDGE
                 sock.sendall(f"{question}\n".encode())
                 reply = replies.readline()  # the wait: GIL released, then wanted back
                 latencies.append(time.perf_counter() - started)
-                if int(reply) != question * question:
+                if reply != f"{question * question}\n".encode():  # also b"": it hung up
                     raise ConnectionError(f"server answered {reply!r} to {question}")
                 if time.monotonic() > give_up:
                     break

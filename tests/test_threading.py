@@ -362,6 +362,20 @@ def test_round_trips_on_one_connection_get_every_answer_and_stop_at_the_budget(s
     assert len(convoy.round_trips(slow_server.address, 1000, budget=0.0)) == 1
 
 
+def test_round_trips_report_a_server_that_hangs_up_instead_of_misreading_it():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def hang_up() -> None:
+            connection, _ = listener.accept()
+            connection.close()
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        with pytest.raises(ConnectionError):  # b"" is not an answer (nor is a reset)
+            convoy.round_trips(listener.getsockname(), 3)
+        thread.join(timeout=5)
+
+
 def threads_named(prefix: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
