@@ -149,6 +149,8 @@ class ConsistentHashRing:
         try:
             position = self._hash(key) & MASK_32
         except TypeError:  # the try costs nothing until something is raised
+            if isinstance(key, str | bytes):
+                raise  # the hash function's fault, not the key's
             raise key_type_error(key) from None
         positions, owners = self._arcs[position >> self._shift]
         try:
@@ -467,6 +469,7 @@ class ConsistentHashRing:
 # -- ketama ---------------------------------------------------------------------------
 
 KETAMA_LABELS = 40  # md5 digests per server of average weight: 40 x 4 = 160 points
+KETAMA_MAX_WEIGHT = 2**32 - 1  # libketama's memory sizes; float32 keeps them finite
 
 
 def ketama_hash(key: str | bytes) -> int:
@@ -521,8 +524,8 @@ class KetamaRing(ConsistentHashRing):
 
     def _check_weight(self, node: str, weight: object) -> None:
         check_weight(node, weight)
-        if not isinstance(weight, numbers.Integral):
+        if not isinstance(weight, numbers.Integral) or weight > KETAMA_MAX_WEIGHT:
             raise InvalidWeightError(
-                f"ketama weights are whole numbers (libketama reads memory sizes), "
-                f"got {weight!r} for {node!r}"
+                f"ketama weights are whole numbers from 1 to {KETAMA_MAX_WEIGHT:,} "
+                f"(libketama reads memory sizes), got {weight!r} for {node!r}"
             )

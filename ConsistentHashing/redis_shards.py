@@ -159,7 +159,7 @@ class MoveReport:
     # Keys whose old copy was dropped because a client had already written a
     # newer value on the new owner (MIGRATE refused: BUSYKEY).
     superseded: set[bytes] = field(default_factory=set)
-    bytes_moved: int = 0  # key and value bytes of the moved keys
+    bytes_moved: int = 0  # key and value bytes of the moved keys (strings; others: the key)
     scanned: int = 0  # keys looked at on the old owners
     seconds: float = 0.0
 
@@ -233,7 +233,9 @@ def migrate(
     with source.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.strlen(key)
-        sizes = dict(zip(keys, pipe.execute(), strict=True))
+        # A key that is not a string (a hash, a list) counts its name only.
+        lengths = pipe.execute(raise_on_error=False)
+        sizes = {key: n if isinstance(n, int) else 0 for key, n in zip(keys, lengths, strict=True)}
     host, port = address(target)
     try:
         source.migrate(host, port, keys, 0, MIGRATE_TIMEOUT_MS)

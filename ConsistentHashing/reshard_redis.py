@@ -575,6 +575,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     redis_binary("redis-server")
+    # SIGTERM unwinds like an exception, so the servers are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     steps: list[Step] = []
     problems: list[str] = []
     with (
