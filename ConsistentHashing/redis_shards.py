@@ -41,7 +41,8 @@ class ShardedStore:
     Between `begin_move(new_ring)` and `finish_move()` a key may still sit on
     its old owner, so:
     - writes go to the new owner only;
-    - reads ask the new owner, then the old one, then the new one again.
+    - reads ask the new owner, then the old one, then the new one again;
+    - deletes go to the old owner first, then to the new one.
     The third read covers a key that moved between the first two: MIGRATE
     writes it on the new owner before deleting it from the old, so a read that
     found neither copy will find the new one. Nothing else writes to the old
@@ -102,6 +103,22 @@ class ShardedStore:
         epoch, ring, _ = self._enter()
         try:
             self._servers[ring.get_node(key)].set(key, value)
+        finally:
+            self._leave(epoch)
+
+    def delete(self, key: str) -> None:
+        """Delete `key`; during a move, from its old owner first, then from its new one.
+
+        In that order a move cannot bring it back: MIGRATE either ran before
+        the first delete (the key is on the new owner, and the second delete
+        finds it there) or after it (there is nothing left to move).
+        """
+        epoch, ring, previous = self._enter()
+        try:
+            owner = ring.get_node(key)
+            if previous is not None and previous.get_node(key) != owner:
+                self._servers[previous.get_node(key)].delete(key)
+            self._servers[owner].delete(key)
         finally:
             self._leave(epoch)
 

@@ -1207,6 +1207,21 @@ def test_a_key_rewritten_on_its_new_owner_mid_move_keeps_the_new_value(redis_ser
     assert store.get(moving[0]) == b"written during the move" and not a.exists(moving[0])
 
 
+def test_a_key_deleted_mid_move_stays_deleted_whether_it_had_moved_or_not(redis_server):
+    a, b, store, grown, moving = two_servers_and_a_store(redis_server)
+    old_ring = store.begin_move(grown, {"b": b})
+    host, port = redis_shards.address(b)
+    a.migrate(host, port, [moving[0]], 0, 5000)  # this one has moved already, that one not
+    store.delete(moving[0])
+    store.delete(moving[1])
+    report = redis_shards.move_keys(store, old_ring)
+    store.finish_move()
+    for key in moving[:2]:
+        assert store.get(key) is None and not a.exists(key) and not b.exists(key)
+        assert key.encode() not in report.moved
+    assert len(report.moved) == len(moving) - 2
+
+
 def test_a_read_that_misses_both_copies_because_the_key_just_moved_asks_again(
     redis_server, monkeypatch
 ):
