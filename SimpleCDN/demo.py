@@ -4,8 +4,8 @@
 
 Starts the origin with 80 ms of latency and two edges on free ports, then
 walks through: hits and misses per region, expiry and revalidation, a
-`no-store` page, a PUT that invalidates, a burst of users, and the origin
-dying while a stale copy is still served. Writes its plot to SimpleCDN/out/
+`no-store` page, a PUT that invalidates, a burst of users, a page that sets
+a cookie, and the origin dying while a stale copy is still served. Writes its plot to SimpleCDN/out/
 (`--save-images` rewrites the README's picture in images/ instead) and ends
 with the measured lesson, or with `Lesson not shown:` and exit 1 if it did not show.
 """
@@ -238,7 +238,21 @@ def main() -> int:
             f"reached the origin {burst_origin} times"
         )
 
-        heading("7. The origin crashes: who still gets an answer?")
+        heading("7. A page that sets a cookie is personal: it is never shared")
+        page = "/respond?page=welcome&cc=max-age%3D600&cookie=1"  # Set-Cookie for whoever asks
+        cookies = []
+        for name in ("alice", "bob"):
+            row = eu.fetch(page, headers={"X-User": name})
+            cookies.append(eu.session.cookies.get("session"))
+            eu.session.cookies.clear()
+            print(
+                f"   eu-west  {name:<5} GET /respond?...&cookie=1  {row.status:>6}  "
+                f"{row.x_cache:<11} Set-Cookie: session={cookies[-1]}"
+            )
+        if cookies != ["alice-secret", "bob-secret"]:
+            failures.append(f"a cookie was handed to another user: {cookies}")
+
+        heading("8. The origin crashes: who still gets an answer?")
         time.sleep(3.1)  # long enough for index.html and news.html to be stale again
         origin.kill()
         origin.wait()
