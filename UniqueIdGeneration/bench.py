@@ -54,6 +54,7 @@ LEASE_TTL = 10  # seconds, the default a service would use
 TAKEOVER_TTL = 3  # seconds: a short lease, so three takeovers fit in the run
 TAKEOVER_SLACK = 1.0  # etcd sweeps expired leases every 0.5 s; a waiter polls every 0.5 s
 ACQUISITIONS = 20
+LEASE_ROUNDS_PER_ROUND = 4  # the lease comparison runs 4x the rounds with 1/4 the ids each
 TAKEOVERS = 3
 
 PACKAGE = f"snowflake-id {version('snowflake-id')} (no lock)"  # the pin in requirements.txt
@@ -131,12 +132,10 @@ def four_threads(count_per_thread: int) -> dict[str, float]:
     }
 
 
-def leased_vs_fixed(etcd_url: str, rounds: int, count: int) -> tuple[float, float]:
-    """Best ids/s of a generator on a live lease and of one on a fixed worker id.
-
-    The best round, not the median: the two run the same hot path (the lease
-    is checked once per millisecond), so any gap is noise from other work on
-    the machine, and noise only ever slows a round down.
+def leased_vs_fixed(etcd_url: str, rounds: int, count: int) -> tuple[float, float, float]:
+    """Ids/s of a generator on a live lease and of one on a fixed worker id:
+    (median leased, median fixed, median of the leased/fixed ratios of rounds
+    run back to back). Pairing the rounds cancels load that drifts over the run.
     """
     with WorkerIdLease.WorkerIdLease(etcd_url, ttl=LEASE_TTL) as lease:
         makers = {
@@ -144,10 +143,15 @@ def leased_vs_fixed(etcd_url: str, rounds: int, count: int) -> tuple[float, floa
             "fixed": lambda: IdGenerator.IdGenerator(1).next_id,
         }
         samples: dict[str, list[float]] = {name: [] for name in makers}
-        for n in range(2 * rounds):  # interleaved, each going first half the time
-            for name in sorted(makers, reverse=n % 2 == 1):
+        for n in range(LEASE_ROUNDS_PER_ROUND * rounds):  # short rounds, interleaved,
+            for name in sorted(makers, reverse=n % 2 == 1):  # each going first half the time
                 samples[name].append(ids_per_second(makers[name](), count))
-    return max(samples["leased"]), max(samples["fixed"])
+    ratios = [a / b for a, b in zip(samples["leased"], samples["fixed"], strict=True)]
+    return (
+        statistics.median(samples["leased"]),
+        statistics.median(samples["fixed"]),
+        statistics.median(ratios),
+    )
 
 
 def acquisition_ms(etcd_url: str) -> list[float]:
@@ -279,17 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(etcd_dir, ignore_errors=True)
     try:
         with LocalEtcd.LocalEtcd(etcd_dir) as etcd:
-            leased, fixed = leased_vs_fixed(etcd.url, args.rounds, args.ids)
+            lease_ids = max(1, args.ids // LEASE_ROUNDS_PER_ROUND)
+            leased, fixed, share = leased_vs_fixed(etcd.url, args.rounds, lease_ids)
             acquired = acquisition_ms(etcd.url)
             takeovers = takeover_seconds(etcd.url)
     except LocalEtcd.EtcdNotInstalledError as err:
         print(f"  {err}")
         targets.check(False, f"the lease rows need etcd: {err}")
     else:
-        share = leased / fixed
-        print(f"  best of {2 * args.rounds} interleaved rounds of {args.ids:,} ids:")
+        print(
+            f"  medians of {LEASE_ROUNDS_PER_ROUND * args.rounds} interleaved rounds "
+            f"of {lease_ids:,} ids each:"
+        )
         print(f"  {'IdGenerator, fixed worker id':<40} {fixed:>11,.0f} IDs/s")
         print(f"  {f'IdGenerator, live {LEASE_TTL} s etcd lease':<40} {leased:>11,.0f} IDs/s")
+        print(f"  {'leased / fixed, median of paired rounds':<40} {share:>11.2f}x")
         print(
             f"  lease acquisition (grant + read + create-if-absent), {ACQUISITIONS} times: "
             f"median {statistics.median(acquired):.1f} ms, max {max(acquired):.1f} ms"
