@@ -450,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:  # opened now, so an unwritable path is refused before any id is leased
+        record = open(args.record, "w") if args.record else None
+    except OSError as err:
+        print(f"error: cannot write --record {args.record}: {err.strerror}", file=sys.stderr)
+        return 2
     give_up = time.monotonic() + args.wait
     while True:  # in short waits, so Ctrl+C or SIGTERM is heard while every id is taken
         try:
@@ -485,9 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             time.sleep(burst / args.rate)
         history = list(lease.history)
-    if args.record:
-        with open(args.record, "w") as out:
-            json.dump({"ids": minted, "holds": [h._asdict() for h in history]}, out)
+    if record is not None:
+        with record:
+            json.dump({"ids": minted, "holds": [h._asdict() for h in history]}, record)
     print(
         f"minted {len(minted):,} ids in {len(history)} hold(s) of worker ids "
         f"{sorted({h.worker_id for h in history})}; released",

@@ -1013,6 +1013,7 @@ def test_lease_cli_says_clearly_when_every_id_is_taken(etcd_server, leases):
         ["--etcd", "http://x", "--worker-ids", "33"],
         ["--etcd", "http://x", "--rate", "0"],
         ["--etcd", "http://x", "--ttl", "10", "--margin", "9"],
+        ["--etcd", "http://x", "--record", "/nonexistent/dir/record.json"],
         [],
     ],
 )
