@@ -48,14 +48,18 @@ delay_seconds = bounded_seconds(0, MAX_DELAY)
 port_number = bounded_int(65535, lower=0)
 
 
-def comma_list(parse_one: Callable[[str], Value]) -> Callable[[str], tuple[Value, ...]]:
-    """Comma-separated values, each checked by `parse_one`; sorted, duplicates dropped."""
+def comma_list(
+    parse_one: Callable[[str], Value], most: int = 8
+) -> Callable[[str], tuple[Value, ...]]:
+    """Up to `most` comma-separated values, each checked by `parse_one`; sorted, no duplicates."""
 
     def parse(text: str) -> tuple[Value, ...]:
         try:
             values = {parse_one(part.strip()) for part in text.split(",")}
         except argparse.ArgumentTypeError as error:
             raise argparse.ArgumentTypeError(f"in {text!r}: {error}") from None
+        if len(values) > most:
+            raise argparse.ArgumentTypeError(f"at most {most} values, got {len(values)}")
         return tuple(sorted(values))
 
     return parse

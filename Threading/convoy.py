@@ -34,7 +34,7 @@ DEFAULT_CPU_THREADS = (0, 1, 2, 4)
 MAX_CPU_THREADS = 16
 DEFAULT_INTERVALS = (0.005, 0.0005)  # CPython's default, and a tenth of it
 MIN_INTERVAL, MAX_INTERVAL = 0.000_01, 0.1  # seconds
-TIME_BUDGET = 10.0  # seconds of round trips per row at most: a long convoy stops early
+TIME_BUDGET = 5.0  # seconds of round trips per row at most: a long convoy stops early
 SPIN_WINDOW = 2_000  # numbers per prime count in a computing thread: ~4 ms of Python
 
 

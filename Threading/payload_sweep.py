@@ -38,6 +38,7 @@ KB, MB = 1024, 1024 * 1024
 DEFAULT_SIZES = (KB, 64 * KB, MB, 8 * MB, 16 * MB, 32 * MB, 64 * MB)
 MAX_SIZE = 256 * MB  # per task; a pool may hold a few pickled copies at once
 MAX_REPEATS = 20
+MAX_TOTAL = 4 * 1024 * MB  # bytes of blocks in a whole run (sizes x repeats): about a minute
 UNITS = {"B": 1, "KB": KB, "MB": MB}
 
 
@@ -227,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"runs of every size; the table shows medians (default: 1, at most {MAX_REPEATS})",
     )
     args = parser.parse_args(argv)
+    if sum(args.sizes) * args.repeats > MAX_TOTAL:
+        parser.error(
+            f"{size_label(sum(args.sizes))} of blocks x {args.repeats} repeats is over "
+            f"{size_label(MAX_TOTAL)} in all; fewer or smaller --sizes, or fewer --repeats"
+        )
     print(
         f"{TASKS} tasks of ~40 ms of computing each, on {WORKERS} workers (pools started "
         f"beforehand); seconds per run, median of {args.repeats}"

@@ -500,16 +500,22 @@ def test_bad_arguments_exit_2_with_a_message_not_a_traceback(script, option, val
 
 
 @pytest.mark.parametrize(
-    ("script", "args"),
+    ("script", "args", "says"),
     [
-        ("Threading/MultiThreading.py", ("--kind", "cpu", "--tasks", "5000")),  # ~5 min each
-        ("Threading/MultiProcessing.py", ("--kind", "io", "--tasks", "200", "--delay", "1")),
+        ("Threading/MultiThreading.py", ("--kind", "cpu", "--tasks", "5000"), "one after another"),
+        (
+            "Threading/MultiProcessing.py",
+            ("--kind", "io", "--tasks", "200", "--delay", "1"),
+            "one after another",
+        ),
+        ("Threading/payload_sweep.py", ("--sizes", "256MB,255MB", "--repeats", "9"), "in all"),
+        ("Threading/convoy.py", ("--cpu-threads", "1,2,3,4,5,6,7,8,9"), "at most 8 values"),
     ],
 )
-def test_scripts_refuse_runs_that_would_take_many_minutes(script, args):
+def test_scripts_refuse_runs_that_would_take_many_minutes(script, args, says):
     result = run_script(script, *args, timeout=30)
     assert result.returncode == 2
-    assert "one after another" in result.stderr and "Traceback" not in result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
 
 
 def test_demo_refuses_to_save_the_readme_pictures_from_a_quick_run():
