@@ -84,7 +84,10 @@ def processes_with_own_worker_ids() -> tuple[int, int, bool, list[int]]:
 class LeaseWorker:
     """WorkerIdLease.py in its own process: it leases an id and mints with it."""
 
+    started: list[LeaseWorker] = []  # every one, so that any exit of the demo ends them
+
     def __init__(self, name: str, etcd_url: str, record: Path, space: int):
+        LeaseWorker.started.append(self)
         self.name, self.record = name, record
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
@@ -111,6 +114,11 @@ class LeaseWorker:
                 return False
             time.sleep(0.02)
         return True
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> dict:
         """SIGTERM (it releases its id and writes its record); the record."""
@@ -220,7 +228,7 @@ def plot_pause(result: dict, path: Path) -> None:
             xs = [
                 (id_wall_ms(i) - start_ms) / 1000
                 for i in record["ids"][::20]
-                if since // 1 <= id_wall_ms(i) < until
+                if int(since) <= id_wall_ms(i) < until
             ]
             ax.scatter(xs, [rows[name]] * len(xs), s=4, label=f"{name}, hold {n + 1}")
     low, high = ((t / 1e6 - start_ms) / 1000 for t in result["frozen_ns"])
@@ -399,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     except LocalEtcd.EtcdNotInstalledError as err:
         print(f"  skipped: {err}")
         failures.append(str(err))
+    finally:
+        for worker in LeaseWorker.started:
+            worker.kill()  # only those a failure or Ctrl+C left running
     if pause is not None:
         start = pause["started_ns"]
         rows = []
