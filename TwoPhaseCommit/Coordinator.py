@@ -20,6 +20,7 @@ its in-doubt transactions (XA's recover). See the README's "The protocol",
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import threading
@@ -33,6 +34,7 @@ import twopc_disk
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
     OUT_DIR,
+    Batcher,
     DurableStore,
     Faults,
     Messenger,
@@ -88,10 +90,8 @@ class OrderConflict(Exception):
 class DecisionLog:
     """The coordinator's log: its identity, and one record per decided transaction.
 
-    Commit records are forced in groups (group commit): a thread that wants
-    its commit on disk joins the queue; whoever finds no flush running takes
-    the whole queue and writes it in one transaction, one fsync, while the
-    others wait for it. Under load one fsync carries many decisions.
+    Commit records are forced in groups (group commit, a Batcher): commits
+    that arrive while one group is being fsynced go together in the next.
     """
 
     def __init__(self, store: DurableStore, faults: Faults) -> None:
@@ -107,42 +107,23 @@ class DecisionLog:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_id', ?), ('incarnation', ?)",
                 (self.log_id, str(self.incarnation)),
             )
-        self._queue: list[tuple] = []
-        self._flushing = False
-        self._flushed = threading.Condition()  # the leader notifies it after each group
-        self.groups = 0  # fsyncs that carried commit decisions
+        self.commits = Batcher(self._write_commits)  # group commit
 
     def force_commit(self, txid: str, order_id: str, order: dict, votes: dict) -> None:
         """Return once this commit record is on disk: THE COMMIT POINT."""
         record = (txid, order_id, json.dumps(order), COMMITTED, "", json.dumps(votes), time.time())
-        entry = {"record": record, "done": False, "error": None}
-        with self._flushed:
-            self._queue.append(entry)
-            while not entry["done"]:
-                if self._flushing:
-                    self._flushed.wait()
-                    continue
-                self._flushing = True
-                self._flushed.release()
-                time.sleep(self.faults.slow_fsync_ms / 1000)  # a slow disk: more join meanwhile
-                self._flushed.acquire()
-                group, self._queue = self._queue, []
-                self._flushed.release()
-                error = None
-                try:
-                    with self.store.transaction() as db:  # forced: one fsync for the group
-                        db.executemany(INSERT_DECISION, [e["record"] for e in group])
-                except Exception as err:  # every waiter in the group hears it
-                    error = err
-                finally:
-                    self._flushed.acquire()
-                    self._flushing = False
-                    self.groups += 1
-                    for e in group:
-                        e["done"], e["error"] = True, error
-                    self._flushed.notify_all()
-        if entry["error"] is not None:
-            raise entry["error"]
+        self.commits.submit(record)
+
+    def _write_commits(self, records: list[tuple]) -> list[None]:
+        time.sleep(self.faults.slow_fsync_ms / 1000)  # a slow disk: more join the next group
+        with self.store.transaction() as db:  # forced: one fsync for the whole group
+            db.executemany(INSERT_DECISION, records)
+        return [None] * len(records)
+
+    @property
+    def groups(self) -> int:
+        """fsyncs that carried commit decisions."""
+        return self.commits.batches
 
     def note_abort(self, txid: str, order_id: str, order: dict, reason: str, votes: dict) -> None:
         """Written, not forced: lost in a power cut, an abort is still an abort (presumed)."""
@@ -226,6 +207,9 @@ class Coordinator:
         # Orders being placed right now (order_id -> set when done): a retry waits for it.
         self.running_orders: dict[str, threading.Event] = {}
         self.orders_lock = threading.Lock()
+        self.phase_two = {
+            name: Batcher(functools.partial(self._send_commits, name)) for name in self.participants
+        }
         self.unfinished: dict[str, Unfinished] = {}
         # Guards unfinished; the finisher thread waits on it, place_order
         # notifies it when it hands over a commit still to deliver, and
@@ -334,19 +318,31 @@ class Coordinator:
         return waiting_for
 
     def tell_commit(self, name: str, txid: str) -> bool:
-        """True once the participant acknowledged (or refused for good: see below)."""
-        body = {"txid": txid, "coordinator_log": self.log.log_id}
+        """True once the participant acknowledged (or refused for good: see below).
+
+        Commits to one participant travel in batches: those asked for while
+        one message is on its way go together in the next (README, "Batching").
+        """
+        return self.phase_two[name].submit(txid)
+
+    def _send_commits(self, name: str, txids: list[str]) -> list[bool]:
+        body = {"txids": txids, "coordinator_log": self.log.log_id}
         url = f"{self.participants[name]}/commit"
         try:
             status, reply = self.messenger.call("POST", url, self.vote_timeout, body)
         except Unreachable:
-            return False
-        if status == 409:
-            # It aborted the transaction on an operator's word (a heuristic
-            # decision) and cannot commit it now: resending will not help.
-            print(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {reply.get('error')}")
-            return True
-        return status == 200
+            return [False] * len(txids)
+        if status != 200:
+            return [False] * len(txids)
+        acknowledged = []
+        for txid in txids:
+            result = reply.get("results", {}).get(txid, {})
+            if result.get("status") == 409:
+                # It aborted the transaction on an operator's word (a heuristic
+                # decision) and cannot commit it now: resending will not help.
+                print(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {result['error']}")
+            acknowledged.append(result.get("status") in (200, 409))
+        return acknowledged
 
     def send_abort(self, name: str, txid: str) -> None:
         body = {"txid": txid, "coordinator_log": self.log.log_id}

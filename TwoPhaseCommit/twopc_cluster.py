@@ -137,11 +137,19 @@ class Cluster:
         participant_args: tuple[str, ...] = (),
         coordinator_args: tuple[str, ...] = (),
         coordinator_script: str = "Coordinator.py",
+        inventory_dsn: str | None = None,
     ) -> None:
         self.workdir = workdir
+        # Inventory keeps its stock in SQLite, or in PostgreSQL when given a DSN.
+        store = ["--store", "postgres", "--dsn", inventory_dsn] if inventory_dsn else None
         self.inventory = Service(
             "InventoryService.py",
-            ["--db", str(workdir / "inventory.db"), "--stock", stock, *participant_args],
+            [
+                *(store or ["--db", str(workdir / "inventory.db")]),
+                "--stock",
+                stock,
+                *participant_args,
+            ],
         )
         self.delivery = Service(
             "DeliveryService.py",

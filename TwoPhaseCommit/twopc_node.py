@@ -16,7 +16,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,6 +145,55 @@ def row_as_dict(cursor: apsw.Cursor, row: tuple) -> dict[str, Any]:
 
 class StoreError(RuntimeError):
     """The database file cannot be opened or has the wrong shape."""
+
+
+# -- doing many at once ----------------------------------------------------------------
+
+
+class Batcher:
+    """Group whatever arrives while a batch is in flight: one flush carries all of it.
+
+    A thread calls `submit(item)` and blocks. Whoever finds no flush running
+    becomes the leader: it takes everything queued, calls `flush(items)` once
+    (one fsync, one message), hands each waiter its result, and leaves. Those
+    that arrived meanwhile are the next batch. Alone, a batch is one item and
+    costs what it did before; under load, one flush carries many. This is
+    group commit (the coordinator's log) and batching (phase 2's messages).
+    """
+
+    def __init__(self, flush: Callable[[list[Any]], list[Any]]) -> None:
+        self._flush = flush  # items -> one result per item, in order
+        self._queue: list[dict[str, Any]] = []
+        self._flushing = False
+        self._done = threading.Condition()  # the leader notifies it after each batch
+        self.batches = 0
+
+    def submit(self, item: Any) -> Any:
+        entry: dict[str, Any] = {"item": item, "done": False, "result": None, "error": None}
+        with self._done:
+            self._queue.append(entry)
+            while not entry["done"]:
+                if self._flushing:
+                    self._done.wait()
+                    continue
+                batch, self._queue, self._flushing = self._queue, [], True
+                self._done.release()
+                results: list[Any] = [None] * len(batch)
+                error = None
+                try:
+                    results = self._flush([e["item"] for e in batch])
+                except Exception as err:  # every waiter in the batch hears it
+                    error = err
+                finally:
+                    self._done.acquire()
+                    self._flushing = False
+                    self.batches += 1
+                    for e, result in zip(batch, results, strict=True):
+                        e["done"], e["result"], e["error"] = True, result, error
+                    self._done.notify_all()
+        if entry["error"] is not None:
+            raise entry["error"]
+        return entry["result"]
 
 
 # -- messages between processes ----------------------------------------------------

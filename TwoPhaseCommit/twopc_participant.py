@@ -48,6 +48,7 @@ PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
 CRASH_POINTS = ("before-vote", "after-vote")
 ASK_TIMEOUT = 2.0  # s for one GET /decisions to the coordinator
 LOG_ID_PATTERN = re.compile(r"[A-Za-z0-9]{1,64}")
+MAX_BATCH = 1000  # txids in one phase-2 message
 
 TRANSACTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -411,23 +412,42 @@ def create_app(participant: Participant) -> Flask:
 
     @app.post("/commit")
     def commit():
-        return decide(participant.commit)
+        """One txid, or a batch: {"txids": [...]} answers {"results": {txid: ...}}."""
+        body = json_object()
+        coordinator_log = check_log_id(body.get("coordinator_log", ""), required=False)
+        txids = body.get("txids")
+        if txids is None:
+            return answer(decide(participant.commit, body.get("txid"), coordinator_log))
+        if not isinstance(txids, list) or not 1 <= len(txids) <= MAX_BATCH:
+            abort(400, f"txids must be a list of 1..{MAX_BATCH} transaction ids")
+        results = {}
+        for txid in [check_txid(t) for t in txids]:
+            reply, status = decide(participant.commit, txid, coordinator_log)
+            results[txid] = {**reply, "status": status}
+        return jsonify(results=results)
 
     @app.post("/abort")
     def abort_():
-        return decide(participant.abort)
-
-    def decide(action):
         body = json_object()
-        txid = check_txid(body.get("txid"))
         coordinator_log = check_log_id(body.get("coordinator_log", ""), required=False)
+        return answer(decide(participant.abort, body.get("txid"), coordinator_log))
+
+    def decide(action, txid: Any, coordinator_log: str) -> tuple[dict, int]:
+        """Phase 2 for one transaction: (reply, HTTP status)."""
+        txid = check_txid(txid)
         try:
             row = action(txid, "told in phase 2", coordinator_log)
         except KeyError as err:
-            abort(404, err.args[0])
+            return {"txid": txid, "error": err.args[0]}, 404
         except ProtocolConflict as err:
-            abort(409, str(err))
-        return jsonify(txid=txid, state=row["state"])
+            return {"txid": txid, "error": str(err)}, 409
+        return {"txid": txid, "state": row["state"]}, 200
+
+    def answer(result: tuple[dict, int]):
+        reply, status = result
+        if status != 200:
+            abort(status, reply["error"])
+        return jsonify(reply)
 
     @app.post("/admin/resolve")
     def resolve_by_hand():

@@ -357,6 +357,20 @@ def test_prepare_twice_reserves_once_and_commit_is_idempotent(shop):
     assert reply.status_code == 409 and "COMMITTED" in reply.json()["error"]
 
 
+def test_phase_two_commits_travel_in_batches_and_each_gets_its_own_answer(shop):
+    ready = ["batch-" + uuid.uuid4().hex[:8] for _ in range(3)]
+    for txid in ready:
+        assert prepare(shop, "inventory", txid)["vote"] == "yes"
+    aborted = "batch-" + uuid.uuid4().hex[:8]
+    shop.post("inventory", "/abort", {"txid": aborted})
+    txids = [*ready, aborted, "batch-never-seen"]
+    reply = shop.post("inventory", "/commit", {"txids": txids})
+    assert reply.status_code == 200
+    results = reply.json()["results"]
+    assert [results[t]["status"] for t in txids] == [200, 200, 200, 409, 404]
+    assert all(shop.state("inventory", t) == "COMMITTED" for t in ready)
+
+
 def test_abort_is_idempotent_and_a_prepare_after_abort_votes_no(shop):
     txid = "direct-" + uuid.uuid4().hex[:8]
     before = shop.rider_counts()
@@ -1159,6 +1173,10 @@ def test_a_bad_order_gets_a_json_400_and_changes_nothing(shop, body, error):
         ("delivery", "GET", "/transactions/no-such-tx", None, 404),
         ("inventory", "POST", "/commit", {"txid": "no-such-tx"}, 404),
         ("inventory", "POST", "/commit", {"txid": "bad id!"}, 400),
+        ("inventory", "POST", "/commit", {"txids": []}, 400),
+        ("inventory", "POST", "/commit", {"txids": "a1"}, 400),
+        ("inventory", "POST", "/commit", {"txids": ["ok", "bad id!"]}, 400),
+        ("inventory", "POST", "/commit", {"txids": ["x"] * 1001}, 400),
         ("delivery", "POST", "/prepare", {"order": {}}, 400),
         ("delivery", "POST", "/prepare", {"txid": "t1", "order": {}, "coordinator": 3}, 400),
         ("inventory", "GET", "/transactions?state=MAYBE", None, 400),
