@@ -1,13 +1,16 @@
-"""Two-phase commit, the guided run: six food orders, three crashes, one order left hanging.
+"""Two-phase commit, the guided run: eight food orders, crashes, a power cut and a lost log.
 
     python TwoPhaseCommit/demo.py
 
 Starts InventoryService, DeliveryService and the Coordinator as three processes
 on free ports with fresh databases, then walks through: an order that commits;
 no free rider; out of stock; the coordinator crashing after its decision; a
-participant crashing after voting yes; and the blocking problem, where the
+participant crashing after voting yes; the blocking problem, where the
 coordinator dies before deciding and both services must hold the food and the
-rider until it comes back. After each step it prints both services' state.
+rider until it comes back; a power cut that loses a participant's unforced
+commit, which it then learns again; and a coordinator that comes back with an
+empty log, which must not presume abort: an operator ends the doubt by hand.
+After each step it prints both services' state.
 The databases stay in out/demo/ (git-ignored) for you to open afterwards.
 Ends with a `Lesson:` line, or with `Lesson not shown:` and exit status 1 if
 any step did not go as 2PC promises (an order half done, a reservation stuck).
@@ -56,7 +59,7 @@ class Walkthrough:
         if self.cluster.coordinator is not None and self.cluster.coordinator.running:
             order_id, _ = order_and_attempt(txid)
             reply = self.cluster.coordinator.get(f"/orders/{order_id}")
-            return reply.get("outcome", "no record (presumed abort)")
+            return reply.get("outcome", "no record")
         # It is down: read its log file straight off the disk.
         with sqlite3.connect(self.workdir / "coordinator.db") as db:
             row = db.execute("SELECT state FROM log WHERE txid = ?", (txid,)).fetchone()
@@ -236,6 +239,59 @@ class Walkthrough:
         self.expect("step 6 delivery", self.participant_state("delivery", txid), "ABORTED")
         return blocked
 
+    def step_power_cut(self) -> None:
+        print("\n7. A power cut at DeliveryService just after it committed an order")
+        print("  delivery now keeps unsynced writes in its own memory (--volatile-cache):")
+        print("  a kill loses them, as a power cut would; its COMMITTED row is not forced")
+        self.cluster.delivery.stop()
+        self.cluster.delivery.args.append("--volatile-cache")
+        self.cluster.delivery.start()
+        self.cluster.delivery.post("/riders", {"count": 2})  # forced: on disk before the order
+        result = self.order("pizza", 1)
+        self.expect("step 7 outcome", result.get("outcome"), "committed")
+        txid = result["txid"]
+        self.show(txid)
+        print("  the power goes out at delivery ...")
+        self.cluster.delivery.kill()
+        self.cluster.delivery.start()
+        recovered = self.recovery_lines(self.cluster.delivery)
+        print("  delivery: " + recovered)
+        self.expect("step 7 lost the unforced commit", txid in recovered, True)
+        self.settle()
+        self.show(txid)
+        self.expect("step 7 delivery", self.participant_state("delivery", txid), "COMMITTED")
+
+    def step_lost_log(self) -> None:
+        print("\n8. The coordinator crashes mid phase 2 and comes back with an empty log")
+        self.set_fault("coordinator", crash_at="after-first-commit")
+        result = self.order("pizza", 1)
+        self.expect("step 8 client sees", "error" in result, True)
+        self.cluster.coordinator.wait_exit()
+        txid = self.only_new_txid("pizza", 1)
+        coordinator = self.cluster.coordinator
+        db = coordinator.args.index("--db") + 1
+        coordinator.args[db] = str(self.workdir / "coordinator-new-disk.db")
+        print("  restarting the coordinator on a new, empty disk ...")
+        coordinator.start()
+        print("  " + self.recovery_lines(coordinator))
+        deadline = time.monotonic() + 10
+        while "cannot know" not in self.doubt("delivery", txid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.show(txid)
+        print(f"  delivery's doubt: {self.doubt('delivery', txid)}")
+        in_doubt = self.participant_state("delivery", txid)
+        self.expect("step 8 delivery in doubt", in_doubt, "PREPARED")
+        print("  an operator sees inventory COMMITTED and commits delivery by hand:")
+        resolved = self.cluster.delivery.post(
+            "/admin/resolve", {"txid": txid, "decision": "commit"}
+        )
+        print(f"  in_doubt.py --commit {txid}  ->  {resolved.get('resolved_by')}")
+        self.show(txid)
+        self.expect("step 8 delivery", self.participant_state("delivery", txid), "COMMITTED")
+
+    def doubt(self, name: str, txid: str) -> str:
+        return self.cluster.transactions(name).get(txid, {}).get("doubt", "")
+
     # -- helpers -----------------------------------------------------------------------------
 
     def participant_state(self, name: str, txid: str) -> str | None:
@@ -291,13 +347,16 @@ def main(argv: list[str] | None = None) -> int:
             demo.step_coordinator_crash_after_decision()
             demo.step_participant_crash_after_yes()
             blocked = demo.step_blocking()
+            demo.step_power_cut()
+            demo.step_lost_log()
             half_done = demo.check_atomic()
     except ServiceDown as err:
         print(f"\nLesson not shown: a service stopped answering: {err}")
         return 1
     print(f"\n({time.monotonic() - started:.1f} s; databases in {workdir})")
     seen = (
-        f"{len(demo.orders)} orders through 3 crashes ended with {half_done} half done; "
+        f"{len(demo.orders)} orders through 4 crashes, a power cut and a lost log ended with "
+        f"{half_done} half done; "
         f"an undecided order held 2 pizzas and a rider for {blocked:.1f} s"
     )
     if demo.failures:

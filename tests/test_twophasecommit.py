@@ -1324,9 +1324,12 @@ def test_demo_walks_through_every_scenario_and_keeps_atomicity(tmp_path):
     result = run_script("TwoPhaseCommit/demo.py", "--out", str(tmp_path), timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "coordinator.db").is_file()  # the databases went where it was told
-    for step in range(1, 7):
+    for step in range(1, 9):
         assert f"\n{step}. " in result.stdout
     assert "(down) log: COMMITTED" in result.stdout  # the decision was on disk before phase 2
     assert "recovered 1 PREPARED transaction(s)" in result.stdout
+    assert "COMMITTED (asked the coordinator)" in result.stdout  # after the power cut
+    assert "1 of another coordinator log" in result.stdout  # the lost log: no presumed abort
+    assert "COMMITTED (heuristic commit by an operator)" in result.stdout
     assert "\nLesson: " in result.stdout and "ended with 0 half done" in result.stdout
     assert "Lesson not shown" not in result.stdout
