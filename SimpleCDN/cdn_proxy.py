@@ -147,6 +147,7 @@ class Edge:
         self.budget = InflightBudget(config.max_inflight_bytes)
         self.stats = EdgeStats()
         self.flights: dict[tuple[str, Variant | None], Fill] = {}  # the fetches others may join
+        self.fetching: set[asyncio.Task] = set()  # every origin fetch running
         self.unshareable: OrderedDict[str, float] = OrderedDict()  # URL -> remembered until
         self.known_vary: OrderedDict[str, list[str]] = OrderedDict()  # URL -> its Vary fields
         # host:port pairs that mean "this site": the origin, and the edge itself
@@ -222,7 +223,6 @@ class Edge:
         if label:
             answer.headers.append(("Via", f"1.1 {self.config.name} (SimpleCDN)"))
             answer.headers.append(("X-Cache", label))
-        if label:
             self.stats.outcomes[label] += 1
         elif request.method not in ("GET", "HEAD"):
             self.stats.other_methods += 1
@@ -268,7 +268,8 @@ class Edge:
 
             fill.on_unjoinable = land
         task = asyncio.get_running_loop().create_task(self.run_fill(fill, plan))
-        task.add_done_callback(lambda _: None)  # its failures go to the fill's readers
+        self.fetching.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self.fetching.discard)
         return fill
 
     def refresh_in_background(

@@ -147,6 +147,7 @@ class ClientConnection(asyncio.Protocol):
         # one is being answered asynchronously.
         self.queue: collections.deque[Request] = collections.deque()
         self.busy = False
+        self.answering: asyncio.Task | None = None  # held: the loop keeps only a weak reference
         self.refusal: HttpError | None = None  # to answer once the queue is empty, then close
         self.closing = False  # closed or closing: nothing more is written
         self.deaf = False  # refused something: nothing more is read
@@ -362,7 +363,7 @@ class ClientConnection(asyncio.Protocol):
                 self.write_at_once(request, decided)
                 continue
             self.busy = True
-            self.loop.create_task(self.answer_later(request, decided))
+            self.answering = self.loop.create_task(self.answer_later(request, decided))
             return
         if self.busy or self.closing or self.transport is None:
             return
