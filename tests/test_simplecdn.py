@@ -770,9 +770,12 @@ def test_a_client_reading_at_1_mb_per_second_gets_all_60_mb(origin):
         assert edge_stats(edge)["slow_clients_dropped"] == 0
 
 
-def test_a_stalled_client_is_dropped_after_the_send_timeout_and_its_memory_freed(origin):
+@pytest.mark.parametrize("size", [40 * MB, 6 * MB], ids=["streamed", "from-cache"])
+def test_a_stalled_client_is_dropped_after_the_send_timeout_and_its_memory_freed(origin, size):
     with ServerProcess(EDGE, "--origin", origin.url, "--send-timeout", "1") as edge:
-        target = url_for(cc="max-age=600", size=40 * MB)  # over --max-object-size: streamed
+        target = url_for(cc="max-age=600", size=size)  # 40 MB: over --max-object-size
+        if size < 8 * MB:
+            assert len(served(edge, target).content) == size  # now it is a stored hit
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         stalled.connect((edge.host, edge.port))
