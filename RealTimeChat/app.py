@@ -55,6 +55,10 @@ EVENTS = ("join", "leave", "message", "typing", "rooms", "history")  # what a cl
 
 LOBBY_INTERVAL = 0.5  # s: membership changes within this window make one lobby update
 LOBBY_ROOMS = 50  # rooms the lobby lists, busiest first: it goes to every client
+# Above this many members a room stops announcing each join and leave: N people
+# joining one by one would cost N(N-1)/2 notices (2,000 joiners: 2 million).
+# The lobby's count, pushed at most twice a second, says how many are there.
+ANNOUNCE_UP_TO = 200
 MAX_PACKET_BYTES = 64 * 1024  # Engine.IO closes a connection that sends a bigger packet
 PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence in 15-20 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
@@ -140,8 +144,9 @@ class ChatServer:
         # both is shown once, by id).
         join_room(room)
         if joined.ghost is None and not joined.again:
-            online = {"room": room, "name": name, "online": True}
-            emit("presence", online, to=room, include_self=False)
+            if self.presence.count(room) <= ANNOUNCE_UP_TO:
+                online = {"room": room, "name": name, "online": True}
+                emit("presence", online, to=room, include_self=False)
             self.lobby_changed()
         if after_id:
             history, more = self.store.page(room, after_id, HISTORY_LIMIT)
@@ -265,8 +270,9 @@ class ChatServer:
         self.announce_left(seat)
 
     def announce_left(self, seat: Seat) -> None:
-        offline = {"room": seat.room, "name": seat.name, "online": False}
-        self.socketio.emit("presence", offline, to=seat.room)
+        if self.presence.count(seat.room) < ANNOUNCE_UP_TO:
+            offline = {"room": seat.room, "name": seat.name, "online": False}
+            self.socketio.emit("presence", offline, to=seat.room)
         self.lobby_changed()
 
     def lobby(self) -> list[dict]:

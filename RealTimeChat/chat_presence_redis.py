@@ -132,6 +132,9 @@ class RedisRooms:
         holders = self.redis.hvals(f"{PREFIX}:holders:{room}")
         return sorted((json.loads(h)["name"] for h in holders), key=str.casefold)
 
+    def count(self, room: str) -> int:
+        return self.redis.hlen(f"{PREFIX}:holders:{room}")
+
     def busiest(self, limit: int) -> dict[str, int]:
         top = self.redis.zrevrange(f"{PREFIX}:lobby", 0, limit - 1, withscores=True)
         return {room.decode(): int(count) for room, count in top}

@@ -107,6 +107,10 @@ class Rooms:
             names = [holder.name for holder in self._holders.get(room, {}).values()]
         return sorted(names, key=str.casefold)
 
+    def count(self, room: str) -> int:
+        with self._lock:
+            return len(self._holders.get(room, {}))
+
     def busiest(self, limit: int) -> dict[str, int]:
         """Members per occupied room, the `limit` fullest rooms."""
         with self._lock:
