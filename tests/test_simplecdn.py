@@ -1008,6 +1008,10 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--cache-size", "1KB", "--max-object-size", "2KB"]),
         (EDGE, ["--origin", "http://[::1"]),
         (EDGE, ["--origin-timeout", "nan"]),
+        (EDGE, ["--send-timeout", "0"]),
+        (EDGE, ["--max-inflight-bytes", "1KB"]),
+        ("SimpleCDN/bench.py", ["--rounds", "0"]),
+        ("SimpleCDN/bench.py", ["--seconds", "nan"]),
         (ORIGIN, ["--latency-ms", "-5"]),
         (ORIGIN, ["--latency-ms", "nan"]),
         ("SimpleCDN/demo.py", ["--plot", "plot.txt"]),
@@ -1170,6 +1174,6 @@ def test_servers_stop_cleanly_on_a_signal(origin, signum):
 
 
 def test_help_is_available_for_every_script():
-    for script in (EDGE, ORIGIN, "SimpleCDN/cdn_client.py"):
+    for script in (EDGE, ORIGIN, "SimpleCDN/cdn_client.py", "SimpleCDN/bench.py"):
         result = run_script(script, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
