@@ -168,7 +168,7 @@ def two_processes_ask(etcd_url: str, out: Path) -> dict:
     second = LeaseWorker("B", etcd_url, out / "ask-b.json", space=32)
     second.wait_for("holding worker id")
     keys = WorkerIdLease.EtcdGateway(etcd_url).prefix(WorkerIdLease.PREFIX)
-    time.sleep(1)
+    time.sleep(0.5)
     records = {"A": first.stop(), "B": second.stop()}
     return {
         "workers": {n: [h["worker_id"] for h in r["holds"]] for n, r in records.items()},
@@ -185,7 +185,7 @@ def paused_holder(etcd_url: str, out: Path) -> dict:
     a = LeaseWorker("A", etcd_url, out / "pause-a.json", space=1)
     a.wait_for("holding worker id")
     b = LeaseWorker("B", etcd_url, out / "pause-b.json", space=1)
-    time.sleep(1)
+    time.sleep(0.7)
     a.proc.send_signal(signal.SIGSTOP)
     frozen = [time.time_ns()]
     print(f"  A holds worker 0; B waits. A frozen (SIGSTOP) for {PAUSE} s ...", flush=True)
@@ -194,10 +194,10 @@ def paused_holder(etcd_url: str, out: Path) -> dict:
     a.proc.send_signal(signal.SIGCONT)
     frozen.append(time.time_ns())
     stopped = a.wait_for("minting stopped")
-    time.sleep(1)
+    time.sleep(0.5)
     records = {"B": b.stop()}
     reacquired = a.wait_for("holding worker id", count=2)
-    time.sleep(1)
+    time.sleep(0.5)
     records["A"] = a.stop()
     return {
         "records": records,
