@@ -138,6 +138,7 @@ class ClientConnection(asyncio.Protocol):
         # The request being read.
         self.in_message = False
         self.url = b""
+        self.slow_head = bytearray()
         self.headers: Headers = []
         self.head_bytes = 0  # raw bytes of a head still incomplete after one read
         self.field_bytes = 0  # bytes of the header fields parsed so far
@@ -244,6 +245,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.url, self.headers, self.request = b"", [], None
+        self.slow_head = bytearray()  # the raw head, when h11 reads it
         self.head_bytes = self.field_bytes = 0
         self.body = bytearray()
         self.set_timer(self.server.header_timeout, self.too_slow)
@@ -287,9 +289,15 @@ class ClientConnection(asyncio.Protocol):
         """The request line and headers are in: check them before any body is read."""
         if not version.startswith("1."):
             raise HttpError(505, f"HTTP/{version} is not supported; speak HTTP/1.1")
+        if len(target) > MAX_REQUEST_LINE:
+            raise HttpError(414, "request target too long")
+        if len(headers) > MAX_HEADER_COUNT:
+            raise HttpError(431, "request header fields too large")
         request = Request(method, target, (1, int(version[2:])), headers)
         if request.version >= (1, 1) and len(get_all(headers, "host")) != 1:
             raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+        if request.has("transfer-encoding") and request.has("content-length"):
+            raise HttpError(400, "both Transfer-Encoding and Content-Length (request smuggling?)")
         length = request.header("content-length")
         if length is not None and length.strip().isdigit() and int(length) > MAX_REQUEST_BODY:
             # refused before any 100 Continue, so the client never sends the body
@@ -318,6 +326,15 @@ class ClientConnection(asyncio.Protocol):
             )
             self.on_message_begin()
         parser = self.slow_parser
+        if not self.headers_done:
+            # h11 unfolds obsolete line folding; the fast parser refuses it, and so
+            # must this one (a folded line reads differently to different parsers)
+            self.slow_head += data
+            head = self.slow_head.partition(b"\r\n\r\n")[0]
+            if b"\n " in head or b"\n\t" in head:
+                raise HttpError(400, "obsolete line folding is not accepted")
+            if len(head) > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+                raise HttpError(431, "request header fields too large")
         parser.receive_data(data)
         try:
             while True:
@@ -325,9 +342,11 @@ class ClientConnection(asyncio.Protocol):
                 if event is h11.NEED_DATA:
                     return
                 if isinstance(event, h11.Request):
-                    raw = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers]
+                    raw = [
+                        (n.decode("latin-1"), v.decode("latin-1"))
+                        for n, v in event.headers.raw_items()
+                    ]
                     version = event.http_version.decode()
-                    self.url = event.target
                     self.head_complete(
                         event.method.decode(), event.target.decode("latin-1"), version, raw
                     )

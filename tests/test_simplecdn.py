@@ -584,6 +584,31 @@ def test_a_bad_request_behind_good_ones_is_refused_after_they_are_answered(edge)
     assert b"HTTP/1.1 400" in answer
 
 
+@pytest.mark.parametrize("method", [b"GET", b"BREW"])  # BREW: read by h11, not llhttp
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b" /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
+        (b" /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b", 400),
+        (b" /echo HTTP/1.1\r\nX-No-Host: 1", 400),
+        (b" /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x", 414),
+    ],
+)
+def test_every_method_gets_the_same_refusals(edge, method, head, status):
+    answer = raw_exchange(edge, method + head + b"\r\n\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 %d" % status), answer[:80]
+
+
+def test_an_extension_method_keeps_its_header_names_and_body(edge):
+    answer = raw_exchange(
+        edge,
+        b"BREW /echo HTTP/1.1\r\nHost: x\r\nX-Mixed-Case: 1\r\nContent-Length: 3\r\n"
+        b"Connection: close\r\n\r\ntea",
+    )
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"X-Mixed-Case", "1"' in answer and b'"body": "tea"' in answer
+
+
 def test_refuses_to_be_an_open_proxy(edge, origin):
     foreign = raw_exchange(
         edge, b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
