@@ -418,7 +418,12 @@ class Coordinator:
                     found += 1
                     decision = self.decision_for(tx["txid"], tx.get("coordinator_log", ""))
                     if decision == "commit":
-                        committed += 1  # resend_logged_commits already has it
+                        committed += 1  # delivered by the finisher (again, if its unforced
+                        # COMMITTED was lost in a power cut at the participant)
+                        with self.unfinished_changed:
+                            known = tx["txid"] in self.unfinished
+                        if not known:
+                            self.hand_to_finisher(tx["txid"], {name})
                     elif decision == "abort":
                         aborted += 1
                         self.send_abort(name, tx["txid"])

@@ -20,7 +20,6 @@ import twopc_disk
 import twopc_participant
 from flask import jsonify
 from twopc_node import (
-    MAX_QUANTITY,
     OUT_DIR,
     DurableStore,
     Messenger,
@@ -28,7 +27,7 @@ from twopc_node import (
     add_server_args,
     check_server_args,
 )
-from twopc_participant import Participant, Refused
+from twopc_participant import Participant, Refused, item_and_quantity
 
 DEFAULT_PORT = 5001
 DEFAULT_DB = OUT_DIR / "inventory.db"  # git-ignored, created on first use
@@ -50,13 +49,7 @@ class Stock:
     name = "inventory"
 
     def reserve(self, db: apsw.Connection, txid: str, order: dict) -> dict:
-        item, quantity = order.get("item"), order.get("quantity")
-        if not isinstance(item, str):
-            raise Refused(f"item must be a string, got {item!r}")
-        if isinstance(quantity, bool) or not isinstance(quantity, int):
-            raise Refused(f"quantity must be a whole number, got {quantity!r}")
-        if not 1 <= quantity <= MAX_QUANTITY:
-            raise Refused(f"quantity must be 1..{MAX_QUANTITY}, got {quantity}")
+        item, quantity = item_and_quantity(order)
         row = db.execute("SELECT available FROM stock WHERE item = ?", (item,)).fetchone()
         if row is None:
             raise Refused(f"unknown item {item!r}")

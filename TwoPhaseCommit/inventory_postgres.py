@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from twopc_node import MAX_QUANTITY, StoreError, order_and_attempt
+from twopc_node import StoreError, order_and_attempt
 from twopc_participant import (
     ABORTED,
     COMMITTED,
@@ -41,6 +41,8 @@ from twopc_participant import (
     Participant,
     ProtocolConflict,
     Refused,
+    item_and_quantity,
+    refuse_unless_superseded,
 )
 
 MAX_GID = 200  # PostgreSQL's limit on a prepared transaction's name
@@ -188,13 +190,7 @@ class PostgresParticipant(Participant):
     def _prepare_transaction(
         self, gid: str, txid: str, order: dict, coordinator: str, coordinator_log: str
     ) -> None:
-        item, quantity = order.get("item"), order.get("quantity")
-        if not isinstance(item, str):
-            raise Refused(f"item must be a string, got {item!r}")
-        if isinstance(quantity, bool) or not isinstance(quantity, int):
-            raise Refused(f"quantity must be a whole number, got {quantity!r}")
-        if not 1 <= quantity <= MAX_QUANTITY:
-            raise Refused(f"quantity must be 1..{MAX_QUANTITY}, got {quantity}")
+        item, quantity = item_and_quantity(order)
         with self.store.connection() as conn:
             conn.execute("BEGIN")
             try:
@@ -235,15 +231,7 @@ class PostgresParticipant(Participant):
                 continue
             if other["state"] == ABORTED:
                 continue
-            if other["coordinator_log"] != coordinator_log:
-                raise Refused(
-                    f"order {order_id} is {other['state']} here as {other['txid']} under "
-                    f"coordinator log {other['coordinator_log']}: only an operator can settle it"
-                )
-            if other["state"] == COMMITTED:
-                raise Refused(f"order {order_id} is already committed here as {other['txid']}")
-            if other["attempt"] > attempt:
-                raise Refused(f"a later attempt at order {order_id} is prepared: {other['txid']}")
+            refuse_unless_superseded(other, order_id, attempt, coordinator_log)
             self._finish(other["txid"], "abort", f"superseded by {txid}", forced=False)
 
     # -- phase 2 ---------------------------------------------------------------------

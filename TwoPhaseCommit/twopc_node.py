@@ -155,45 +155,63 @@ class Batcher:
 
     A thread calls `submit(item)` and blocks. Whoever finds no flush running
     becomes the leader: it takes everything queued, calls `flush(items)` once
-    (one fsync, one message), hands each waiter its result, and leaves. Those
-    that arrived meanwhile are the next batch. Alone, a batch is one item and
-    costs what it did before; under load, one flush carries many. This is
-    group commit (the coordinator's log) and batching (phase 2's messages).
+    (one fsync, one message), hands each waiter its result, and passes the
+    lead to the first thread that arrived meanwhile, whose batch is next.
+    Alone, a batch is one item and costs what it did before; under load, one
+    flush carries many. This is group commit (the coordinator's log) and
+    batching (phase 2's messages). Each waiter has its own Event, so a flush
+    wakes only its own batch and the next leader, not every thread waiting.
     """
 
     def __init__(self, flush: Callable[[list[Any]], list[Any]]) -> None:
         self._flush = flush  # items -> one result per item, in order
-        self._queue: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # guards _queue and _flushing
+        self._queue: list[_Waiter] = []
         self._flushing = False
-        self._done = threading.Condition()  # the leader notifies it after each batch
         self.batches = 0
 
     def submit(self, item: Any) -> Any:
-        entry: dict[str, Any] = {"item": item, "done": False, "result": None, "error": None}
-        with self._done:
-            self._queue.append(entry)
-            while not entry["done"]:
-                if self._flushing:
-                    self._done.wait()
-                    continue
-                batch, self._queue, self._flushing = self._queue, [], True
-                self._done.release()
-                results: list[Any] = [None] * len(batch)
-                error = None
-                try:
-                    results = self._flush([e["item"] for e in batch])
-                except Exception as err:  # every waiter in the batch hears it
-                    error = err
-                finally:
-                    self._done.acquire()
-                    self._flushing = False
-                    self.batches += 1
-                    for e, result in zip(batch, results, strict=True):
-                        e["done"], e["result"], e["error"] = True, result, error
-                    self._done.notify_all()
-        if entry["error"] is not None:
-            raise entry["error"]
-        return entry["result"]
+        me = _Waiter(item)
+        with self._lock:
+            self._queue.append(me)
+            if not self._flushing:
+                self._flushing = me.leads = True
+        if not me.leads:
+            me.woken.wait()  # by our batch's leader: with our result, or with the lead
+        if me.leads:
+            self._lead()
+        if me.error is not None:
+            raise me.error
+        return me.result
+
+    def _lead(self) -> None:
+        with self._lock:
+            batch, self._queue = self._queue, []
+        results: list[Any] = [None] * len(batch)
+        error = None
+        try:
+            results = self._flush([w.item for w in batch])
+        except Exception as err:  # every waiter in the batch hears it
+            error = err
+        with self._lock:
+            self.batches += 1
+            for waiter, result in zip(batch, results, strict=True):
+                waiter.result, waiter.error, waiter.leads = result, error, False
+                waiter.woken.set()
+            if self._queue:  # arrived during the flush: the first of them leads the next
+                self._queue[0].leads = True
+                self._queue[0].woken.set()
+            else:
+                self._flushing = False
+
+
+class _Waiter:
+    def __init__(self, item: Any) -> None:
+        self.item = item
+        self.leads = False
+        self.woken = threading.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
 
 
 # -- messages between processes ----------------------------------------------------

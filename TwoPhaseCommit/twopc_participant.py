@@ -29,6 +29,7 @@ import twopc_disk
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
     MAX_DELAY_MS,
+    MAX_QUANTITY,
     DurableStore,
     Faults,
     Messenger,
@@ -167,15 +168,7 @@ class Participant:
             (order_id, txid, ABORTED),
         ).fetchall()
         for other in earlier:
-            if other["coordinator_log"] != coordinator_log:
-                raise Refused(
-                    f"order {order_id} is {other['state']} here as {other['txid']} under "
-                    f"coordinator log {other['coordinator_log']}: only an operator can settle it"
-                )
-            if other["state"] == COMMITTED:
-                raise Refused(f"order {order_id} is already committed here as {other['txid']}")
-            if other["attempt"] > attempt:
-                raise Refused(f"a later attempt at order {order_id} is prepared: {other['txid']}")
+            refuse_unless_superseded(other, order_id, attempt, coordinator_log)
             self.resource.release(db, other["txid"], json.loads(other["detail"]))
             self._set_state(db, other["txid"], ABORTED, f"superseded by {txid}")
 
@@ -381,6 +374,33 @@ class Participant:
             "WHERE txid = ?",
             (state, resolved_by, time.time(), txid),
         )
+
+
+def item_and_quantity(order: dict) -> tuple[str, int]:
+    """What a prepare for food must name, checked again here: the coordinator is not
+    the only one who may call (a participant trusts no caller with its stock)."""
+    item, quantity = order.get("item"), order.get("quantity")
+    if not isinstance(item, str):
+        raise Refused(f"item must be a string, got {item!r}")
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise Refused(f"quantity must be a whole number, got {quantity!r}")
+    if not 1 <= quantity <= MAX_QUANTITY:
+        raise Refused(f"quantity must be 1..{MAX_QUANTITY}, got {quantity}")
+    return item, quantity
+
+
+def refuse_unless_superseded(other: dict, order_id: str, attempt: int, log: str) -> None:
+    """Another transaction here for the same order: vote no, unless it is an older
+    attempt of the same coordinator log, which can never commit and is released."""
+    if other["coordinator_log"] != log:
+        raise Refused(
+            f"order {order_id} is {other['state']} here as {other['txid']} under "
+            f"coordinator log {other['coordinator_log']}: only an operator can settle it"
+        )
+    if other["state"] == COMMITTED:
+        raise Refused(f"order {order_id} is already committed here as {other['txid']}")
+    if other["attempt"] > attempt:
+        raise Refused(f"a later attempt at order {order_id} is prepared: {other['txid']}")
 
 
 def transaction_json(row: dict) -> dict:

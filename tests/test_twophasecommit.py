@@ -526,9 +526,9 @@ def test_coordinator_crash_after_deciding_commits_on_recovery(shop_factory, poin
     assert shop.state("inventory", txid) == expected_inventory
     assert shop.state("delivery", txid) == "PREPARED"
     back = shop.restart("coordinator")
-    assert "1 commit(s) to deliver again" in back.text
     shop.settle()
     assert shop.atomicity_violations() == []
+    assert "1 commit(s) to deliver again" in back.text
     assert shop.get("coordinator", f"/orders/{order_of(txid)}")["outcome"] == "committed"
     assert shop.state("inventory", txid) == shop.state("delivery", txid) == "COMMITTED"
 
@@ -1147,6 +1147,9 @@ GOOD = {"item": "pizza", "quantity": 1, "address": "1 Main St"}
         ({**GOOD, "item": ""}, "item must be a non-empty string"),
         ({**GOOD, "address": 7}, "address must be a non-empty string"),
         ({**GOOD, "tip": 5}, "unknown field 'tip'"),
+        ({**GOOD, "order_id": 5}, "order_id must be 1-48 characters"),
+        ({**GOOD, "order_id": "has.dot"}, "order_id must be 1-48 characters"),
+        ({**GOOD, "order_id": "x" * 49}, "order_id must be 1-48 characters"),
     ],
 )
 def test_a_bad_order_gets_a_json_400_and_changes_nothing(shop, body, error):
