@@ -294,7 +294,10 @@ class ClientConnection(asyncio.Protocol):
         if len(headers) > MAX_HEADER_COUNT:
             raise HttpError(431, "request header fields too large")
         request = Request(method, target, (1, int(version[2:])), headers)
-        if request.version >= (1, 1) and len(get_all(headers, "host")) != 1:
+        if request.version >= (1, 1) and (
+            not request.has("host")
+            or (len(request.names) < len(headers) and len(get_all(headers, "host")) > 1)
+        ):  # (counted only when some field repeats)
             raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
         if request.has("transfer-encoding") and request.has("content-length"):
             raise HttpError(400, "both Transfer-Encoding and Content-Length (request smuggling?)")
@@ -309,7 +312,10 @@ class ClientConnection(asyncio.Protocol):
             if not self.busy and not self.queue and self.transport is not None:
                 self.transport.write(CONTINUE)
         self.request = request
-        self.set_timer(BODY_TIMEOUT, self.too_slow)
+        if request.has("content-length") or request.has("transfer-encoding"):
+            self.set_timer(BODY_TIMEOUT, self.too_slow)
+        else:
+            self.cancel_timer()
 
     def extension_method_ahead(self, data: bytes) -> bool:
         """Does the next request use a method the fast parser does not know?"""

@@ -591,6 +591,7 @@ def test_a_bad_request_behind_good_ones_is_refused_after_they_are_answered(edge)
         (b" /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
         (b" /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b", 400),
         (b" /echo HTTP/1.1\r\nX-No-Host: 1", 400),
+        (b" /echo HTTP/1.1\r\nHost: x\r\nHost: y", 400),
         (b" /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x", 414),
     ],
 )
