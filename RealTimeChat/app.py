@@ -165,7 +165,10 @@ class ChatServer:
         self.admit("leave")
         no_arguments("leave", args)
         seat = self.seat_or_reject()
-        self._vacate(request.sid, self.presence.leave(request.sid) or seat)
+        left = self.presence.leave(request.sid)  # None if a rejoin took the name meanwhile
+        leave_room(seat.room)
+        if left is not None:
+            self.announce_left(left)
         return {"left": seat.room}
 
     def on_history(self, payload: object = None, *extra: object) -> dict:
@@ -238,8 +241,11 @@ class ChatServer:
         Leaving the namespace alone would keep the socket open, and the server
         would go on reading every frame the client had already written.
         """
+        eio_sid = self.socketio.server.manager.eio_sid_from_sid(sid, "/")
+        if eio_sid is None:  # gone already; and Engine.IO's disconnect(None) closes everyone
+            return
         log.warning("closing %s: %s", sid, why)
-        self.socketio.server.eio.disconnect(self.socketio.server.manager.eio_sid_from_sid(sid, "/"))
+        self.socketio.server.eio.disconnect(eio_sid)
 
     def close_ghost(self, ghost: str, why: str) -> None:
         if self.socketio.server.manager.is_connected(ghost, "/"):  # on this process

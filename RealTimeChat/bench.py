@@ -240,8 +240,17 @@ def flood(url: str, frames: list[str], seconds: float, report) -> None:
     report.put({"sent": sent, "hangups": hangups})
 
 
-async def fair_share(url: str) -> dict[str, dict]:
-    """Bystander ack times, quiet and under each flood: {phase: {p50, p99, ...}}."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system), from Linux's /proc; 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def fair_share(url: str, pid: int) -> dict[str, dict]:
+    """Bystander ack times, quiet and under each flood: {phase: {p50, p99, cpu, ...}}."""
     arrivals = Arrivals(expected=BYSTANDERS)
     bystanders = await connect_room(url, "fair", BYSTANDERS, arrivals)
     await asyncio.sleep(REFILL)
@@ -257,7 +266,7 @@ async def fair_share(url: str) -> dict[str, dict]:
                 )
                 flooder.start()
                 await asyncio.sleep(0.5)  # the flood is under way
-            acks = []
+            acks, cpu_before, began = [], cpu_seconds(pid), time.perf_counter()
             for n in range(FAIR_SAMPLES):
                 started = time.perf_counter()
                 sender = bystanders[n % BYSTANDERS]
@@ -266,7 +275,8 @@ async def fair_share(url: str) -> dict[str, dict]:
                     raise RuntimeError(f"a bystander was refused: {ack['error']}")
                 acks.append((time.perf_counter() - started) * 1000)
                 await asyncio.sleep(FAIR_PACE)
-            stats = {"p50": statistics.median(acks), "p99": percentile(acks, 0.99)}
+            busy = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - began)
+            stats = {"p50": statistics.median(acks), "p99": percentile(acks, 0.99), "cpu": busy}
             if flooder:
                 flooder.join(timeout=seconds + WAIT)
                 stats |= report.get(timeout=WAIT) if not report.empty() else {}
@@ -362,11 +372,15 @@ def machine() -> str:
 
 
 def print_fair(results: dict[str, dict]) -> None:
-    print(f"  {'phase':<12} {'p50 ms':>7} {'p99 ms':>7} {'flood sent':>10} {'hung up':>7}")
+    print(
+        f"  {'phase':<12} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>10}"
+        f" {'flood sent':>10} {'hung up':>7}"
+    )
     for phase, r in results.items():
         sent = f"{r['sent']:,}" if "sent" in r else "-"
         print(
-            f"  {phase:<12} {r['p50']:>7.1f} {r['p99']:>7.1f} {sent:>10} {r.get('hangups', '-'):>7}"
+            f"  {phase:<12} {r['p50']:>7.1f} {r['p99']:>7.1f} {r['cpu']:>10.0%} {sent:>10}"
+            f" {r.get('hangups', '-'):>7}"
         )
 
 
@@ -467,7 +481,7 @@ def main() -> int:
         if not args.no_fair:
             server = Server("gevent", workdir)
             try:
-                fair = asyncio.run(fair_share(server.url))
+                fair = asyncio.run(fair_share(server.url, server.proc.pid))
             finally:
                 server.stop()
         rows = [r for name in args.servers for r in run_fan_out(name, args.sizes, workdir)]
