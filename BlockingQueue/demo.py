@@ -9,9 +9,13 @@
    producer blocked (backpressure); the unbounded one grew, and memory with it.
 3. Shutdown, both ways: shutdown() lets the consumers finish what is queued,
    shutdown(immediate=True) discards it; either way no thread is left blocked.
+4. The same trap in the standard library: ThreadPoolExecutor.submit() never
+   blocks, so a job submitted faster than it runs waits in memory, whole; a
+   BoundedExecutor (bounded_executor.py) on BlockingQueue holds it flat.
 Ends with a `Lesson:` line, or with `Lesson not shown:` and exit code 1 when the
-run did not show it. The plot goes to out/queue_depth.png (git-ignored); only
-`--save-images` (`make images`) rewrites images/queue_depth.png, the README's.
+run did not show it. The plots go to out/ (git-ignored); only `--save-images`
+(`make images`) rewrites images/queue_depth.png and images/executor_memory.png,
+the README's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import bounded_executor
 import producer_consumer
 
 from BlockingQueue import BlockingQueue
@@ -33,6 +38,14 @@ PRODUCERS, PRODUCE_RATE = 1, 2_000.0  # one fast producer: 2,000 items/s
 CONSUMERS, CONSUME_RATE = 2, 250.0  # two slow consumers: 500 items/s together
 PAYLOAD = 8_192  # bytes per item, so a growing queue shows in memory
 MiB = producer_consumer.MiB
+PLOTS = ("queue_depth.png", "executor_memory.png")
+
+
+JOB_TASKS = 4_000  # chunks submitted to each executor
+EXECUTOR_NAMES = {
+    "unbounded": "ThreadPoolExecutor",
+    "bounded": f"BoundedExecutor(max_queued={bounded_executor.DEFAULT_MAX_QUEUED})",
+}
 
 
 def heading(text: str) -> None:
@@ -99,31 +112,58 @@ def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, p
     plt.close(fig)
 
 
+def plot_memory(jobs: dict[str, bounded_executor.JobReport], path: Path) -> None:
+    import matplotlib  # here, not at the top: --help and bad arguments answer at once
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for executor, colour in (("unbounded", "tab:red"), ("bounded", "tab:blue")):
+        job = jobs[executor]
+        seconds = [t for t, _ in job.samples]
+        added = [(rss - job.baseline_rss) / MiB for _, rss in job.samples]
+        ax.plot(seconds, added, color=colour, label=f"{EXECUTOR_NAMES[executor]}")
+        ax.axvline(job.submitting, color=colour, linestyle=":", linewidth=1)
+    ax.set_title(
+        f"{JOB_TASKS:,} chunks of {jobs['bounded'].payload // 1024} KiB submitted as fast as "
+        f"they are made (dotted: the last submit() returns)"
+    )
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("memory added to the process (MiB of RSS)")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="A fast producer and slow consumers through a bounded and an unbounded "
-        "BlockingQueue: depth, memory, backpressure, then both kinds of shutdown. About 8 s."
+        "BlockingQueue: depth, memory, backpressure, both kinds of shutdown, then "
+        "ThreadPoolExecutor against a bounded executor. About 15 s."
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--save-images",
         action="store_true",
-        help="write the plot to images/, the picture the README shows (make images)",
+        help="write the plots to images/, the pictures the README shows (make images)",
     )
     where.add_argument(
         "--out",
         type=Path,
         default=OUT,
-        help="folder for the plot (default: BlockingQueue/out/, git-ignored)",
+        help="folder for the plots (default: BlockingQueue/out/, git-ignored)",
     )
     args = parser.parse_args()
     folder = IMAGES if args.save_images else args.out
-    plot_path = folder / "queue_depth.png"
-    try:  # find out now, not after the runs, whether the plot can be written there
+    depth_plot, memory_plot = (folder / name for name in PLOTS)
+    try:  # find out now, not after the runs, whether the plots can be written there
         folder.mkdir(parents=True, exist_ok=True)
-        plot_path.touch()
+        depth_plot.touch()
+        memory_plot.touch()
     except OSError as error:
-        parser.error(f"cannot write the plot to {plot_path}: {error.strerror}")
+        parser.error(f"cannot write the plots to {folder}: {error.strerror}")
     failures: list[str] = []
 
     heading(
@@ -201,18 +241,56 @@ def main() -> int:
         if not stats.exactly_once:
             failures.append(f"{name}: items were lost, duplicated or reordered")
 
-    plot(bounded, unbounded, plot_path)
-    shown = plot_path.resolve()
-    if shown.is_relative_to(Path.cwd()):
-        shown = shown.relative_to(Path.cwd())
-    print(f"\n  plot: {shown}")
+    heading(
+        f"4. The same trap in concurrent.futures: {JOB_TASKS:,} chunks of "
+        f"{bounded_executor.DEFAULT_PAYLOAD // 1024} KiB, made faster than "
+        f"{bounded_executor.DEFAULT_WORKERS} workers can send them "
+        f"({bounded_executor.ROUND_TRIP * 1000:.0f} ms each)"
+    )
+    jobs = {}
+    for executor in ("unbounded", "bounded"):
+        print(f"  {EXECUTOR_NAMES[executor]}, in a process of its own ...", flush=True)
+        jobs[executor] = bounded_executor.run_job_in_child(executor, tasks=JOB_TASKS)
+    pool, limited = jobs["unbounded"], jobs["bounded"]
+    print_table(
+        ["", EXECUTOR_NAMES["unbounded"], EXECUTOR_NAMES["bounded"]],
+        [
+            ["submitting took", f"{pool.submitting:.2f} s", f"{limited.submitting:.2f} s"],
+            ["the whole job took", f"{pool.seconds:.2f} s", f"{limited.seconds:.2f} s"],
+            ["peak RSS", f"{pool.peak_rss / MiB:.1f} MiB", f"{limited.peak_rss / MiB:.1f} MiB"],
+            ["added by the job", f"{pool.growth / MiB:.1f} MiB", f"{limited.growth / MiB:.1f} MiB"],
+        ],
+    )
+    print(
+        "  ThreadPoolExecutor's submit() never blocks (its work queue has no limit): every chunk\n"
+        "  waited in memory; BoundedExecutor's submit() blocked at 64 queued, same total time"
+    )
+    # What the bounded executor may hold: its queue, one task per worker, one being made.
+    allowed = (limited.max_queued + limited.workers + 1) * limited.payload
+    if limited.growth > 2 * allowed:
+        failures.append(
+            f"the bounded executor grew {limited.growth / MiB:.1f} MiB, over twice the "
+            f"{allowed / MiB:.1f} MiB its limit allows"
+        )
+    if pool.growth < 4 * max(limited.growth, allowed):
+        failures.append("ThreadPoolExecutor's memory did not pile up")
+
+    plot(bounded, unbounded, depth_plot)
+    plot_memory(jobs, memory_plot)
+    for path in (depth_plot, memory_plot):
+        shown = path.resolve()
+        if shown.is_relative_to(Path.cwd()):
+            shown = shown.relative_to(Path.cwd())
+        print(f"\n  plot: {shown}", end="")
+    print()
 
     seen = (
         f"with maxsize {MAXSIZE} the queue never held more than "
         f"{bounded.max_depth} items and {bounded.peak_memory / MiB:.1f} MiB while the producer "
         f"blocked {bounded.producer_blocks:,} times; unbounded it grew to "
         f"{unbounded.max_depth:,} items and {unbounded.peak_memory / MiB:.1f} MiB "
-        f"in {SECONDS:.0f} s"
+        f"in {SECONDS:.0f} s; ThreadPoolExecutor took +{pool.growth / MiB:.0f} MiB for "
+        f"{JOB_TASKS:,} queued chunks where BoundedExecutor took +{limited.growth / MiB:.1f} MiB"
     )
     if failures:
         print(f"\nLesson not shown: {'; '.join(failures)}. Seen: {seen}")
