@@ -1,5 +1,7 @@
-"""Threading/: same answers whichever way the work runs, exact counts under contention,
-the lost update provoked and counted, deadlocks detected without hanging, and
+"""Threading/: same answers whichever way the work runs (and whichever way its data is
+sent), exact counts under contention, the lost update provoked in lockstep and in
+bursts, deadlocks detected by thread id without hanging, the convoy measurement
+cleaning up after itself, a demo that never claims a lesson its run contradicts, and
 command lines that refuse bad input cleanly. No timing is asserted anywhere."""
 
 from __future__ import annotations
