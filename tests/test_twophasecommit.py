@@ -282,7 +282,8 @@ def test_out_of_stock_aborts_and_the_rider_is_released(shop):
     assert "out of stock: 5 sushi wanted, 3 available" in result["reason"]
     txid = result["txid"]
     assert shop.state("inventory", txid) == "ABORTED"
-    assert shop.state("delivery", txid) == "ABORTED"  # it had voted yes; phase 2 released it
+    # It had voted yes; the abort is sent once and nobody waits for it to land.
+    assert shop.wait_for_state("delivery", txid, "ABORTED") == "ABORTED"
     assert shop.rider_counts() == before_riders
     assert shop.stock_of("sushi") == {"available": 3, "reserved": 0, "sold": 0}
     assert shop.get("coordinator", f"/decisions/{txid}")["decision"] == "abort"
@@ -304,7 +305,7 @@ def test_a_participant_told_to_vote_no_aborts_the_order_and_food_goes_back(shop)
         shop.faults("delivery", vote_no=False)
     assert result["outcome"] == "aborted"
     assert result["votes"]["delivery"]["vote"] == "no"
-    assert shop.state("inventory", result["txid"]) == "ABORTED"
+    assert shop.wait_for_state("inventory", result["txid"], "ABORTED") == "ABORTED"
     assert shop.stock_of("burger") == before
 
 
@@ -318,7 +319,7 @@ def test_a_participant_that_does_not_answer_in_time_counts_as_no(shop):
     assert result["outcome"] == "aborted"
     assert result["votes"]["delivery"]["vote"] == "none"
     assert "no vote" in result["votes"]["delivery"]["reason"]
-    assert shop.state("inventory", result["txid"]) == "ABORTED"
+    assert shop.wait_for_state("inventory", result["txid"], "ABORTED") == "ABORTED"
     # The coordinator's abort reached delivery before its slow prepare did: a
     # tombstone, so the late prepare will vote no instead of booking a rider.
     assert shop.wait_for_state("delivery", result["txid"], "ABORTED") == "ABORTED"
@@ -1094,7 +1095,8 @@ def test_no_free_rider_aborts_under_2pc_but_leaves_the_baseline_half_done(shop_f
     through_2pc = shop.order("pizza", 3)
     assert through_2pc["outcome"] == "aborted"
     assert through_2pc["votes"]["delivery"] == {"vote": "no", "reason": "no free rider"}
-    assert shop.state("inventory", through_2pc["txid"]) == "ABORTED"  # it had voted yes
+    # It had voted yes; the abort travels unacknowledged, so wait for it to land.
+    assert shop.wait_for_state("inventory", through_2pc["txid"], "ABORTED") == "ABORTED"
     assert shop.stock_of("pizza") == {"available": 7, "reserved": 0, "sold": 3}
     assert shop.atomicity_violations() == []
 
