@@ -1125,6 +1125,7 @@ def test_no_free_rider_aborts_under_2pc_but_leaves_the_baseline_half_done(shop_f
 
 
 def snapshot(shop: Shop) -> tuple:
+    shop.settle()  # an abort from an earlier test may still be on its way
     return (
         shop.get("inventory", "/stock"),
         shop.get("delivery", "/riders"),
