@@ -7,13 +7,16 @@ It is built from the same parts (a `threading.Lock` and three
 threads asleep on each condition and the wake-ups already sent to them, and
 calls `notify()` only when some thread is asleep with no wake-up on its way.
 Most put() and get() calls then cost a few attribute reads instead of a call
-into `threading.Condition`. README.md explains the ideas in order: the
-producer-consumer problem, why every wait sits in a `while` loop, lost
-wake-ups, notify vs notify_all, backpressure, and "Why it is faster".
+into `threading.Condition`. Beyond queue.Queue it has put_many() and
+get_many(), which move a batch per lock round trip. README.md explains the
+ideas in order: the producer-consumer problem, why every wait sits in a
+`while` loop, lost wake-ups, notify vs notify_all, backpressure, batching,
+and "Why it is faster".
 """
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 import types
@@ -256,9 +259,12 @@ class BlockingQueue:
         for more: a short batch is normal, an empty one never returned. This
         is Java's `drainTo(collection, max)` after a blocking `take()`. Wakes
         one sleeping putter per slot it frees. Each item still needs its own
-        task_done() if you use join(). Raises `ValueError` if max_items < 1.
+        task_done() if you use join(). Raises `ValueError` if max_items < 1,
+        `TypeError` if it is not an integer (both before taking the lock, so
+        a bad argument can never strand a wake-up).
         """
-        if not max_items >= 1:
+        max_items = operator.index(max_items)
+        if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")
         with self.mutex:
             self._until_an_item(block, timeout)

@@ -645,10 +645,13 @@ def test_get_many_after_shutdown_drains_then_raises():
     assert isinstance(getter.finish().error, bq.ShutDown)
 
 
-@pytest.mark.parametrize("bad", [0, -1, float("nan")])
-def test_get_many_refuses_a_batch_of_less_than_one(bad):
-    with pytest.raises(ValueError, match="max_items must be at least 1"):
-        bq.BlockingQueue(0).get_many(bad)
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError)])
+def test_get_many_refuses_a_batch_size_that_is_not_a_whole_number_from_one(bad, error):
+    q = bq.BlockingQueue(0)
+    q.put("item")
+    with pytest.raises(error):
+        q.get_many(bad)
+    assert q.get_nowait() == "item"  # nothing taken
 
 
 @pytest.mark.parametrize("timeout", [-1, float("nan")])
