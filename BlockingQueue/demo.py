@@ -82,12 +82,19 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, path: Path) -> None:
-    import matplotlib  # here, not at the top: --help and bad arguments answer at once
+def pyplot():
+    """matplotlib.pyplot, imported when the first plot is drawn, not at the top of the
+    file: it takes seconds, and --help or a bad argument should answer at once."""
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, path: Path) -> None:
+    plt = pyplot()
     fig, (depth_ax, memory_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for stats, name, colour in (
         (unbounded, "unbounded (maxsize 0)", "tab:red"),
@@ -113,11 +120,7 @@ def plot(bounded: producer_consumer.Stats, unbounded: producer_consumer.Stats, p
 
 
 def plot_memory(jobs: dict[str, bounded_executor.JobReport], path: Path) -> None:
-    import matplotlib  # here, not at the top: --help and bad arguments answer at once
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     for executor, colour in (("unbounded", "tab:red"), ("bounded", "tab:blue")):
         job = jobs[executor]

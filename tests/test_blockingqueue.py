@@ -1288,6 +1288,22 @@ def test_producer_consumer_script_runs_and_prints_its_report():
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--out", "a-file"], "cannot write the plots"),
+        (["--out", "a-file/below"], "cannot write the plots"),
+        (["--out", "x", "--save-images"], "not allowed with argument"),
+    ],
+)
+def test_demo_refuses_a_plot_folder_it_cannot_write_before_running(tmp_path, args, message):
+    (tmp_path / "a-file").write_text("a file where a folder should be")
+    args = [str(tmp_path / a) if a.startswith(("a-file", "x")) else a for a in args]
+    result = run_script("BlockingQueue/demo.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "Lesson" not in result.stdout  # refused before the runs, not after
+
+
+BAD_INPUT = {  # script: [(arguments, what its one-line error says)]
+    "producer_consumer.py": [
         (["--producers", "0"], "must be between 1 and"),
         (["--consumers", "x"], "invalid int value"),
         (["--producers", "1000"], "must be between 1 and 256"),
@@ -1304,49 +1320,13 @@ def test_producer_consumer_script_runs_and_prints_its_report():
         (["--maxsize", "1000", "--payload", "16000000"], "would hold up to"),
         (["--maxsize", "0", "--items", "1000000", "--payload", "4096"], "would hold up to"),
     ],
-)
-def test_producer_consumer_refuses_bad_input_clearly(args, message):
-    result = run_script("BlockingQueue/producer_consumer.py", *args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--out", "a-file"], "cannot write the plots"),
-        (["--out", "a-file/below"], "cannot write the plots"),
-        (["--out", "x", "--save-images"], "not allowed with argument"),
-    ],
-)
-def test_demo_refuses_a_plot_folder_it_cannot_write_before_running(tmp_path, args, message):
-    (tmp_path / "a-file").write_text("a file where a folder should be")
-    args = [str(tmp_path / a) if a.startswith(("a-file", "x")) else a for a in args]
-    result = run_script("BlockingQueue/demo.py", *args)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert "Lesson" not in result.stdout  # refused before the runs, not after
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
+    "queue_stress.py": [
         (["--queue", "NoSuchQueue"], "invalid choice"),
         (["--setup", "huge"], "invalid choice"),
         (["--time-limit", "nan"], "--time-limit must be between 1 and 3600"),
         (["--time-limit", "0"], "--time-limit must be between 1 and 3600"),
     ],
-)
-def test_queue_stress_refuses_bad_input_clearly(args, message):
-    result = run_script("BlockingQueue/queue_stress.py", *args)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
+    "bounded_executor.py": [
         (["--executor", "bounded", "--tasks", "0"], "must be between 1 and"),
         (["--executor", "bounded", "--payload", "-1"], "must be between 0 and"),
         (["--executor", "unbounded", "--workers", "1000"], "must be between 1 and 64"),
@@ -1354,11 +1334,22 @@ def test_queue_stress_refuses_bad_input_clearly(args, message):
         (["--executor", "unbounded", "--tasks", "100000", "--payload", "4194304"], "MiB, which"),
         (["--executor", "none"], "invalid choice"),
     ],
+    "bench.py": [
+        (["--repeats", "0"], "must be between 1 and 50"),
+        (["--scale", "nan"], "must be between 0.01 and 100"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [(script, args, message) for script, cases in BAD_INPUT.items() for args, message in cases],
 )
-def test_bounded_executor_script_refuses_bad_input_clearly(args, message):
-    result = run_script("BlockingQueue/bounded_executor.py", *args)
+def test_scripts_refuse_bad_input_with_one_clear_line(script, args, message):
+    result = run_script(f"BlockingQueue/{script}", *args)
     assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
