@@ -124,6 +124,7 @@ class Fill:
 
     def finish(self) -> None:
         self.done = True
+        self.budget.waiting.discard(self)
         if self.storing:
             self.on_complete(self)
             self.storing = False  # stored: from now on chunks go as readers pass them
@@ -136,6 +137,7 @@ class Fill:
         if self.done:
             return
         self.error, self.done, self.storing = error, True, False
+        self.budget.waiting.discard(self)
         self.on_unjoinable(self)
         if not self._head.done():
             self._head.set_exception(error)
