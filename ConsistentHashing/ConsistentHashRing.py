@@ -393,24 +393,27 @@ class ConsistentHashRing:
         return not (too_crowded or too_sparse)
 
     def _rebuild(self, counts: dict[str, int]) -> None:
-        """Lay every point out again in a directory sized for the ring (a full pass)."""
-        points: list[tuple[int, str]] = []
-        for node, count in counts.items():
-            points += ((position, node) for position in self._label_positions(node, range(count)))
+        """Lay every point out again in a directory sized for the ring (a full pass).
+
+        Points are dealt into their arcs first and each arc is sorted on its
+        own: many sorts of ~8 pairs instead of one sort of all N*V.
+        """
         self._point_counts = dict(counts)
-        points.sort()
-        bits = max(0, round(math.log2(len(points) / POINTS_PER_BUCKET))) if points else 0
-        self._shift = POSITION_BITS - bits
-        self._arcs: list[tuple[list[int], list[str]]] = [([], []) for _ in range(1 << bits)]
-        for position, node in points:
-            positions, owners = self._arcs[position >> self._shift]
-            positions.append(position)
-            owners.append(node)
-        self._points = len(points)
+        self._points = self.points_per_label * sum(counts.values())
         self._flat = None
-        if not points:
+        bits = max(0, round(math.log2(self._points / POINTS_PER_BUCKET))) if self._points else 0
+        self._shift = shift = POSITION_BITS - bits
+        dealt: list[list[tuple[int, str]]] = [[] for _ in range(1 << bits)]
+        for node, count in counts.items():
+            for position in self._label_positions(node, range(count)):
+                dealt[position >> shift].append((position, node))
+        self._arcs: list[tuple[list[int], list[str]]] = []
+        for pairs in dealt:
+            pairs.sort()  # by position, then node name (see the class docstring)
+            self._arcs.append(([position for position, _ in pairs], [node for _, node in pairs]))
+        if not self._points:
             return  # every arc's owner list stays empty: lookups raise EmptyRingError
-        next_owner = points[0][1]  # after the last point, the ring wraps to the first
+        next_owner = next(owners[0] for _, owners in self._arcs if owners)  # the wrap-round
         for positions, owners in reversed(self._arcs):
             owners.append(next_owner)
             if positions:

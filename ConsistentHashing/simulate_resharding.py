@@ -243,18 +243,23 @@ def _draw(
     figure, (bars, histogram) = plt.subplots(
         2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [3, 2]}
     )
-    x = range(len(shard_order))
     now = [loads.get(shard, 0) for shard in shard_order]
     before = now if earlier is None else [earlier.get(shard, 0) for shard in shard_order]
     kept = [min(a, b) for a, b in zip(now, before, strict=True)]
     gained = [max(0, a - b) for a, b in zip(now, before, strict=True)]
     lost = [max(0, b - a) for a, b in zip(now, before, strict=True)]
     label = "keys on the shard" if earlier is None else "keys it kept"
-    bars.bar(x, kept, width=1.0, color="#8a9bb0", label=label)
-    if any(gained):
-        bars.bar(x, gained, bottom=kept, width=1.0, color="#e08a2c", label="keys it gained")
-    if any(lost):
-        bars.bar(x, lost, bottom=kept, width=1.0, color="#e8a5a5", label="keys it gave away")
+    # One filled step outline per series rather than a bar per shard: the same
+    # picture, drawn in a fraction of the time for 1,000 shards.
+    edges = [i - 0.5 for i in range(len(shard_order) + 1)]
+    bars.stairs(kept, edges, fill=True, color="#8a9bb0", label=label)
+    for extra, colour, what in (
+        (gained, "#e08a2c", "keys it gained"),
+        (lost, "#e8a5a5", "keys it gave away"),
+    ):
+        if any(extra):
+            tops = [k + e for k, e in zip(kept, extra, strict=True)]
+            bars.stairs(tops, edges, baseline=kept, fill=True, color=colour, label=what)
     marks = [i for i, shard in enumerate(shard_order) if shard in marked]
     if marks:
         bars.scatter(marks, [-0.6] * len(marks), marker="^", s=14, color=marked_colour)
