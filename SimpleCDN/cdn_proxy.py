@@ -682,6 +682,7 @@ class Edge:
             "bytes_from_cache": stats.bytes_from_cache,
             "not_stored_too_large": stats.not_stored_too_large,
             "slow_clients_dropped": stats.slow_clients_dropped,
+            "origin_fetches_running": len(self.fetching),
             "inflight_bytes": self.budget.held,
             "inflight_peak": self.budget.peak,
             "inflight_limit": self.budget.limit,
