@@ -44,6 +44,7 @@ DEFAULT_VALUE_BYTES = 100
 DEFAULT_WORKERS = 4
 DEFAULT_RATE = 500.0  # operations per second per worker
 LIMITS = {"keys": 2_000_000, "value_bytes": 1_000_000, "workers": 64, "rate": 100_000}
+MAX_DATA_BYTES = 1 << 30  # keys x value bytes: 1 GiB at most
 START_TIMEOUT = 15.0  # seconds a redis-server may take to answer PING
 CLI_TIMEOUT = 300.0  # seconds a redis-cli --cluster command may take
 SETTLE_SECONDS = 0.5  # load runs this long before and after each move
@@ -569,6 +570,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be between 1 and {most:,}")
     if args.cluster_slots is not None and not 1 <= args.cluster_slots <= 16383:
         parser.error("--cluster-slots must be between 1 and 16,383")
+    if args.keys * args.value_bytes > MAX_DATA_BYTES:
+        parser.error(
+            f"--keys x --value-bytes is {args.keys * args.value_bytes:,} bytes; "
+            f"the limit is {MAX_DATA_BYTES:,} (each server set holds it all)"
+        )
     return args
 
 

@@ -1336,6 +1336,7 @@ def test_reshard_redis_runs_both_experiments_and_reports_them(tmp_path, monkeypa
         (["--workers", "1000"], "--workers must be between 1 and 64"),
         (["--cluster-slots", "16384"], "--cluster-slots must be between 1 and 16,383"),
         (["--keys", "many"], "invalid int value"),
+        (["--keys", "2000000", "--value-bytes", "1000"], "the limit is 1,073,741,824"),
     ],
 )
 def test_reshard_redis_refuses_bad_arguments_in_one_line(args, message):
