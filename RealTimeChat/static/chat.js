@@ -197,6 +197,8 @@ function join(room, name) {
   if (state.token) request.token = state.token;
   socket.timeout(ACK_TIMEOUT_MS).emit("join", request, (timedOut, reply) => {
     if (timedOut) return showNotice("join: no answer from the server");
+    // Joined too often (a flapping network): joins refill at one a second.
+    if (reply.code === "rate_limited") return setTimeout(() => join(room, name), 1000);
     if (reply.error) return showNotice(`join: ${reply.error}`);
     state.token = reply.token;
     sessionStorage.setItem("chat-token", reply.token);
