@@ -246,17 +246,29 @@ def reshard(
 def migrate(
     source: redis.Redis, target: redis.Redis, keys: list[bytes], report: MoveReport
 ) -> None:
-    """MIGRATE `keys` from source to target; sort out any the target already had."""
+    """MIGRATE `keys` from source to target; sort out any the target already had.
+
+    Keys no longer on the source are skipped: SCAN may return a key twice (the
+    source's table shrinks as keys leave), and a client may have deleted one.
+    """
     with source.pipeline(transaction=False) as pipe:
         for key in keys:
+            pipe.exists(key)
             pipe.strlen(key)
         # A key that is not a string (a hash, a list) counts its name only.
-        lengths = pipe.execute(raise_on_error=False)
-        sizes = {key: n if isinstance(n, int) else 0 for key, n in zip(keys, lengths, strict=True)}
+        replies = pipe.execute(raise_on_error=False)
+    sizes = {
+        key: length if isinstance(length, int) else 0
+        for key, there, length in zip(keys, replies[::2], replies[1::2], strict=True)
+        if there
+    }
+    if not sizes:
+        return
+    keys = list(sizes)
     host, port = address(target)
+    left: list[bytes] = []
     try:
         source.migrate(host, port, keys, 0, MIGRATE_TIMEOUT_MS)
-        left: list[bytes] = []
     except redis.ResponseError as error:
         if "BUSYKEY" not in str(error):
             raise
