@@ -7,6 +7,7 @@ every assertion about caching is a count at the origin, not a timing.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import threading
@@ -817,6 +818,50 @@ def test_a_stalled_client_is_dropped_after_the_send_timeout_and_its_memory_freed
                 time.sleep(0.1)
         finally:
             stalled.close()
+
+
+def test_nothing_leaks_after_a_random_mix_of_aborted_ranged_and_varied_requests(origin):
+    """Whatever clients do (hang up mid-stream, ask for ranges, variants, stale copies),
+    once they are gone no origin fetch is left running and no byte is held in flight."""
+    args = ("--max-inflight-bytes", "4MB", "--send-timeout", "2")
+    with ServerProcess(EDGE, "--origin", origin.url, *args) as edge:
+        run = uuid.uuid4().hex
+
+        def client(seed: int) -> None:
+            pick = random.Random(seed)
+            for _ in range(25):
+                kind = pick.randrange(5)
+                query = f"run={run}&n={pick.randrange(8)}&cc=max-age%3D1"
+                head = "Host: x\r\n"
+                if kind == 0:  # streamed, unstored, and the client hangs up part-way
+                    query += "&size=12000000"
+                elif kind == 1:
+                    query += f"&size={pick.randrange(1, 200_000)}"
+                    head += "Range: bytes=0-9\r\n"
+                elif kind == 2:
+                    query += "&h=Vary:Accept-Encoding"
+                    head += pick.choice(["Accept-Encoding: gzip\r\n", "Accept-Encoding: br\r\n"])
+                elif kind == 3:
+                    query += "%2C+stale-while-revalidate%3D5&etag=x&sleep_ms=30"
+                else:
+                    query += f"&size={pick.randrange(1, 300_000)}"
+                with socket.create_connection((edge.host, edge.port), timeout=TIMEOUT) as sock:
+                    request = f"GET /respond?{query} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"
+                    sock.sendall(request.encode())
+                    limit, received = pick.randrange(1, 3_000_000), 0
+                    while (chunk := sock.recv(65536)) and not (kind == 0 and received > limit):
+                        received += len(chunk)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(client, range(8)))
+        deadline = time.monotonic() + 20
+        while True:
+            stats = edge_stats(edge)
+            if stats["origin_fetches_running"] == 0 and stats["inflight_bytes"] == 0:
+                break
+            assert time.monotonic() < deadline, f"left behind: {stats}"
+            time.sleep(0.1)
+        assert stats["bytes"] <= stats["capacity"]
 
 
 def test_a_range_miss_fills_the_cache_and_later_requests_are_hits(edge, origin):
