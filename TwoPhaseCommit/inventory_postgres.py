@@ -106,7 +106,11 @@ class PostgresStore:
             try:
                 yield conn
             except psycopg.OperationalError:
-                conn.close()  # the server may have restarted: the next caller reconnects
+                # The server may have restarted: this connection and every idle one
+                # are dead. Drop them all; the next caller connects afresh.
+                conn.close()
+                while self._idle:
+                    self._idle.pop().close()
                 raise
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 self._idle.append(conn)
@@ -115,8 +119,14 @@ class PostgresStore:
 
     def read(self, query: str, params: tuple = ()) -> list[dict[str, Any]]:
         """A query written for SQLite (? placeholders) or for PostgreSQL (%s)."""
-        with self.connection() as conn:
-            return conn.execute(query.replace("?", "%s"), params).fetchall()
+        for attempt in (1, 2):  # once more on a fresh connection if the server restarted
+            try:
+                with self.connection() as conn:
+                    return conn.execute(query.replace("?", "%s"), params).fetchall()
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _wal_syncs(conn: psycopg.Connection) -> int:

@@ -285,13 +285,23 @@ class Participant:
         next_ask: dict[str, tuple[float, float]] = {}  # txid -> (when, current back-off)
         while not stop.wait(min(self.in_doubt_after, 0.5) / 2):
             now = time.time()
-            for tx in self.in_doubt():
+            try:
+                doubtful = self.in_doubt()
+            except Exception as err:  # the database is restarting (PostgreSQL): next round
+                print(f"cannot list the in-doubt transactions: {err!r}", flush=True)
+                continue
+            for tx in doubtful:
                 if now - tx["updated_at"] < self.in_doubt_after:
                     continue  # phase 2 is probably on its way
                 when, backoff = next_ask.get(tx["txid"], (0.0, self.in_doubt_after))
                 if now < when:
                     continue
-                if self._ask_and_apply(tx):
+                try:
+                    settled = self._ask_and_apply(tx)
+                except Exception as err:  # as above: the database went away mid-way
+                    print(f"cannot settle {tx['txid']} yet: {err!r}", flush=True)
+                    settled = False
+                if settled:
                     next_ask.pop(tx["txid"], None)
                 else:
                     next_ask[tx["txid"]] = (now + backoff, min(backoff * 2, self.ask_max))
