@@ -1,6 +1,6 @@
 """What 2PC costs and what it buys: against calling the two services one after the other.
 
-    python TwoPhaseCommit/bench.py                 # about three minutes
+    python TwoPhaseCommit/bench.py                 # about four minutes
     python TwoPhaseCommit/bench.py --orders 100    # quicker
 
 1. Cost per order, counted: forced writes (fsyncs the VFS saw) and messages
@@ -38,6 +38,7 @@ import requests
 from twopc_cluster import OUT_DIR, Cluster, ServiceDown, fresh_workdir
 
 CONCURRENCY = (1, 8, 32)
+ROUNDS = 2  # interleaved runs per protocol and concurrency; the best is kept
 STOCK = "pizza=1000000"
 RIDERS = 20_000
 CHAOS_CLIENTS = 8
@@ -351,7 +352,10 @@ def print_costs(costs: list[Cost]) -> None:
 
 
 def print_throughput(runs: dict[tuple[str, int], Run], orders: int) -> None:
-    print(f"\n2. Throughput and latency: {orders} orders per row, fresh databases")
+    print(
+        f"\n2. Throughput and latency: {orders} orders per run, fresh databases, "
+        f"best of {ROUNDS} interleaved runs"
+    )
     rows = []
     for clients in CONCURRENCY:
         tpc, seq = runs["2PC", clients], runs["sequential", clients]
@@ -473,10 +477,20 @@ def main(argv: list[str] | None = None) -> int:
         print("  counting the cost of single orders ...", flush=True)
         costs = cost_per_order(args.out / "cost")
         for clients in CONCURRENCY:
-            for protocol in PROTOCOLS:
-                print(f"  {protocol}, {clients} client(s), {args.orders} orders ...", flush=True)
-                workdir = fresh_workdir(args.out / f"{protocol}-{clients}")
-                runs[protocol, clients] = measure(protocol, clients, args.orders, workdir)
+            # Interleaved rounds, each protocol's best kept: a burst of load from
+            # elsewhere on the machine then hurts both, not whichever ran during it.
+            for round_ in range(1, ROUNDS + 1):
+                for protocol in PROTOCOLS:
+                    print(
+                        f"  {protocol}, {clients} client(s), {args.orders} orders, "
+                        f"round {round_} of {ROUNDS} ...",
+                        flush=True,
+                    )
+                    workdir = fresh_workdir(args.out / f"{protocol}-{clients}")
+                    run = measure(protocol, clients, args.orders, workdir)
+                    best = runs.get((protocol, clients))
+                    if best is None or run.rate > best.rate:
+                        runs[protocol, clients] = run
         chaos = []
         for protocol in PROTOCOLS:
             print(f"  {protocol}, {args.chaos_seconds:g} s of chaos ...", flush=True)
