@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import requests
 from id_arguments import bounded
@@ -95,20 +95,37 @@ class EtcdGateway:
             answer = response.json()
         except (requests.RequestException, ValueError) as err:
             raise EtcdUnavailableError(f"etcd at {self.url} did not answer: {err}") from None
-        if "error" in answer:  # e.g. {"error": "etcdserver: requested lease not found", ...}
-            raise EtcdUnavailableError(f"etcd at {self.url}: {answer['error']}")
+        if not isinstance(answer, dict):
+            raise self.not_etcd(path, answer)
+        # etcd 3.4 says {"error": "etcdserver: requested lease not found", ...}; later
+        # gateways {"code": 5, "message": ...} with an HTTP error status.
+        if "error" in answer or response.status_code != 200:
+            message = answer.get("error") or answer.get("message") or response.reason
+            raise EtcdUnavailableError(f"etcd at {self.url}: {message}")
         return answer
+
+    def not_etcd(self, path: str, answer: object) -> EtcdUnavailableError:
+        return EtcdUnavailableError(
+            f"{self.url} is not etcd's v3 JSON gateway: it answered /v3/{path} "
+            f"with {str(answer)[:60]!r}"
+        )
 
     def grant(self, ttl: int) -> tuple[int, int]:
         """A new lease: (its id, the TTL etcd granted, which may be longer)."""
         answer = self.call("lease/grant", {"TTL": ttl})
-        return int(answer["ID"]), int(answer["TTL"])
+        try:
+            return int(answer["ID"]), int(answer["TTL"])
+        except (KeyError, TypeError, ValueError):
+            raise self.not_etcd("lease/grant", answer) from None
 
     def keepalive(self, lease_id: int) -> int:
         """Renew the lease; the TTL it now has, or 0 when it no longer exists."""
         # The gateway streams keep-alives; one request in, one result out.
         answer = self.call("lease/keepalive", {"ID": lease_id})
-        return int(answer.get("result", {}).get("TTL", 0))
+        try:
+            return int(answer.get("result", {}).get("TTL", 0))
+        except (AttributeError, TypeError, ValueError):
+            raise self.not_etcd("lease/keepalive", answer) from None
 
     def revoke(self, lease_id: int) -> None:
         """End the lease now; etcd deletes every key bound to it."""
@@ -144,10 +161,14 @@ class EtcdGateway:
         return self.range({"key": b64(key)}).get(key)
 
     def range(self, body: dict) -> dict[str, tuple[str, int]]:
-        return {
-            unb64(kv["key"]): (unb64(kv.get("value", "")), int(kv.get("lease", 0)))
-            for kv in self.call("kv/range", body).get("kvs", [])
-        }
+        answer = self.call("kv/range", body)
+        try:
+            return {
+                unb64(kv["key"]): (unb64(kv.get("value", "")), int(kv.get("lease", 0)))
+                for kv in answer.get("kvs", [])
+            }
+        except (AttributeError, KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+            raise self.not_etcd("kv/range", answer) from None
 
 
 # -- the lease ------------------------------------------------------------------------
@@ -156,12 +177,16 @@ class EtcdGateway:
 class WorkerIdLease:
     """Holds one worker id at a time, leased from etcd, renewed in the background.
 
-    Guarantees, assuming etcd's lease timing and this machine's monotonic clock
-    run at the same rate to within `safety_margin` per TTL: while
-    `valid_worker_id()` returns an id, no other WorkerIdLease on the same etcd
-    and prefix holds it. Ids minted under it cannot collide with the next
-    holder's as long as the two machines' wall clocks differ by less than
-    `safety_margin` (IdGenerator's timestamps are the fence; see the README).
+    Guarantee: while `valid_worker_id()` returns an id, no other WorkerIdLease
+    on the same etcd and prefix holds it; and ids minted under it cannot
+    collide with those of the id's next holder, whether the id passed on by
+    expiry or by release(). Assumptions: etcd's lease timing and this
+    machine's lease clock run at the same rate to within `safety_margin` per
+    TTL; the two holders' generator clocks differ by less than `safety_margin`
+    (IdGenerator's timestamps are the fence; see the README); etcd keeps what
+    it acknowledged (a restart with its data is fine, an emptied data
+    directory is not); and nobody revokes the lease or deletes its key by
+    hand (the keeper notices only at its next renewal, up to TTL/3 later).
     """
 
     def __init__(
@@ -209,6 +234,9 @@ class WorkerIdLease:
         self.history: list[Holding] = []  # every hold, oldest first
         self.changed = threading.Condition()
         self.released = False
+        # Set by the first valid_worker_id() call: a generator may have minted
+        # under this lease, so release() must keep the id for a margin more.
+        self.asked = False
         self.stopping = threading.Event()
         self.keeper: threading.Thread | None = None
 
@@ -220,6 +248,7 @@ class WorkerIdLease:
         Call it after reading the clock an id's timestamp comes from: then that
         instant is known to lie inside the hold.
         """
+        self.asked = True  # before reading `holding`: release() reads them the other way round
         holding = self.holding
         if holding is None or self.clock() >= holding.deadline_ns:
             return None
@@ -322,7 +351,9 @@ class WorkerIdLease:
                 holding = self.holding
                 if holding is None or not self.renew(holding):
                     self.publish(None)  # gone: etcd expired it while we were away
-                    self.publish(self.try_acquire())
+                    acquired = self.try_acquire()
+                    if not self.publish(acquired):  # released meanwhile
+                        self.revoke_quietly(acquired.lease_id)
             except Exception:  # the keeper must outlive any one bad answer
                 # etcd is down, every id is taken, or an answer made no sense.
                 # An unrenewed deadline runs out by itself and generators stop
@@ -351,14 +382,18 @@ class WorkerIdLease:
         self.publish(holding._replace(deadline_ns=sent + ttl * 10**9 - self.margin_ns))
         return True
 
-    def publish(self, holding: Holding | None) -> None:
+    def publish(self, holding: Holding | None) -> bool:
+        """Make `holding` the current hold; False (and nothing changes) once released."""
         with self.changed:
+            if self.released:
+                return False
             if holding is not None and (
                 not self.history or self.history[-1].lease_id != holding.lease_id
             ):
                 self.history.append(holding)
             self.holding = holding
             self.changed.notify_all()
+            return True
 
     def revoke_quietly(self, lease_id: int) -> None:
         try:
@@ -367,16 +402,30 @@ class WorkerIdLease:
             pass  # it expires by itself after its TTL
 
     def release(self) -> None:
-        """Stop renewing and revoke the lease, freeing the id now. Idempotent."""
+        """Stop minting, keep the id a safety margin longer, then revoke the lease.
+
+        Generators mint nothing after their current millisecond. The id is
+        handed back (the lease revoked, its key deleted) only a margin after
+        that, as an expiry would: the next holder's ids then carry later
+        timestamps than ours, under the same clock assumption (class
+        docstring). The wait is skipped when no generator ever asked
+        (valid_worker_id never called). Idempotent.
+        """
         with self.changed:
             if self.released:
                 return
             self.released = True
+            holding, self.holding = self.holding, None  # valid_worker_id() says None from now
             self.changed.notify_all()
+        stopped = self.clock()
         self.stopping.set()
+        if holding is not None and self.asked:
+            # No id minted under this hold carries a timestamp read later than
+            # `stopped`, nor later than the deadline; from there, one margin.
+            until = min(stopped, holding.deadline_ns) + self.margin_ns
+            time.sleep(max(0, until - self.clock()) / 1e9)
         if self.keeper is not None and self.keeper is not threading.current_thread():
             self.keeper.join(timeout=self.ttl)
-        holding, self.holding = self.holding, None
         if holding is not None:
             self.revoke_quietly(holding.lease_id)
         atexit.unregister(self.release)
@@ -455,16 +504,25 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"error: cannot write --record {args.record}: {err.strerror}", file=sys.stderr)
         return 2
-    give_up = time.monotonic() + args.wait
-    while True:  # in short waits, so Ctrl+C or SIGTERM is heard while every id is taken
+    minted: list[int] = []
+    give_up, waiting = time.monotonic() + args.wait, False
+    while not stop.is_set():  # in short waits, so Ctrl+C or SIGTERM is heard while all are taken
         try:
             lease.acquire(timeout=min(0.5, max(0.0, give_up - time.monotonic())))
             break
         except (NoFreeWorkerIdError, EtcdUnavailableError) as err:
-            if stop.is_set() or time.monotonic() >= give_up:
+            if time.monotonic() >= give_up and not stop.is_set():
                 print(f"error: {err}", file=sys.stderr)
+                write_record(record, minted, [])
                 return 1
-    minted: list[int] = []
+            if not waiting:
+                why = "no free worker id yet" if isinstance(err, NoFreeWorkerIdError) else err
+                say(f"{why}: waiting up to {args.wait:g} s (Ctrl+C gives up)")
+                waiting = True
+    if lease.keeper is None:  # stopped while waiting: a stop asked for, not a failure
+        write_record(record, minted, [])
+        print("stopped while waiting for a free worker id; minted 0 ids", flush=True)
+        return 0
     with lease:
         generator = None
         while generator is None and not stop.is_set():
@@ -490,15 +548,20 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             time.sleep(burst / args.rate)
         history = list(lease.history)
-    if record is not None:
-        with record:
-            json.dump({"ids": minted, "holds": [h._asdict() for h in history]}, record)
+    write_record(record, minted, history)
     print(
         f"minted {len(minted):,} ids in {len(history)} hold(s) of worker ids "
         f"{sorted({h.worker_id for h in history})}; released",
         flush=True,
     )
     return 0
+
+
+def write_record(record: IO[str] | None, minted: list[int], history: list[Holding]) -> None:
+    """--record: every id minted and every hold, as JSON (also when none were)."""
+    if record is not None:
+        with record:
+            json.dump({"ids": minted, "holds": [h._asdict() for h in history]}, record)
 
 
 if __name__ == "__main__":

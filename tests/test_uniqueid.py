@@ -3,6 +3,8 @@ processes, clock steps and bursts, and the sharded BlogService built on it."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import random
 import signal
@@ -873,6 +875,48 @@ def test_a_generator_needs_an_acquired_lease_and_stops_after_release(leases):
         generator.next_id()
 
 
+def test_an_id_released_on_exit_reaches_the_next_holder_a_margin_later(leases):
+    # A hands its only worker id back while a thread of it is minting; B, on a
+    # machine whose wall clock is 0.4 s behind (less than the 0.5 s margin the
+    # guarantee allows), takes it at once. Had A's revoke freed the id at once,
+    # B's first 0.4 s of ids would carry the timestamps of A's last ones.
+    a, b = leases(worker_ids=[0]), leases(worker_ids=[0])
+    a.acquire()
+    a_generator = ids.IdGenerator(lease=a)
+    a_ids: list[int] = []
+
+    def mint_until_released() -> None:
+        with contextlib.suppress(lease_mod.LeaseReleasedError):
+            while True:
+                a_ids.append(a_generator.next_id())
+
+    minter = threading.Thread(target=mint_until_released)
+    minter.start()
+    wait_for(lambda: len(a_ids) > 1000, what="A minting")
+    a.release()
+    minter.join(timeout=30)
+    assert b.acquire(timeout=10) == 0
+
+    def clock_behind() -> int:
+        return time.time_ns() - 400 * NS_PER_MS
+
+    b_generator = ids.IdGenerator(lease=b, clock=clock_behind)
+    b_ids = [b_generator.next_id() for _ in range(50_000)]
+    assert not set(a_ids) & set(b_ids), "B minted some of A's ids"
+    assert max(a_ids) >> ids.TIMESTAMP_SHIFT < min(b_ids) >> ids.TIMESTAMP_SHIFT
+
+
+def test_the_keeper_publishes_nothing_after_release(leases):
+    # A keeper that was mid-renewal or mid-acquisition when release() gave up
+    # waiting for it must not hand the released lease a worker id again.
+    lease = leases()
+    lease.acquire()
+    held = lease.holding
+    lease.release()
+    assert lease.publish(held) is False
+    assert lease.valid_worker_id() is None and lease.holding is None
+
+
 class JumpingClock:
     """The lease's monotonic clock plus a jump: a pause, as the process sees it afterwards."""
 
@@ -900,6 +944,28 @@ def test_past_its_deadline_a_generator_mints_nothing_until_the_lease_is_renewed(
     lease.keeper.start()
     wait_for(lambda: lease.valid_worker_id() is not None, what="renewal")
     assert generator.next_id() > before
+
+
+def test_a_renewal_answered_late_counts_from_when_it_was_sent(leases):
+    # etcd renews at once, then the holder is frozen before it reads the answer
+    # (the keeper thread descheduled, the process stopped). etcd's new TTL ran
+    # from the renewal, so the deadline must too: counted from the answer's
+    # arrival it would still lie ahead after the lease expired in etcd.
+    clock = JumpingClock()
+    lease = leases(clock=clock)
+    lease.acquire()
+    lease.stopping.set()  # renew by hand below
+    lease.keeper.join()
+    renew_in_etcd = lease.etcd.keepalive
+
+    def renewed_then_frozen(lease_id: int) -> int:
+        ttl = renew_in_etcd(lease_id)
+        clock.jump_ns += TEST_TTL * 10**9
+        return ttl
+
+    lease.etcd.keepalive = renewed_then_frozen
+    assert lease.renew(lease.holding), "the lease is still in etcd"
+    assert lease.valid_worker_id() is None
 
 
 def test_a_hold_born_past_its_deadline_is_renewed_at_once(leases):
@@ -990,6 +1056,46 @@ def test_an_unreachable_etcd_is_a_clear_error():
         lease.acquire()
 
 
+@pytest.fixture
+def not_etcd():
+    """An HTTP server on 127.0.0.1 that answers every request with the JSON body
+    set in `.answer`: a wrong port, a proxy, something that is not etcd."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = json.dumps(server.answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [[], None, "ok", {"ID": "abc", "TTL": 2}, {"ID": "5", "TTL": "2", "kvs": "x"},
+     {"ID": "5", "TTL": "2", "kvs": [{"value": "eA=="}]}],
+)  # fmt: skip
+def test_a_server_that_is_not_etcd_is_a_clear_error(not_etcd, answer):
+    not_etcd.answer = answer
+    lease = lease_mod.WorkerIdLease(not_etcd.url, ttl=2)
+    with pytest.raises(lease_mod.EtcdUnavailableError, match="not etcd's v3 JSON gateway"):
+        lease.acquire()
+    result = lease_cli("--etcd", not_etcd.url, "--ttl", "2")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
 def lease_cli(*args: str, timeout: float = 30):
     return run_script("UniqueIdGeneration/WorkerIdLease.py", *args, timeout=timeout)
 
@@ -1001,6 +1107,36 @@ def test_lease_cli_says_clearly_when_every_id_is_taken(etcd_server, leases):
     assert result.returncode == 1
     assert "error: no free worker id: all 2 worker ids (0-1) are held" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_lease_cli_stopped_while_waiting_exits_cleanly_with_its_record(
+    etcd_server, leases, tmp_path, signum
+):
+    # The chaos test stops its processes at a random moment: one still waiting
+    # for an id used to exit 1 with an empty, unreadable --record.
+    leases(worker_ids=[0]).acquire()
+    record = tmp_path / "record.json"
+    waiter = subprocess.Popen(
+        [
+            sys.executable, str(ROOT / "UniqueIdGeneration/WorkerIdLease.py"),
+            "--etcd", etcd_server.url, "--ttl", str(TEST_TTL), "--worker-ids", "1",
+            "--wait", "60", "--record", str(record),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert "waiting up to 60 s" in waiter.stdout.readline()
+        waiter.send_signal(signum)
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+        waiter.wait()
+    assert waiter.returncode == 0, err
+    assert "stopped while waiting for a free worker id" in out
+    assert json.loads(record.read_text()) == {"ids": [], "holds": []}
 
 
 @pytest.mark.parametrize(
