@@ -129,12 +129,12 @@ def plot_memory(jobs: dict[str, bounded_executor.JobReport], path: Path) -> None
         ax.plot(seconds, added, color=colour, label=f"{EXECUTOR_NAMES[executor]}")
         ax.axvline(job.submitting, color=colour, linestyle=":", linewidth=1)
     ax.set_title(
-        f"{JOB_TASKS:,} chunks of {jobs['bounded'].payload // 1024} KiB submitted as fast as "
-        f"they are made (dotted: the last submit() returns)"
+        f"{JOB_TASKS:,} chunks of {jobs['bounded'].payload // 1024} KiB, submitted as fast as "
+        f"they are made\n(dotted: when the last submit() returned)"
     )
     ax.set_xlabel("seconds")
     ax.set_ylabel("memory added to the process (MiB of RSS)")
-    ax.legend(loc="upper right")
+    ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -265,8 +265,9 @@ def main() -> int:
         ],
     )
     print(
-        "  ThreadPoolExecutor's submit() never blocks (its work queue has no limit): every chunk\n"
-        "  waited in memory; BoundedExecutor's submit() blocked at 64 queued, same total time"
+        "  ThreadPoolExecutor's submit() never blocks (its work queue has no limit), so the\n"
+        f"  chunks waited in memory; BoundedExecutor's submit() waited whenever "
+        f"{limited.max_queued} were queued"
     )
     # What the bounded executor may hold: its queue, one task per worker, one being made.
     allowed = (limited.max_queued + limited.workers + 1) * limited.payload

@@ -199,7 +199,7 @@ def stress(
                     return ""
                 if alive and asleep() >= len(alive):
                     return (
-                        f"deadlock: {who(alive)} all asleep, no thread left to wake the others; "
+                        f"deadlock: {who(alive)} all asleep at once; "
                         f"{plural(len(storage), 'item')} queued"
                     )
             if time.monotonic() > deadline:
