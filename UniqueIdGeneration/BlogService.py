@@ -100,6 +100,9 @@ class MoveReport:
     deleted: int  # rows removed from the source after the switch
     seconds: float
     switch_ms: float  # how long writers to the source database waited on the switch
+    # Rows of this shard that an interrupted earlier move had left outside its
+    # home (a partial copy, an unfinished delete), removed first: {database: rows}.
+    leftovers: dict[str, int]
 
 
 def connect(path: Path, schema: str) -> sqlite3.Connection:
@@ -365,6 +368,12 @@ class BlogService:
         lock (so no insert can land in the source after the last copy); then
         delete the source's copy. Readers and writers keep working throughout.
         One move at a time per db_dir (a lock file says so).
+
+        A move that crashed is finished by moving again: every move first
+        removes the shard's rows from every database but its home. Before its
+        switch a crashed move changed nothing readers see (the copy is thrown
+        away); after it, the move is done but for that delete, so asking again
+        for the same target finishes it (MoveError only if nothing was left).
         """
         if isinstance(shard, bool) or not isinstance(shard, int):
             raise ValueError(f"shard must be an int in 0..{LOGICAL_SHARDS - 1}, got {shard!r}")
@@ -374,12 +383,14 @@ class BlogService:
         started = time.perf_counter()
         with self.move_lock():
             source_name, _ = self.lookup(shard)
+            self.database(target)  # a bad name is refused before anything is deleted
+            leftovers = self.remove_leftovers(shard, source_name)
             if source_name == target:
-                raise MoveError(f"logical shard {shard} is already in {target}")
+                if not leftovers:
+                    raise MoveError(f"logical shard {shard} is already in {target}")
+                seconds = time.perf_counter() - started
+                return MoveReport(shard, target, target, 0, 0, 0, seconds, 0.0, leftovers)
             target_db, source = self.database(target), self.database(source_name)
-            # Rows a move that crashed before its switch left behind: start clean.
-            while target_db.delete_shard_rows(shard, MOVE_BATCH):
-                pass
 
             copied, last_id = 0, -1
             while rows := source.rows_after(shard, last_id, MOVE_BATCH):
@@ -417,7 +428,30 @@ class BlogService:
             deleted,
             time.perf_counter() - started,
             switch_ms,
+            leftovers,
         )
+
+    def remove_leftovers(self, shard: int, home: str) -> dict[str, int]:
+        """Delete the shard's rows from every database in db_dir but `home`.
+
+        Only a crashed move leaves any. Nobody reads or writes them: writers
+        and readers go to the home the catalog names, and a reader that looked
+        before the last switch retries there after its miss.
+        """
+        removed = {}
+        for path in sorted(self.db_dir.glob("*.db")):
+            if (
+                path.stem == home
+                or path.stem == "catalog"
+                or not DATABASE_NAME.fullmatch(path.stem)
+            ):
+                continue
+            database, count = self.database(path.stem), 0
+            while deleted := database.delete_shard_rows(shard, MOVE_BATCH):
+                count += deleted
+            if count:
+                removed[path.stem] = count
+        return removed
 
     @contextmanager
     def move_lock(self) -> Iterator[None]:
@@ -521,12 +555,19 @@ def main(argv: list[str] | None = None) -> int:
                 print_shards(blog)
             else:
                 report = blog.move_shard(args.shard, args.to)
-                print(
-                    f"moved logical shard {report.shard} from {report.source} to {report.target}: "
-                    f"{report.copied:,} rows copied, {report.caught_up:,} caught up during a "
-                    f"{report.switch_ms:.1f} ms switch, {report.deleted:,} deleted from "
-                    f"{report.source}, in {report.seconds:.2f} s"
-                )
+                if report.leftovers:
+                    where = ", ".join(f"{n:,} from {db}" for db, n in report.leftovers.items())
+                    print(f"removed rows an interrupted move had left behind: {where}")
+                if report.source == report.target:
+                    print(f"logical shard {report.shard} is in {report.target}; move finished")
+                else:
+                    print(
+                        f"moved logical shard {report.shard} from {report.source} to "
+                        f"{report.target}: {report.copied:,} rows copied, {report.caught_up:,} "
+                        f"caught up during a {report.switch_ms:.1f} ms switch, "
+                        f"{report.deleted:,} deleted from {report.source}, "
+                        f"in {report.seconds:.2f} s"
+                    )
     except (PostNotFoundError, MoveError, ValueError, IdGenerator.ClockMovedBackwardsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -534,6 +534,51 @@ def test_a_move_refuses_bad_targets_and_a_second_move_at_once(tmp_path):
             blog.move_shard(0, "db-05")
 
 
+MOVE_THEN_DIE = """
+import os, signal, sys, BlogService
+BlogService.MOVE_BATCH = 10  # many batches from a few posts
+db_dir, shard, target, die_at = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def progress(step, rows):
+    if step == die_at:  # the power cut, right after this step's first batch
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with BlogService.BlogService(db_dir) as blog:
+    blog.move_shard(shard, target, progress)
+"""
+
+
+@pytest.mark.parametrize("die_at", ["copy", "switch", "delete"])
+def test_a_move_killed_midway_loses_nothing_and_is_finished_by_moving_again(tmp_path, die_at):
+    with blog_service.BlogService(tmp_path, databases=2) as blog:
+        posts = [blog.create_post(a, "t", "") for a in ("mover", "other") * 40]
+        shard, home = posts[0].shard, posts[0].database
+    mover = subprocess.run(
+        [sys.executable, "-c", MOVE_THEN_DIE, str(tmp_path), str(shard), "db-05", die_at],
+        cwd=ROOT / "UniqueIdGeneration",
+        capture_output=True,
+        timeout=60,
+    )
+    assert mover.returncode == -signal.SIGKILL, mover.stderr
+    switched = die_at != "copy"
+    with blog_service.BlogService(tmp_path) as blog:
+        # Whatever the crash left, readers see every post, once, at one home.
+        assert blog.mapping()[shard] == ("db-05" if switched else home)
+        assert [blog.get_post(p.id).title for p in posts] == ["t"] * len(posts)
+        assert sorted(p.id for p in blog.recent_posts(1000)) == sorted(p.id for p in posts)
+        assert sum(blog.post_counts().values()) == len(posts)
+        assert max(rows_per_id(tmp_path).values()) == 2, "the crash left a second copy"
+        # Asked again, the move finishes: the copy left outside the home is removed.
+        report = blog.move_shard(shard, "db-05")
+        left = {"copy": {"db-05": 10}, "switch": {home: 40}, "delete": {home: 30}}[die_at]
+        assert report.leftovers == left
+        assert [blog.get_post(p.id).database for p in posts if p.shard == shard] == ["db-05"] * 40
+        with pytest.raises(blog_service.MoveError, match="already in db-05"):
+            blog.move_shard(shard, "db-05")
+    assert sorted(rows_per_id(tmp_path)) == sorted(p.id for p in posts)
+    assert set(rows_per_id(tmp_path).values()) == {1}
+
+
 def test_a_read_that_races_a_move_follows_the_shard_to_its_new_home(tmp_path, monkeypatch):
     # The narrowest race, forced: the whole move (switch and delete) runs between
     # a reader's look at the map and its query of the old database.
