@@ -294,8 +294,7 @@ def main() -> int:
     )
     print_table(memory)
 
-    # What the bounded executor may hold: its queue, one task per worker, one being made.
-    allowed = (job.max_queued + job.workers + 1) * job.payload
+    allowed = job.limit_allows
     unbounded = reports["unbounded", JOB_SIZES[-1]]
     threads, maxsize, at_least = TARGET_VS_QUEUE
     targets = [

@@ -135,6 +135,12 @@ class JobReport:
         """Bytes the job added to the process's peak: what the pile-up cost."""
         return self.peak_rss - self.baseline_rss
 
+    @property
+    def limit_allows(self) -> int:
+        """Payload bytes a BoundedExecutor may hold at once: a full queue, one
+        task per worker, and the one the submitting loop is making."""
+        return ((self.max_queued or self.tasks) + self.workers + 1) * self.payload
+
 
 def send_chunk(chunk: bytes) -> bytes:
     """The work per task, as for uploading a chunk: checksum it, then wait for the far end."""

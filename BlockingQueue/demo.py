@@ -269,24 +269,22 @@ def main() -> int:
         f"  chunks waited in memory; BoundedExecutor's submit() waited whenever "
         f"{limited.max_queued} were queued"
     )
-    # What the bounded executor may hold: its queue, one task per worker, one being made.
-    allowed = (limited.max_queued + limited.workers + 1) * limited.payload
-    if limited.growth > 2 * allowed:
+    if limited.growth > 2 * limited.limit_allows:
         failures.append(
             f"the bounded executor grew {limited.growth / MiB:.1f} MiB, over twice the "
-            f"{allowed / MiB:.1f} MiB its limit allows"
+            f"{limited.limit_allows / MiB:.1f} MiB its limit allows"
         )
-    if pool.growth < 4 * max(limited.growth, allowed):
+    if pool.growth < 4 * max(limited.growth, limited.limit_allows):
         failures.append("ThreadPoolExecutor's memory did not pile up")
 
     plot(bounded, unbounded, depth_plot)
     plot_memory(jobs, memory_plot)
+    print()
     for path in (depth_plot, memory_plot):
         shown = path.resolve()
         if shown.is_relative_to(Path.cwd()):
             shown = shown.relative_to(Path.cwd())
-        print(f"\n  plot: {shown}", end="")
-    print()
+        print(f"  plot: {shown}")
 
     seen = (
         f"with maxsize {MAXSIZE} the queue never held more than "

@@ -20,8 +20,7 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from BlockingQueue import BlockingQueue, Full, ShutDown
@@ -207,15 +206,6 @@ def run_pipeline(
     shares = share_out(items, producers)
     stopping = threading.Event()  # set when a thread died: the others stop too
 
-    @contextmanager
-    def reporting_death() -> Iterator[None]:
-        try:
-            yield
-        except BaseException as error:  # noqa: BLE001 - anything that ends a thread early
-            name = threading.current_thread().name
-            stats.failures.append(f"{name} died: {type(error).__name__}: {error}")
-            stopping.set()
-
     def produce(me: int) -> None:
         make_item = pause(produce_rate, stopping)
         share = shares[me]
@@ -252,8 +242,13 @@ def run_pipeline(
             pass  # shut down and drained (or shut down immediately)
 
     def run(body: Callable[[int], None], me: int) -> None:
-        with reporting_death():
+        """A thread's whole life: if it dies, say why and make the others stop."""
+        try:
             body(me)
+        except BaseException as error:  # noqa: BLE001 - anything that ends a thread early
+            name = threading.current_thread().name
+            stats.failures.append(f"{name} died: {type(error).__name__}: {error}")
+            stopping.set()
 
     threads = [
         threading.Thread(target=run, args=(produce, p), name=f"producer-{p}", daemon=True)
