@@ -36,9 +36,11 @@ class BoundedExecutor(Executor):
     """`max_workers` threads running submitted calls; submit() blocks while `max_queued` wait.
 
     A drop-in for ThreadPoolExecutor where it matters (submit, map, shutdown,
-    `with`), minus its initializer and thread-name options. One trap it does
-    not remove but makes visible: a task that submits to its own executor can
-    block forever once every worker does the same and the queue is full.
+    `with`), minus its initializer and thread-name options. Shut it down (or
+    use `with`): until then its workers wait on the queue, even once nothing
+    refers to the executor. One trap it does not remove but makes visible: a
+    task that submits to its own executor can block forever once every worker
+    does the same and the queue is full.
     """
 
     def __init__(self, max_workers: int, max_queued: int) -> None:

@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:  # one run, in this process; the parent reads the JSON line
         queue_name, setup_name = args.child
+        if queue_name not in QUEUES or setup_name not in SETUPS:
+            parser.error(f"--child needs a queue and a set-up by name, got {args.child}")
         verdict = stress(QUEUES[queue_name], SETUPS[setup_name], args.time_limit)
         print(json.dumps(asdict(verdict)), flush=True)
         os._exit(0)  # do not wait for threads a broken queue left blocked

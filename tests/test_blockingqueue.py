@@ -1325,6 +1325,7 @@ BAD_INPUT = {  # script: [(arguments, what its one-line error says)]
         (["--setup", "huge"], "invalid choice"),
         (["--time-limit", "nan"], "--time-limit must be between 1 and 3600"),
         (["--time-limit", "0"], "--time-limit must be between 1 and 3600"),
+        (["--child", "NoSuchQueue", "crowd"], "--child needs a queue and a set-up by name"),
     ],
     "bounded_executor.py": [
         (["--executor", "bounded", "--tasks", "0"], "must be between 1 and"),
