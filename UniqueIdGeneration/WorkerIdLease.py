@@ -500,11 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:  # opened now, so an unwritable path is refused before any id is leased
-        record = open(args.record, "w") if args.record else None
+        record = Record(open(args.record, "w") if args.record else None)
     except OSError as err:
         print(f"error: cannot write --record {args.record}: {err.strerror}", file=sys.stderr)
         return 2
-    minted: list[int] = []
     give_up, waiting = time.monotonic() + args.wait, False
     while not stop.is_set():  # in short waits, so Ctrl+C or SIGTERM is heard while all are taken
         try:
@@ -513,14 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         except (NoFreeWorkerIdError, EtcdUnavailableError) as err:
             if time.monotonic() >= give_up and not stop.is_set():
                 print(f"error: {err}", file=sys.stderr)
-                write_record(record, minted, [])
+                record.close([])
                 return 1
             if not waiting:
                 why = "no free worker id yet" if isinstance(err, NoFreeWorkerIdError) else err
                 say(f"{why}: waiting up to {args.wait:g} s (Ctrl+C gives up)")
                 waiting = True
     if lease.keeper is None:  # stopped while waiting: a stop asked for, not a failure
-        write_record(record, minted, [])
+        record.close([])
         print("stopped while waiting for a free worker id; minted 0 ids", flush=True)
         return 0
     with lease:
@@ -530,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                 generator = IdGenerator.IdGenerator(lease=lease)
             except WorkerIdUnavailableError:
                 continue
-        seen_holds, fenced = 0, False
+        seen_holds, fenced, clock_behind = 0, False, False
         burst = max(1, args.rate // 100)  # mint in 100 bursts a second
         until = time.monotonic() + args.seconds if args.seconds else float("inf")
         while not stop.is_set() and time.monotonic() < until:
@@ -541,27 +540,51 @@ def main(argv: list[str] | None = None) -> int:
             if lease.valid_worker_id() is None and not fenced:
                 say("lease deadline passed: minting stopped until an id is held again")
                 fenced = True
+            minted: list[int] = []
             try:
                 for _ in range(burst):
                     minted.append(generator.next_id())
             except WorkerIdUnavailableError:
                 continue
+            except IdGenerator.ClockMovedBackwardsError as err:
+                if not clock_behind:  # refused, not a crash: retry while it catches up
+                    say(f"{err} (retrying every 0.1 s)")
+                clock_behind = True
+                time.sleep(0.1)
+                continue
+            finally:
+                record.add(minted)
+            clock_behind = False
             time.sleep(burst / args.rate)
         history = list(lease.history)
-    write_record(record, minted, history)
+    record.close(history)
     print(
-        f"minted {len(minted):,} ids in {len(history)} hold(s) of worker ids "
+        f"minted {record.count:,} ids in {len(history)} hold(s) of worker ids "
         f"{sorted({h.worker_id for h in history})}; released",
         flush=True,
     )
     return 0
 
 
-def write_record(record: IO[str] | None, minted: list[int], history: list[Holding]) -> None:
-    """--record: every id minted and every hold, as JSON (also when none were)."""
-    if record is not None:
-        with record:
-            json.dump({"ids": minted, "holds": [h._asdict() for h in history]}, record)
+class Record:
+    """Counts the ids minted and, with --record, writes them out as they come,
+    then every hold: {"ids": [...], "holds": [...]}. Memory stays flat however
+    long the CLI runs (a list of every id grew by 40 bytes an id)."""
+
+    def __init__(self, file: IO[str] | None):
+        self.file, self.count = file, 0
+        if file is not None:
+            file.write('{"ids": [')
+
+    def add(self, minted: list[int]) -> None:
+        if self.file is not None and minted:
+            self.file.write((", " if self.count else "") + ", ".join(map(str, minted)))
+        self.count += len(minted)
+
+    def close(self, history: list[Holding]) -> None:
+        if self.file is not None:
+            with self.file:
+                self.file.write(f'], "holds": {json.dumps([h._asdict() for h in history])}}}')
 
 
 if __name__ == "__main__":
