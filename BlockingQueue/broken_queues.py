@@ -2,8 +2,8 @@
 
 Each class below is TextbookQueue (textbook_queue.py) with one method written
 differently; the line that differs is marked `# BROKEN:`. Each one passes a
-quick test with one producer and one consumer, and each loses items, crashes
-or deadlocks under queue_stress.py. README.md, "The textbook queue, and four
+quick test that puts a few items and gets them back, and each crashes,
+overfills or deadlocks under queue_stress.py. README.md, "The textbook queue, and four
 ways to break it", says why and which stress set-up catches which.
 """
 
