@@ -127,9 +127,10 @@ class DecisionLog:
 
     def note_abort(self, txid: str, order_id: str, order: dict, reason: str, votes: dict) -> None:
         """Written, not forced: lost in a power cut, an abort is still an abort (presumed)."""
-        record = (txid, order_id, json.dumps(order), ABORTED, reason, json.dumps(votes))
+        order_text, votes_text = json.dumps(order), json.dumps(votes)
+        record = (txid, order_id, order_text, ABORTED, reason, votes_text, time.time())
         with self.store.transaction(forced=False) as db:
-            db.execute(INSERT_DECISION, (*record, time.time()))
+            db.execute(INSERT_DECISION, record)
             db.execute("UPDATE log SET done = 1 WHERE txid = ?", (txid,))  # nothing to deliver
 
     def mark_done(self, txid: str) -> None:
