@@ -94,6 +94,9 @@ class OriginExchange(asyncio.Protocol):
     def stream_into(self, sink: Sink) -> None:
         """Send the body to `sink` from now on (what came early first)."""
         self.sink = sink
+        # Read on before feeding: a sink that is short of room pauses us again
+        # while it takes the early bytes (resuming after them would undo that).
+        self.resume()
         for chunk in self.early:
             sink.feed(chunk)
         self.early.clear()
@@ -103,8 +106,6 @@ class OriginExchange(asyncio.Protocol):
             sink.finish()
         elif self.transport is None or self.transport.is_closing():
             sink.fail(OriginError("origin closed the connection mid-body"))
-        else:
-            self.resume()
 
     # --- flow control, as the sink asks --------------------------------------------
 

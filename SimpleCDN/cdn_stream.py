@@ -11,8 +11,9 @@ objects:
 - WINDOW: a fill that holds this many bytes its slowest reader has not sent
   yet stops reading from the origin (TCP then slows the origin down);
 - the in-flight budget (`--max-inflight-bytes`): all fills together hold at
-  most this much; past it, every fill that is not being stored pauses, and
-  one that is being stored gives up storing (it still streams to its readers).
+  most this much, give or take the socket read each takes in before it
+  pauses; past it, every fill that is not being stored pauses, and one that
+  is being stored gives up storing (it still streams to its readers).
 A reader that makes no progress at all is dropped by the connection's
 per-write deadline (`--send-timeout`), which frees what it held.
 

@@ -787,6 +787,31 @@ def test_twenty_clients_download_100_mb_through_one_origin_fetch_in_bounded_memo
         assert stats["coalesced"] == 19 and stats["inflight_bytes"] == 0
 
 
+def test_the_inflight_budget_holds_under_many_concurrent_distinct_misses(origin):
+    """16 slow readers of 16 different 4 MB objects through a 1 MB budget: every fill
+    pauses its origin once the budget is spent, so the edge holds about the budget plus
+    one socket read (at most 256 KiB) per fill, never the 64 MB of all the bodies."""
+    clients, size = 16, 4 * MB
+    args = ("--max-inflight-bytes", "1MB", "--cache-size", "16MB")
+    with ServerProcess(EDGE, "--origin", origin.url, *args) as edge:
+        run = uuid.uuid4().hex
+        targets = [f"/respond?run={run}&n={n}&cc=max-age%3D600&size={size}" for n in range(clients)]
+        barrier = threading.Barrier(clients)
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(
+                pool.map(
+                    lambda t: download(
+                        edge, t, pace=2 * MB, read_buffer=64 * 1024, barrier=barrier
+                    ),
+                    targets,
+                )
+            )
+        assert [length for _, length in results] == [size] * clients
+        stats = edge_stats(edge)
+        assert stats["inflight_peak"] <= MB + clients * 512 * 1024, stats
+        assert stats["inflight_bytes"] == 0 and stats["origin_fetches_running"] == 0
+
+
 def test_a_client_reading_at_1_mb_per_second_gets_all_60_mb(origin):
     """The old edge's send timeout covered the whole answer and cut this client at 45 MB;
     now it only bounds each write, so a 60 s download with a 5 s deadline completes."""
