@@ -164,8 +164,10 @@ class OriginExchange(asyncio.Protocol):
         self.transport = None
         if self.complete:
             return
-        if self.head.done() and self.read_until_close:
-            self.on_message_complete()  # the body of this response ends where the connection does
+        if self.head.done() and self.read_until_close and exc is None:
+            # The body of this response ends where the connection does, if it
+            # ends cleanly: one cut off by a reset is not a whole body.
+            self.on_message_complete()
         elif not self.head.done():
             self._failed(OriginError("origin closed the connection before answering"))
         else:

@@ -421,27 +421,34 @@ class ClientConnection(asyncio.Protocol):
         self.busy = False
         self.answer_queued()
 
-    def framed_head(self, request: Request, answer: Answer) -> tuple[bytes, bool]:
-        """The status line and headers as sent, with framing; and whether to close after."""
+    def framed_head(self, request: Request, answer: Answer) -> tuple[bytes, bool, bool]:
+        """The status line and headers as sent, with framing; whether the body goes
+        chunked, and whether to close after."""
         headers = answer.headers
-        close = not request.keep_alive
+        close, chunked = not request.keep_alive, False
         if answer.send_body and answer.status >= 200 and answer.status not in (204, 304):
             # (an answer with a body never carries framing fields of its own)
             length = len(answer.body) if answer.cursor is None else answer.length
-            if length is None:
-                close = True  # no length known: the body ends where the connection does
-            else:
+            if length is not None:
                 headers = headers + [("Content-Length", str(length))]
+            elif request.version >= (1, 1):
+                # No length known (the origin sent chunks, or read-until-close):
+                # chunks again, so a body cut off at the origin reaches the client
+                # without its last chunk, which every client reports as an error.
+                headers, chunked = headers + [("Transfer-Encoding", "chunked")], True
+            else:
+                close = True  # an HTTP/1.0 client: the body ends where the connection does
         if close:
             headers = headers + [("Connection", "close")]
         if answer.stored_head:
-            return answer.stored_head + serialize_fields(headers) + b"\r\n", close
-        return serialize_head(f"HTTP/1.1 {answer.status} {answer.reason}", headers), close
+            return answer.stored_head + serialize_fields(headers) + b"\r\n", chunked, close
+        head = serialize_head(f"HTTP/1.1 {answer.status} {answer.reason}", headers)
+        return head, chunked, close
 
     def write_at_once(self, request: Request, answer: Answer) -> None:
         """An answer from memory: one write, no waiting (the common case: a hit)."""
         assert self.transport is not None
-        head, close = self.framed_head(request, answer)
+        head, _, close = self.framed_head(request, answer)  # (a body in memory has a length)
         if not answer.send_body:
             self.transport.write(head)
         elif len(answer.body) < WRITE_CHUNK:
@@ -456,14 +463,19 @@ class ClientConnection(asyncio.Protocol):
 
     async def send(self, request: Request, answer: Answer) -> None:
         """Write an answer piece by piece, each within --send-timeout."""
-        head, close = self.framed_head(request, answer)
+        head, chunked, close = self.framed_head(request, answer)
         cursor = answer.cursor
         try:
             await self.write(head)
             if cursor is not None and answer.send_body:
                 while (piece := await cursor.next()) is not None:
-                    await self.write(piece)
+                    if chunked:
+                        await self.write(b"%x\r\n" % len(piece), piece, b"\r\n")
+                    else:
+                        await self.write(piece)
                     cursor.sent()
+                if chunked:
+                    await self.write(b"0\r\n\r\n")
             elif answer.send_body:
                 body = memoryview(answer.body)
                 for start in range(0, len(body), WRITE_CHUNK):
@@ -481,11 +493,14 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             self.transport.close()
 
-    async def write(self, data: bytes | memoryview) -> None:
+    async def write(self, *data: bytes | memoryview) -> None:
         """Hand `data` to the socket; wait while its buffer is full, at most --send-timeout."""
         if self.transport is None or self.transport.is_closing():
             raise ClientGone()
-        self.transport.write(data)
+        if len(data) == 1:
+            self.transport.write(data[0])
+        else:
+            self.transport.writelines(data)
         if self.writable is None:
             return
         try:

@@ -27,6 +27,9 @@ Pages (GET /, or see PAGES below):
                            body=text  size=bytes (up to 1 GiB, written in pieces)
                            sleep_ms=500  hint=</a.css>;rel=preload (103)
                            cookie=1 (Set-Cookie: session=<the request's X-User>-secret)
+                           te=chunked or te=close (the body's framing instead of
+                           Content-Length), cut=bytes (the origin dies, a TCP reset,
+                           after sending this much of the body)
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import gzip
 import hashlib
 import json
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -163,7 +168,12 @@ class OriginHandler(BaseHTTPRequestHandler):
         headers: list[tuple[str, str]],
         body: bytes | Filler = b"",
         date: float | None = None,
+        framing: str = "length",
+        cut: int | None = None,
     ) -> None:
+        """Send a response. `framing`: "length" (Content-Length), "chunked", or
+        "close" (the body ends where the connection does); `cut`: die after that
+        many body bytes, as a crashed origin would."""
         self.send_response_only(status)
         names = {name.lower() for name, _ in headers}
         if "date" not in names:
@@ -171,12 +181,37 @@ class OriginHandler(BaseHTTPRequestHandler):
         self.send_header("Server", self.server_version)
         for name, value in headers:
             self.send_header(name, value)
-        if status not in (204, 304) and status >= 200:
+        has_body = status not in (204, 304) and status >= 200
+        if has_body and framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        elif has_body and framing == "close":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        elif has_body:
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD" and status not in (204, 304):
-            for piece in body.pieces() if isinstance(body, Filler) else [body]:
+        if self.command == "HEAD" or not has_body:
+            return
+        sent = 0
+        for piece in body.pieces() if isinstance(body, Filler) else [body]:
+            if cut is not None:
+                piece = piece[: cut - sent]
+            if framing == "chunked" and piece:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            else:
                 self.wfile.write(piece)
+            sent += len(piece)
+            if cut is not None and sent >= cut:
+                self.die()
+                return
+        if framing == "chunked":
+            self.wfile.write(b"0\r\n\r\n")
+
+    def die(self) -> None:
+        """Drop the connection with a TCP reset, the way a crashed process's socket goes."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()  # (the fd closes, with the reset, when the handler's files do)
 
     def not_modified(self, etag: str | None, last_modified: float | None) -> bool:
         """The origin's side of validation: does the client's copy still match?"""
@@ -386,10 +421,17 @@ class OriginHandler(BaseHTTPRequestHandler):
             self.wfile.write(f"HTTP/1.1 103 Early Hints\r\nLink: {first['hint']}\r\n\r\n".encode())
         date = now + int(first.get("date", "0"))
         body = first.get("body", "").encode() or (Filler(size) if size else b"ok\n")
+        framing = first.get("te", "length")
+        if framing not in ("length", "chunked", "close"):
+            raise ValueError(f"te={framing}: give chunked or close")
+        cut = int(first["cut"]) if "cut" in first else None
+        if cut is not None and not 0 <= cut < len(body):
+            raise ValueError(f"cut={cut}: give a byte count below the body's {len(body)}")
         if self.command in ("GET", "HEAD") and self.not_modified(etag, last_modified):
             self.reply(304, headers + fields(query.get("h304", [])), date=date)
         else:
-            self.reply(status, headers + fields(query.get("h200", [])), body, date=date)
+            headers += fields(query.get("h200", []))
+            self.reply(status, headers, body, date=date, framing=framing, cut=cut)
 
 
 class OriginServer(ThreadingHTTPServer):

@@ -812,6 +812,42 @@ def test_the_inflight_budget_holds_under_many_concurrent_distinct_misses(origin)
         assert stats["inflight_bytes"] == 0 and stats["origin_fetches_running"] == 0
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_body_the_origin_cuts_off_is_never_stored_nor_passed_on_as_whole(edge, origin, framing):
+    """The origin dies (a TCP reset) 100 KB into a 300 KB body, whatever its framing
+    (Content-Length, chunks, or until-close): each of three clients on that one fetch
+    gets an answer its HTTP library reports as incomplete, and nothing is stored."""
+    target = url_for(cc="max-age=600", size=300_000, te=framing, cut=100_000, sleep_ms=300)
+
+    def fetch(_: int) -> str:
+        try:
+            served(edge, target)
+        except requests.exceptions.ChunkedEncodingError:  # urllib3's "incomplete read"
+            return "incomplete"
+        return "whole"
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(fetch, range(3))) == ["incomplete"] * 3
+    assert origin_count(origin, target) == 1
+    assert fetch(0) == "incomplete" and origin_count(origin, target) == 2  # not stored
+
+
+def test_a_body_of_unknown_length_goes_out_in_chunks_and_is_stored_whole(edge, origin):
+    for framing in ("chunked", "close"):
+        target = url_for(cc="max-age=600", size=300_000, te=framing)
+        first = served(edge, target)
+        assert (first.headers["Transfer-Encoding"], len(first.content)) == ("chunked", 300_000)
+        again = served(edge, target)
+        assert (again.headers["X-Cache"], again.headers["Content-Length"]) == ("HIT", "300000")
+        assert origin_count(origin, target) == 1
+    # an HTTP/1.0 client knows no chunks: the body ends where the connection does
+    target = url_for(size=3000, te="chunked")
+    answer = raw_exchange(edge, f"GET {target} HTTP/1.0\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head and b"Transfer-Encoding" not in head
+    assert body == b"x" * 3000
+
+
 def test_a_client_reading_at_1_mb_per_second_gets_all_60_mb(origin):
     """The old edge's send timeout covered the whole answer and cut this client at 45 MB;
     now it only bounds each write, so a 60 s download with a 5 s deadline completes."""
