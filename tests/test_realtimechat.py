@@ -1018,16 +1018,18 @@ def test_four_processes_started_at_once_on_a_fresh_database_all_start(tmp_path, 
 
 
 def test_app_and_client_refuse_bad_arguments_with_exit_code_2():
-    for script, args in [
+    cases = [
         (APP, ["--port", "70000"]),
         (APP, ["--redis", "http://localhost:6379"]),
         (CLI, ["--name", "a", "--url", "ws://x"]),
         (CLI, []),
         ("RealTimeChat/bench.py", ["--sizes", "1"]),
-    ]:
-        result = run_script(script, *args, timeout=30)
-        assert result.returncode == 2, (script, args, result.stderr)
-        assert "error:" in result.stderr and "Traceback" not in result.stderr
+    ]
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+        results = pool.map(lambda case: run_script(case[0], *case[1], timeout=60), cases)
+        for (script, args), result in zip(cases, results, strict=True):
+            assert result.returncode == 2, (script, args, result.stderr)
+            assert "error:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_app_refuses_to_start_without_its_redis():
@@ -1073,8 +1075,12 @@ class CliProcess:
         self.out: list[str] = []
         self.err: list[str] = []
         self._changed = threading.Condition()
-        for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._drain, args=(stream, lines), daemon=True).start()
+        self._drains = [
+            threading.Thread(target=self._drain, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for drain in self._drains:
+            drain.start()
 
     def _drain(self, stream, lines: list[str]) -> None:
         for line in stream:
@@ -1097,6 +1103,10 @@ class CliProcess:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=WAIT)
+        for drain in self._drains:
+            drain.join(timeout=WAIT)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.close()
 
 
 @pytest.fixture
