@@ -46,7 +46,8 @@ MAX_MAXSIZE = 1_000_000
 MAX_ITEMS = 10_000_000
 MIN_RATE, MAX_RATE = 0.1, 1_000_000.0  # items/s per thread: one per 10 s .. one per µs
 MAX_PAYLOAD = 16 * MiB  # bytes per item
-MAX_HELD = 1024 * MiB  # payload bytes the queue and the threads may hold at once
+MAX_HELD = 1024 * MiB  # bytes the queue and the threads may hold at once
+ITEM_OVERHEAD = 120  # bytes of an item besides its payload: the tuple, two ints, a bytes header
 
 
 @dataclass
@@ -430,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The most items alive at once: a full queue, plus one in each thread's hands.
     capacity = args.maxsize or args.items
-    held = (capacity + args.producers + args.consumers) * args.payload
+    held = (capacity + args.producers + args.consumers) * (args.payload + ITEM_OVERHEAD)
     if held > MAX_HELD:
         parser.error(
-            f"--payload {args.payload:,} x (queue of {capacity:,} + "
+            f"{args.payload:,} + {ITEM_OVERHEAD} bytes per item x (queue of {capacity:,} + "
             f"{args.producers + args.consumers} threads) would hold up to {held / MiB:,.0f} MiB; "
             f"the limit is {MAX_HELD / MiB:,.0f} MiB"
         )

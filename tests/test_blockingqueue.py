@@ -1319,6 +1319,7 @@ BAD_INPUT = {  # script: [(arguments, what its one-line error says)]
         (["--crash-consumer-after", "-1"], "must be between 0 and"),
         (["--maxsize", "1000", "--payload", "16000000"], "would hold up to"),
         (["--maxsize", "0", "--items", "1000000", "--payload", "4096"], "would hold up to"),
+        (["--maxsize", "0", "--items", "10000000", "--payload", "0"], "would hold up to"),
     ],
     "queue_stress.py": [
         (["--queue", "NoSuchQueue"], "invalid choice"),
