@@ -534,6 +534,39 @@ def test_a_move_refuses_bad_targets_and_a_second_move_at_once(tmp_path):
             blog.move_shard(0, "db-05")
 
 
+def test_a_write_that_races_the_switch_lands_in_the_new_home(tmp_path, monkeypatch):
+    # The narrowest race for a writer, forced: another service (another
+    # connection, as another process) creates a post on the moving shard just
+    # after the switch read the source's last rows. The source's write lock
+    # makes it wait, re-read the catalog and write to the new home; without
+    # the lock it would land in the source after the last copy and be deleted.
+    with (
+        blog_service.BlogService(tmp_path, databases=2) as mover,
+        blog_service.BlogService(tmp_path) as writer,
+    ):
+        first = writer.create_post("ada", "before", "")
+        source = mover.database(first.database)
+        real_rows_after, raced = source.rows_after, []
+        racer = threading.Thread(
+            target=lambda: raced.append(writer.create_post("ada", "during the switch", ""))
+        )
+
+        def rows_after_then_a_write(shard, after_id, limit):
+            rows = real_rows_after(shard, after_id, limit)
+            if limit == sys.maxsize:  # the switch's read of the source's last rows
+                racer.start()
+                racer.join(timeout=2)  # blocked on the lock: go on switching
+            return rows
+
+        monkeypatch.setattr(source, "rows_after", rows_after_then_a_write)
+        mover.move_shard(first.shard, "db-07")
+        racer.join(timeout=60)
+        [raced] = raced
+        assert raced.database == "db-07"
+        assert writer.get_post(raced.id).title == "during the switch"
+    assert rows_per_id(tmp_path) == {first.id: 1, raced.id: 1}
+
+
 MOVE_THEN_DIE = """
 import os, signal, sys, BlogService
 BlogService.MOVE_BATCH = 10  # many batches from a few posts
