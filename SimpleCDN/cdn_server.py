@@ -299,8 +299,15 @@ class ClientConnection(asyncio.Protocol):
             or (len(request.names) < len(headers) and len(get_all(headers, "host")) > 1)
         ):  # (counted only when some field repeats)
             raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
-        if request.has("transfer-encoding") and request.has("content-length"):
-            raise HttpError(400, "both Transfer-Encoding and Content-Length (request smuggling?)")
+        if request.has("transfer-encoding"):
+            coding = request.header("transfer-encoding") or ""
+            if request.has("content-length"):
+                raise HttpError(400, "both Transfer-Encoding and Content-Length (smuggling?)")
+            if request.version < (1, 1):  # RFC 9112 6.1: its framing cannot be trusted
+                raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request (smuggling?)")
+            if coding.strip().lower() != "chunked":
+                # the edge would undo the chunks and pass the rest (gzip...) on as plain
+                raise HttpError(501, f"cannot decode Transfer-Encoding: {coding[:40]}")
         length = request.header("content-length")
         if length is not None and length.strip().isdigit() and int(length) > MAX_REQUEST_BODY:
             # refused before any 100 Continue, so the client never sends the body

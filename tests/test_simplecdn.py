@@ -590,6 +590,8 @@ def test_a_bad_request_behind_good_ones_is_refused_after_they_are_answered(edge)
     "head, status",
     [
         (b" /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
+        (b" /echo HTTP/1.0\r\nTransfer-Encoding: chunked", 400),  # as nginx
+        (b" /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked", 501),  # as nginx
         (b" /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b", 400),
         (b" /echo HTTP/1.1\r\nX-No-Host: 1", 400),
         (b" /echo HTTP/1.1\r\nHost: x\r\nHost: y", 400),
