@@ -300,6 +300,8 @@ class WorkerIdLease:
         """
         if self.keeper is not None:
             raise RuntimeError("acquire() once per lease; the keeper re-acquires by itself")
+        if self.released:
+            raise LeaseReleasedError("the worker-id lease was released: make a new one")
         give_up = time.monotonic() + timeout
         while True:
             try:
@@ -309,7 +311,9 @@ class WorkerIdLease:
                 if time.monotonic() >= give_up:
                     raise
                 time.sleep(self.poll_interval)
-        self.publish(holding)
+        if not self.publish(holding):  # released by another thread meanwhile
+            self.revoke_quietly(holding.lease_id)
+            raise LeaseReleasedError("the worker-id lease was released while it acquired")
         atexit.register(self.release)
         self.keeper = threading.Thread(target=self.keep, name="worker-id-lease", daemon=True)
         self.keeper.start()

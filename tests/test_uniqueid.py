@@ -995,6 +995,14 @@ def test_an_id_released_on_exit_reaches_the_next_holder_a_margin_later(leases):
     assert max(a_ids) >> ids.TIMESTAMP_SHIFT < min(b_ids) >> ids.TIMESTAMP_SHIFT
 
 
+def test_a_released_lease_acquires_nothing(etcd_server, leases):
+    lease = leases()
+    lease.release()
+    with pytest.raises(lease_mod.LeaseReleasedError):
+        lease.acquire()
+    assert lease_mod.EtcdGateway(etcd_server.url).prefix(lease_mod.PREFIX) == {}
+
+
 def test_the_keeper_publishes_nothing_after_release(leases):
     # A keeper that was mid-renewal or mid-acquisition when release() gave up
     # waiting for it must not hand the released lease a worker id again.
