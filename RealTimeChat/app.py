@@ -255,10 +255,18 @@ class ChatServer:
         self.socketio.server.eio.disconnect(eio_sid)
 
     def close_ghost(self, ghost: str, why: str) -> None:
-        if self.socketio.server.manager.is_connected(ghost, "/"):  # on this process
-            self.hang_up(ghost, why)
-        else:  # on another process: Socket.IO asks it through Redis to disconnect it
-            self.socketio.server.disconnect(ghost)
+        """Tell the ghost's client it lost its name, then close its connection.
+
+        The Socket.IO disconnect comes first because clients do not reconnect
+        after one: two live tabs sharing a token would otherwise take the name
+        from each other forever. A half-open ghost hears nothing; on another
+        process, Redis carries the disconnect there.
+        """
+        eio_sid = self.socketio.server.manager.eio_sid_from_sid(ghost, "/")  # None: elsewhere
+        self.socketio.server.disconnect(ghost)
+        if eio_sid is not None:
+            log.warning("closing %s: %s", ghost, why)
+            self.socketio.server.eio.disconnect(eio_sid)
 
     def person_in(self, token: str | None) -> str | None:
         """The person id a rejoin token vouches for; None if it is absent, forged or stale."""

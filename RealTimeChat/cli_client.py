@@ -84,9 +84,13 @@ class Chatter:
 
     # -- python-socketio's thread ------------------------------------------------
 
-    def _on_disconnect(self, *reason: object) -> None:
+    def _on_disconnect(self, reason: object = None) -> None:
         self.seated.clear()
-        if not self._closing:
+        if self._closing:
+            return
+        if reason == self.client.reason.SERVER_DISCONNECT:  # not a drop: no reconnecting
+            self.give_up(f"{self.name} joined #{self.room} from another connection with our token")
+        else:
             self.screen.say("* disconnected; reconnecting...")
 
     def _on_presence(self, notice: dict) -> None:

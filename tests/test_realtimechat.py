@@ -892,13 +892,36 @@ def test_a_half_open_ghost_gives_the_name_back_to_its_token_and_to_no_one_else(c
         took = time.monotonic() - started
         assert back["name"] == "alice" and took < WAIT
         assert back["members"] == ["alice", "bystander"]
-        with pytest.raises(ConnectionClosed):  # the ghost is closed
+        heard = []
+        with pytest.raises(ConnectionClosed):  # the ghost is closed...
             while True:
-                ghost.ws.recv(timeout=WAIT)
+                heard.append(ghost.ws.recv(timeout=WAIT))
+        assert "41" in heard  # ...after a Socket.IO disconnect: a live client would not reconnect
     # Nobody saw alice leave or come back: the name never changed hands.
     time.sleep(0.3)
     assert [p["name"] for p in bystander.events["presence"]] == ["alice"]
     assert bystander.join(room, "bystander")["members"] == ["alice", "bystander"]
+
+
+def test_a_live_connection_that_loses_its_name_to_its_own_token_stays_away(chat, connect):
+    room = new_room()
+    reasons: list[str] = []
+    first = socketio.Client(reconnection=True, reconnection_delay=0.1)  # as the page and CLI
+    first.on("disconnect", reasons.append)
+    first.connect(chat.url, transports=["websocket"], wait_timeout=WAIT)
+    try:
+        token = first.call("join", {"room": room, "name": "alice"}, timeout=WAIT)["token"]
+        second = connect(chat)  # another tab with the same token
+        assert second.join(room, "alice", token=token)["name"] == "alice"
+        deadline = time.monotonic() + WAIT
+        while not reasons and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reasons == [first.reason.SERVER_DISCONNECT]
+        time.sleep(1.0)  # a reconnect (0.1 s) would have taken the name back by now
+        assert not first.connected
+        assert second.join(room, "alice")["members"] == ["alice"]
+    finally:
+        first.disconnect()
 
 
 # -- restarts, crashes and the scripts' command lines ------------------------------

@@ -51,6 +51,12 @@ socket.on("connect", () => {
 let attempts = 0; // reconnection attempts since the connection was lost
 socket.on("disconnect", (reason) => {
   setSeated(false);
+  if (reason === "io server disconnect") {
+    // Not a drop: the server closed us because our name was taken back by a newer
+    // connection with our token (another tab or device). The client does not
+    // reconnect after this, so the two cannot take the name from each other forever.
+    return setStatus("disconnected: you joined from somewhere else", "bad");
+  }
   setStatus(`reconnecting… (${reason})`, "bad");
 });
 socket.io.on("reconnect_attempt", (n) => {
