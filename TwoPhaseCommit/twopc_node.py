@@ -37,6 +37,7 @@ TXID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # "<order_id>.<attempt>", or
 CRASH_EXIT_CODE = 75  # what an injected crash exits with, so a test can tell it from a bug
 MAX_DELAY_MS = 60_000  # longest injected delay: a minute is "very late", more is a typo
 REORDER_HOLD_MS = 300  # longest a reordered message is held back while later ones pass it
+MAX_PARTITIONS = 16  # peers one process can be cut off from at once
 MAX_SECONDS = 3600.0  # longest timeout, back-off or interval any flag accepts
 OUT_DIR = Path(__file__).resolve().parent / "out"  # git-ignored: databases of runs by hand
 
@@ -291,13 +292,19 @@ class MessageFaults:
             if heal:
                 self.heal()
                 return
+            now = time.monotonic()
+            self.partitions = {p: end for p, end in self.partitions.items() if end > now}
+            if partition is not None:
+                peer = peer.rstrip("/")
+                if len(self.partitions) >= MAX_PARTITIONS and peer not in self.partitions:
+                    raise ValueError(f"at most {MAX_PARTITIONS} partitions at a time")
             for name, value in new.items():
                 setattr(self, name, value)
             self.delay_ms = delay_ms
             if "seed" in changes:
                 self.seed, self.random = seed, random.Random(seed)
             if partition is not None:
-                self.partitions[peer.rstrip("/")] = time.monotonic() + ms / 1000
+                self.partitions[peer] = now + ms / 1000
 
     def roll(self, fault: str) -> bool:
         """One toss of the seeded coin for `fault` (drop, duplicate, reorder)."""
@@ -313,8 +320,8 @@ class MessageFaults:
 
     def partitioned(self, url: str) -> bool:
         with self._lock:
-            return any(
-                url.startswith(peer) and time.monotonic() < end
+            return any(  # "http://h:500" must not match "http://h:5001/...": whole URLs only
+                (url == peer or url.startswith(peer + "/")) and time.monotonic() < end
                 for peer, end in self.partitions.items()
             )
 

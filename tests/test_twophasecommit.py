@@ -32,6 +32,9 @@ SETTLE_TIMEOUT = 20  # s for every process to finish recovery
 # Short intervals so recovery takes fractions of a second, not the defaults' seconds.
 FAST_PARTICIPANT = ("--in-doubt-after", "0.2", "--ask-max", "0.5")
 FAST_COORDINATOR = ("--retry-interval", "0.1", "--retry-max", "0.5")
+# For tests that prepare by hand, with no coordinator deciding: a participant that
+# asked about such a transaction would rightly hear "abort" (presumed) mid-test.
+PATIENT_PARTICIPANT = ("--in-doubt-after", "60", "--ask-max", "60")
 
 
 def order_of(txid: str) -> str:
@@ -51,11 +54,13 @@ class Shop:
         coordinator_args: tuple[str, ...] = (),
         power_cuts: bool = False,
         inventory_dsn: str | None = None,
+        participant_args: tuple[str, ...] = FAST_PARTICIPANT,
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         # With a volatile cache, every kill (and every injected crash) is a power cut.
         self.disk_args = ("--volatile-cache",) if power_cuts else ()
         self.coordinator_args = coordinator_args  # after FAST_COORDINATOR, so they win
+        self.participant_args = participant_args
         self.initial = {item: int(n) for item, n in (part.split("=") for part in stock.split(","))}
         # Inventory on PostgreSQL (inventory_dsn) or, by default, on SQLite.
         store = ("--store", "postgres", "--dsn", inventory_dsn) if inventory_dsn else None
@@ -96,7 +101,9 @@ class Shop:
     def _spawn(self, name: str, port: int = 0) -> ServerProcess:
         script, *args = self.args[name]
         fast = (
-            FAST_COORDINATOR + self.coordinator_args if name == "coordinator" else FAST_PARTICIPANT
+            FAST_COORDINATOR + self.coordinator_args
+            if name == "coordinator"
+            else self.participant_args
         )
         return ServerProcess(script, *args, *fast, *self.disk_args, port=port)
 
@@ -247,6 +254,7 @@ def shop(tmp_path_factory):
         stock="pizza=100,sushi=3,burger=50",
         riders=40,
         vote_timeout=2.0,  # the slow-participant test waits this long; a prepare takes ms
+        participant_args=PATIENT_PARTICIPANT,
     )
     yield shop
     shop.stop()
@@ -844,8 +852,12 @@ def either_store(request, shop_factory) -> Shop:
     """A shop whose inventory keeps its stock in SQLite, or (second run) in PostgreSQL."""
     if request.param == "postgres":
         postgres = request.getfixturevalue("postgres_server")
-        return shop_factory(stock="pizza=10,burger=10", inventory_dsn=postgres.dsn)
-    return shop_factory(stock="pizza=10,burger=10")
+        return shop_factory(
+            stock="pizza=10,burger=10",
+            inventory_dsn=postgres.dsn,
+            participant_args=PATIENT_PARTICIPANT,
+        )
+    return shop_factory(stock="pizza=10,burger=10", participant_args=PATIENT_PARTICIPANT)
 
 
 def test_orders_commit_and_abort_alike_on_either_store(either_store):
@@ -987,6 +999,20 @@ def test_each_message_fault_on_its_own_keeps_every_order_atomic(shop_factory, fa
     if "drop" not in faults:  # nothing lost: every order could commit, and did
         assert outcomes == ["committed"] * 12
         assert shop.stock_of("pizza") == {"available": 18, "reserved": 0, "sold": 12}
+
+
+def test_a_flood_of_partitions_is_refused_past_sixteen_and_changes_nothing(shop):
+    peers = [f"http://127.0.0.1:{port}" for port in range(1, 18)]
+    replies = [
+        shop.post(
+            "inventory", "/admin/faults", {"messages": {"partition": {"peer": peer, "ms": 5000}}}
+        )
+        for peer in peers
+    ]
+    assert [r.status_code for r in replies] == [200] * 16 + [400]
+    assert "at most 16 partitions" in replies[-1].json()["error"]
+    shop.faults("inventory", messages={"heal": True})
+    assert shop.get("inventory", "/admin/faults")["messages"]["partitions_ms_left"] == {}
 
 
 def test_a_partition_in_both_directions_aborts_until_it_heals(shop_factory):
