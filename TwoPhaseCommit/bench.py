@@ -471,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.seed < 2**32:
         parser.error("--seed must be 0..2**32-1")
 
+    try:
+        fresh_workdir(args.out)
+    except OSError as err:
+        parser.error(f"--out: cannot use {args.out}: {err.strerror}")
     print(f"Machine: {machine()}")
     runs: dict[tuple[str, int], Run] = {}
     try:

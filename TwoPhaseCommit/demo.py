@@ -329,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    workdir = fresh_workdir(args.out)
+    try:
+        workdir = fresh_workdir(args.out)
+    except OSError as err:
+        parser.error(f"--out: cannot use {args.out}: {err.strerror}")
     cluster = Cluster(
         workdir,
         STOCK,

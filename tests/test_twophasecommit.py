@@ -1270,6 +1270,8 @@ BAD_ARGUMENTS = [
     ("TwoPhaseCommit/order_client.py", ["--concurrent", "0"], "--concurrent must be"),
     ("TwoPhaseCommit/bench.py", ["--orders", "3"], "--orders must be 10.."),
     ("TwoPhaseCommit/bench.py", ["--kill-every", "0"], "--kill-every must be"),
+    ("TwoPhaseCommit/demo.py", ["--out", "/proc/no-such-place"], "--out: cannot use"),
+    ("TwoPhaseCommit/order_client.py", ["--timeout", "nan"], "--timeout must be > 0"),
 ]
 
 
