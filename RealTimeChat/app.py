@@ -134,13 +134,16 @@ class ChatServer:
         no_extra_arguments("join", extra)
         room, name, after_id, token = check_join(payload)
         sid = request.sid
-        if self.presence.seat(sid) != Seat(room, name):
-            self.limiter.admit_person(sid, (room, name), "join")
+        moving = self.presence.seat(sid) != Seat(room, name)
+        if moving:  # the person it wants to be must have a join left...
+            self.limiter.admit_person(sid, (room, name), "join", peek=True)
         person = self.person_in(token) or self.people.get(sid) or uuid.uuid4().hex
         try:
             joined = self.presence.join(sid, room, name, person)
         except NameTaken as taken:
             raise Rejected("name_taken", str(taken)) from None
+        if moving:  # ...and spends it only now that the name is theirs
+            self.limiter.charge_person((room, name), "join")
         self.people[sid] = person
         if joined.ghost is not None:
             self.close_ghost(joined.ghost, f"{sid} took '{name}' back in {room}")

@@ -174,15 +174,19 @@ class TokenBucket:
         self.updated = clock()
         self._lock = threading.Lock()  # handlers for one client may run in several threads
 
-    def take(self) -> bool:
-        """Take one token if there is one; False means "too fast, refuse this event"."""
+    def take(self, peek: bool = False) -> bool:
+        """Take one token if there is one; False means "too fast, refuse this event".
+
+        With `peek`, only say whether there is one, and take nothing.
+        """
         with self._lock:
             now = self._clock()
             self._tokens = min(self.burst, self._tokens + (now - self.updated) * self.rate)
             self.updated = now
             if self._tokens < 1:
                 return False
-            self._tokens -= 1
+            if not peek:
+                self._tokens -= 1
             return True
 
     def is_full(self) -> bool:
@@ -217,20 +221,29 @@ class Limiter:
         if person is not None:
             self.admit_person(sid, person, event)
 
-    def admit_person(self, sid: str, person: tuple[str, str], event: str) -> None:
+    def admit_person(
+        self, sid: str, person: tuple[str, str], event: str, peek: bool = False
+    ) -> None:
         """Take a token from the bucket of `person` (room, name) for `event`.
 
-        A join names the person it wants to be before it is one: the server
-        asks here too, so a flooder that reconnects to join again and again
-        finds the same empty bucket each time.
+        A join names the person it wants to be before it is one, so the
+        server asks here too: a flooder that reconnects to join again and
+        again finds the same empty bucket each time. It asks with `peek` first
+        and takes the token (`charge_person`) only once the join succeeded, so
+        strangers failing to take alice's name cannot empty alice's bucket.
         """
+        self._take(sid, event, self._person_bucket(person, event), peek)
+
+    def charge_person(self, person: tuple[str, str], event: str) -> None:
+        self._person_bucket(person, event).take()
+
+    def _person_bucket(self, person: tuple[str, str], event: str) -> TokenBucket:
         kind = event if event in self.limits else "other"
         room, name = person
-        key = (room, name.casefold(), kind)
-        self._take(sid, event, self._bucket(self._people, key, self.limits[kind]))
+        return self._bucket(self._people, (room, name.casefold(), kind), self.limits[kind])
 
-    def _take(self, sid: str, event: str, bucket: TokenBucket) -> None:
-        if bucket.take():
+    def _take(self, sid: str, event: str, bucket: TokenBucket, peek: bool = False) -> None:
+        if bucket.take(peek):
             return
         if not self._bucket(self._patience, sid, PATIENCE).take():
             raise Flooding(f"kept sending '{event}' after {PATIENCE[1]} refusals")
