@@ -17,6 +17,7 @@ README sections: "How a request flows through the edge" and those after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import time
@@ -306,7 +307,7 @@ class Edge:
                 if policy.validators_agree(
                     stored.headers, len(stored.body), exchange.headers, head=False
                 ):
-                    fill.revalidated = self.freshen(
+                    fill.revalidated, fill.shareable = self.freshen(
                         stored, plan.request, exchange.headers, request_time, response_time
                     )
                     fill.set_head(304, exchange.reason, exchange.headers, storing=False)
@@ -391,7 +392,14 @@ class Edge:
         request = plan.request
         if isinstance(fill.revalidated, CacheEntry):
             cursor.close()
-            return self.from_entry(fill.revalidated, request, "REVALIDATED")
+            if leader:
+                return self.from_entry(fill.revalidated, request, "REVALIDATED")
+            # Others get what the cache now holds; if the 304 made the answer
+            # personal (it sets a cookie...), nothing: they ask for themselves.
+            entry = self.cache.select(plan.target, request.headers) if fill.shareable else None
+            if entry is not None:
+                return self.from_entry(entry, request, "REVALIDATED")
+            return await self.fetch(plan, coalesce=False, retried=True)
         if not leader and not (fill.shareable and fill.variant == self.variant_for(fill, request)):
             # Not an answer for this request: someone else's (Set-Cookie,
             # private...), or another variant. Ask again; under its own
@@ -503,16 +511,18 @@ class Edge:
         update: Headers,
         request_time: float,
         response_time: float,
-    ) -> CacheEntry:
+    ) -> tuple[CacheEntry, bool]:
         """Update a stored response from a 304 or HEAD answer (RFC 9111 3.2, 4.3.4).
 
-        If the updated response may no longer be shared (the 304 says
-        `private`, `no-store`, sets a cookie...), it answers this request
-        only and the stored copy is dropped.
+        Returns the updated response as the request that asked gets it (with
+        every field the update carried, a Set-Cookie too), and whether the
+        stored copy was refreshed for everyone else. If the updated response
+        may no longer be shared (the 304 says `private`, `no-store`, sets a
+        cookie...), it answers that request only and the stored copy is dropped.
         """
-        merged = policy.merge_update(stored.headers, update)
-        directives, use_expires = response_directives(merged, self.config.name)
-        merged = without(merged, fields_not_to_store(directives))
+        whole = policy.merge_update(stored.headers, update)
+        directives, use_expires = response_directives(whole, self.config.name)
+        merged = without(whole, fields_not_to_store(directives))
         fresh = CacheEntry(
             key=stored.key,
             variant=stored.variant,
@@ -535,7 +545,7 @@ class Edge:
             if self.config.verbose:
                 print(f"  dropped after revalidation: {reason}", flush=True)
             self.cache.discard(stored)
-        return fresh
+        return dataclasses.replace(fresh, headers=whole), reason is None
 
     def remember_shareable(self, target: str, shareable: bool) -> None:
         """Note whether the origin's latest answer for `target` could serve other requests."""

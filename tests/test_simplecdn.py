@@ -986,6 +986,31 @@ def test_no_cache_set_cookie_shares_the_page_but_never_the_cookie(edge, origin):
     assert origin_count(origin, target) == 1
 
 
+def test_a_304_that_sets_a_cookie_gives_it_only_to_the_request_that_asked(edge, origin):
+    """Ten users arrive while one request revalidates a stale shared page; the 304 sets
+    that user's session cookie. Only that user may get it: the others ask for themselves."""
+    target = url_for(
+        etag="c304",
+        cookie=1,
+        sleep_ms=300,
+        h200=['Cache-Control: max-age=1, no-cache="Set-Cookie"', "Age: 5"],  # stale at once
+        h304="Cache-Control: max-age=600",  # and now the cookie is part of the answer
+    )
+    assert served(edge, target, headers={"X-User": "first"}).status_code == 200
+    users = [f"user{n}" for n in range(10)]
+    barrier = threading.Barrier(len(users))
+
+    def cookie_of(user: str) -> str | None:
+        barrier.wait()
+        return served(edge, target, headers={"X-User": user}).headers.get("Set-Cookie")
+
+    with ThreadPoolExecutor(len(users)) as pool:
+        cookies = list(pool.map(cookie_of, users))
+    assert all(c in (None, f"session={u}-secret") for u, c in zip(users, cookies, strict=True)), (
+        cookies
+    )
+
+
 def test_concurrent_misses_on_two_variants_make_two_origin_requests(edge, origin):
     target = url_for(cc="max-age=600", h="Vary: Accept-Encoding", sleep_ms=500)
     encodings = ["gzip"] * 10 + ["identity"] * 10
