@@ -10,9 +10,10 @@ the HTTP/1.1 parser of Node.js), hands them over, and writes the answers
 back, with a deadline on every step, so that no client, however slow or
 broken, can hold up the others or hold memory for long:
 
-- a request's headers must arrive within --header-timeout (else 408), its
-  body within BODY_TIMEOUT; an idle keep-alive connection closes after
-  --idle-timeout;
+- a request's headers must arrive within --header-timeout (else 408), and
+  its body must keep coming: no pause longer than --body-timeout (a slow
+  upload is fine, a stalled one is not); an idle keep-alive connection
+  closes after --idle-timeout;
 - an answer is written in chunks of at most WRITE_CHUNK bytes, and each
   must leave the edge's buffer within --send-timeout: a client that reads
   slowly is served at its own pace, one that stops reading is dropped.
@@ -67,7 +68,7 @@ except ImportError:  # the standard event loop works too, only slower
 DEFAULT_ORIGIN = "http://127.0.0.1:8000"
 IDLE_TIMEOUT = 15.0  # a keep-alive connection with no new request is closed
 HEADER_TIMEOUT = 10.0  # a request's line and headers must arrive within this
-BODY_TIMEOUT = 30.0  # and its body within this
+BODY_TIMEOUT = 30.0  # and its body may pause this long between two reads
 SEND_TIMEOUT = 30.0  # a client that accepts nothing for this long is dropped
 LISTEN_BACKLOG = 1024  # connections the kernel queues before accept()
 MAX_CONNECTIONS = 2000  # open client connections before new ones get 503
@@ -102,6 +103,7 @@ class EdgeServer:
         self.idle_timeout = args.idle_timeout
         self.header_timeout = args.header_timeout
         self.send_timeout = args.send_timeout
+        self.body_timeout = args.body_timeout
         self.max_connections = args.max_connections
         self.connections = 0  # accepted, not counting those refused with a 503
         self.open: set[ClientConnection] = set()
@@ -270,6 +272,7 @@ class ClientConnection(asyncio.Protocol):
         self.body += body
         if len(self.body) > MAX_REQUEST_BODY:
             raise HttpError(413, f"request body over the limit of {MAX_REQUEST_BODY} bytes")
+        self.set_timer(self.server.body_timeout, self.too_slow)  # it made progress: a new deadline
 
     def on_message_complete(self) -> None:
         request = self.request
@@ -320,7 +323,7 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(CONTINUE)
         self.request = request
         if request.has("content-length") or request.has("transfer-encoding"):
-            self.set_timer(BODY_TIMEOUT, self.too_slow)
+            self.set_timer(self.server.body_timeout, self.too_slow)
         else:
             self.cancel_timer()
 
@@ -637,6 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"reader is never cut off for taking long in total (default {SEND_TIMEOUT:g})",
     )
     add(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT,
+        help="seconds a request body may pause between two reads; a slow upload is never "
+        f"cut off for taking long in total (default {BODY_TIMEOUT:g})",
+    )
+    add(
         "--idle-timeout",
         type=float,
         default=IDLE_TIMEOUT,
@@ -678,6 +688,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
         args.idle_timeout,
         args.header_timeout,
         args.send_timeout,
+        args.body_timeout,
     )
     if not all(0 < seconds <= MAX_TIMEOUT for seconds in timeouts):  # also refuses nan
         parser.error(f"timeouts must be positive, at most {MAX_TIMEOUT:g} seconds")

@@ -421,6 +421,27 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(edge):
     assert answer.startswith(b"HTTP/1.1 200") and b'"body": "hello"' in answer
 
 
+def test_a_slow_upload_is_read_whole_and_a_stalled_one_gets_408(origin):
+    """--body-timeout bounds each pause in a request body, not its whole length: 300 KB
+    at 100 KB/s (3 s) gets through a 1 s deadline; a body that stops gets 408."""
+    with ServerProcess(EDGE, "--origin", origin.url, "--body-timeout", "1") as edge:
+        with socket.create_connection((edge.host, edge.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
+            for _ in range(30):
+                sock.sendall(b"u" * 10_000)
+                time.sleep(0.1)
+            answer = b""
+            while b'"body_length": 300000' not in answer:
+                chunk = sock.recv(65536)
+                assert chunk, answer[:200]
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+        stalled = raw_exchange(
+            edge, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf", timeout=10
+        )
+        assert stalled.startswith(b"HTTP/1.1 408")
+
+
 def test_hop_by_hop_request_headers_are_stripped_and_via_added(edge):
     seen = echo(
         edge,
@@ -1168,6 +1189,7 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--origin", "http://[::1"]),
         (EDGE, ["--origin-timeout", "nan"]),
         (EDGE, ["--send-timeout", "0"]),
+        (EDGE, ["--body-timeout", "inf"]),
         (EDGE, ["--max-inflight-bytes", "1KB"]),
         ("SimpleCDN/bench.py", ["--rounds", "0"]),
         ("SimpleCDN/bench.py", ["--seconds", "nan"]),
