@@ -81,18 +81,18 @@ class ShardedStore:
         return self._servers[node]
 
     def get(self, key: str) -> bytes | None:
-        epoch, ring, previous = self._enter()
+        epoch, ring, previous, servers = self._enter()
         try:
             owner = ring.get_node(key)
-            value = self._servers[owner].get(key)
+            value = servers[owner].get(key)
             if value is None and previous is not None:
                 before = previous.get_node(key)
                 if before != owner:
-                    value = self._servers[before].get(key)
+                    value = servers[before].get(key)
                     if value is not None:
                         self._note("reads_from_old_owner")
                     else:  # it moved between the two reads
-                        value = self._servers[owner].get(key)
+                        value = servers[owner].get(key)
                         if value is not None:
                             self._note("reads_after_the_key_moved")
             return value
@@ -100,9 +100,9 @@ class ShardedStore:
             self._leave(epoch)
 
     def set(self, key: str, value: bytes) -> None:
-        epoch, ring, _ = self._enter()
+        epoch, ring, _, servers = self._enter()
         try:
-            self._servers[ring.get_node(key)].set(key, value)
+            servers[ring.get_node(key)].set(key, value)
         finally:
             self._leave(epoch)
 
@@ -113,12 +113,12 @@ class ShardedStore:
         the first delete (the key is on the new owner, and the second delete
         finds it there) or after it (there is nothing left to move).
         """
-        epoch, ring, previous = self._enter()
+        epoch, ring, previous, servers = self._enter()
         try:
             owner = ring.get_node(key)
             if previous is not None and previous.get_node(key) != owner:
-                self._servers[previous.get_node(key)].delete(key)
-            self._servers[owner].delete(key)
+                servers[previous.get_node(key)].delete(key)
+            servers[owner].delete(key)
         finally:
             self._leave(epoch)
 
@@ -129,13 +129,23 @@ class ShardedStore:
 
         Returns once no operation started under the old ring is still running.
         """
+        clients = {**self._servers, **(servers or {})}
+        missing = set(ring.nodes) - set(clients)
+        if missing:
+            raise ValueError(f"no Redis client for ring nodes {sorted(missing)}")
+        for node in sorted(set(ring.nodes) - set(self._ring.nodes)):
+            # Keys already on a joining server are stale or strangers: MIGRATE
+            # would take one for a client's newer write and drop the live copy.
+            held = clients[node].dbsize()
+            if held:
+                raise ValueError(
+                    f"{node} joins the ring but already holds {held:,} keys; "
+                    "a joining server must be empty (FLUSHDB it first)"
+                )
         with self._changed:
             if self._previous is not None:
                 raise RuntimeError("a move is already in progress; finish_move() it first")
-            self._servers.update(servers or {})
-            missing = set(ring.nodes) - set(self._servers)
-            if missing:
-                raise ValueError(f"no Redis client for ring nodes {sorted(missing)}")
+            self._servers = clients  # a new dict: operations in flight keep theirs
             self._previous, self._ring = self._ring, ring
             self._epoch += 1
             deadline = time.monotonic() + BARRIER_TIMEOUT
@@ -151,10 +161,18 @@ class ShardedStore:
             self._epoch += 1
             self._servers = {node: self._servers[node] for node in self._ring.nodes}
 
-    def _enter(self) -> tuple[int, ConsistentHashRing, ConsistentHashRing | None]:
+    def _enter(
+        self,
+    ) -> tuple[int, ConsistentHashRing, ConsistentHashRing | None, dict[str, redis.Redis]]:
+        """Note one more operation of this epoch; its rings and its clients.
+
+        An operation keeps the clients it started with: finish_move drops a
+        departed node's client, and a read that began mid-move may still
+        have to ask that node.
+        """
         with self._changed:
             self._in_flight[self._epoch] += 1
-            return self._epoch, self._ring, self._previous
+            return self._epoch, self._ring, self._previous, self._servers
 
     def _note(self, counter: str) -> None:
         with self._changed:
@@ -266,23 +284,32 @@ def migrate(
         return
     keys = list(sizes)
     host, port = address(target)
-    left: list[bytes] = []
     try:
         source.migrate(host, port, keys, 0, MIGRATE_TIMEOUT_MS)
+        left: list[bytes] = []
     except redis.ResponseError as error:
         if "BUSYKEY" not in str(error):
             raise
-        # The keys MIGRATE did carry are gone from the source; the rest are
-        # on the target already, written there by clients since the move began.
+        # MIGRATE carried every key it could and reports only the first
+        # error. The keys still on the source may have failed for another
+        # reason (the target out of memory), so each goes again on its own,
+        # where its own error is seen: BUSYKEY means a client has written a
+        # newer value on the target since the move began, and the old copy
+        # is dropped; any other error stops the move with the key still safe.
         with source.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.exists(key)
             left = [key for key, there in zip(keys, pipe.execute(), strict=True) if there]
         for key in left:
-            source.delete(key)  # the target's copy is newer
-        report.superseded.update(left)
+            try:
+                source.migrate(host, port, [key], 0, MIGRATE_TIMEOUT_MS)
+            except redis.ResponseError as error:
+                if "BUSYKEY" not in str(error):
+                    raise
+                source.delete(key)
+                report.superseded.add(key)
     for key in keys:
-        if key not in left:
+        if key not in report.superseded:
             report.moved.add(key)
             report.bytes_moved += len(key) + sizes[key]
 
@@ -331,6 +358,11 @@ class LoadGenerator:
         rate: float = 500.0,
         seed: int = 1,
     ) -> None:
+        if not 1 <= workers <= len(keys):
+            raise ValueError(
+                f"workers must be between 1 and the number of keys ({len(keys)}): "
+                f"each writes keys of its own, got {workers}"
+            )
         self.keys = keys
         self.value_size = value_size
         self.rate = rate
@@ -422,13 +454,30 @@ def load_keys(store: ShardedStore, keys: Iterable[str], value_size: int) -> None
                 pipe.execute()
 
 
+def locations(servers: dict[str, redis.Redis]) -> dict[bytes, list[str]]:
+    """Key -> the servers holding it, as the servers themselves list their keys (SCAN)."""
+    where: dict[bytes, list[str]] = defaultdict(list)
+    for node, client in servers.items():
+        for key in client.scan_iter(count=SCAN_BATCH):
+            where[key].append(node)
+    return dict(where)
+
+
+def restores_applied(client: redis.Redis) -> int:
+    """RESTOREs the server has applied since it started: the keys MIGRATE brought it.
+
+    Counted by the server (INFO commandstats), not by this module: the calls
+    run, less those that failed (BUSYKEY). Calls refused before they ran
+    (out of memory) are not among the calls.
+    """
+    stats = client.info("commandstats").get("cmdstat_restore", {})
+    return stats.get("calls", 0) - stats.get("failed_calls", 0)
+
+
 def placement_problems(store: ShardedStore, load: LoadGenerator) -> list[str]:
     """Every key on exactly its ring owner, holding the last value written; else what is wrong."""
     problems = []
-    where: dict[bytes, list[str]] = defaultdict(list)
-    for node in store.ring.nodes:
-        for key in store.server(node).scan_iter(count=SCAN_BATCH):
-            where[key].append(node)
+    where = locations({node: store.server(node) for node in store.ring.nodes})
     owners = store.ring.get_nodes(load.keys)
     for index, (key, owner) in enumerate(zip(load.keys, owners, strict=True)):
         found = where.pop(key.encode(), [])

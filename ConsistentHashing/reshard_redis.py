@@ -264,20 +264,36 @@ def ring_step(
     new_servers: dict[str, redis.Redis],
     keys: list[str],
     window: LoadWindow,
+    problems: list[str],
 ) -> Step:
+    """Reshard the store to `new_ring` under load; a disagreement goes into `problems`."""
     must = had_to_move(store.ring, new_ring, keys)
+    # What moved is counted from the servers, not from the mover's own report:
+    # where each key sits before and after (SCAN), and RESTOREs applied.
+    servers = {node: store.server(node) for node in store.ring.nodes} | new_servers
+    before = redis_shards.locations(servers)
+    restores = sum(map(redis_shards.restores_applied, servers.values()))
     report = redis_shards.reshard(
         store, new_ring, new_servers, lambda r: progress(f"moved {len(r.moved):,} of {must:,} keys")
     )
     done_progress()
+    after = redis_shards.locations(servers)
+    restores = sum(map(redis_shards.restores_applied, servers.values())) - restores
+    relocated = sum(before.get(key) != where for key, where in after.items())
     say(
-        f"  {len(report.moved):,} keys moved by MIGRATE, {len(report.superseded)} dropped from "
-        "the old owner because a client had already written them on the new one"
+        f"  the servers: {relocated:,} keys now on another server, {restores:,} of them brought "
+        f"by MIGRATE; the mover: {len(report.moved):,} migrated, {len(report.superseded)} old "
+        "copies dropped because a client had already written the key on its new owner"
     )
+    if restores != len(report.moved):
+        problems.append(
+            f"{name}: the servers applied {restores:,} RESTOREs, the mover counted "
+            f"{len(report.moved):,} keys migrated"
+        )
     time.sleep(SETTLE_SECONDS)
     return Step(
         name,
-        keys_moved=len(report.moved) + len(report.superseded),
+        keys_moved=relocated,
         should_move=must,
         bytes_moved=report.bytes_moved,
         slots_moved=None,
@@ -299,19 +315,22 @@ def run_ring(
 
     load = LoadGenerator(lambda: store, keys, args.value_bytes, args.workers, args.rate).start()
     window = LoadWindow(load)
-    steps = []
+    steps: list[Step] = []
+    problems: list[str] = []
     try:
         time.sleep(SETTLE_SECONDS)
         say("redis-4 joins; moving the keys it now owns ...")
         joined = {"redis-4": start("redis-4").client()}
         grown = ConsistentHashRing([*names, "redis-4"])
-        steps.append(ring_step("ring: 3 -> 4 servers", store, grown, joined, keys, window))
+        steps.append(
+            ring_step("ring: 3 -> 4 servers", store, grown, joined, keys, window, problems)
+        )
         say("redis-4 leaves; moving its keys to the others ...")
         shrunk = ConsistentHashRing(names)
-        steps.append(ring_step("ring: 4 -> 3 servers", store, shrunk, {}, keys, window))
+        steps.append(ring_step("ring: 4 -> 3 servers", store, shrunk, {}, keys, window, problems))
     finally:
         final = load.stop()
-    problems = redis_shards.placement_problems(store, load)
+    misplaced = redis_shards.placement_problems(store, load)
     say(
         f"clients: {final.operations:,} operations in all, {final.errors} errors, "
         f"{final.wrong_reads} wrong reads; {store.reads_from_old_owner:,} reads found their key "
@@ -319,9 +338,9 @@ def run_ring(
     )
     say(
         "placement check: "
-        f"{'every key on its owner, holding its last value' if not problems else problems[0]}"
+        f"{'every key on its owner, holding its last value' if not misplaced else misplaced[0]}"
     )
-    return steps, [*problems, *final.examples]
+    return steps, [*problems, *misplaced, *final.examples]
 
 
 # -- 2. Redis Cluster ----------------------------------------------------------------------
@@ -568,6 +587,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if not 1 <= value <= most:  # also refuses nan
             parser.error(f"--{name.replace('_', '-')} must be between 1 and {most:,}")
+    if args.workers > args.keys:
+        parser.error("--workers must be at most --keys: each client thread writes keys of its own")
     if args.cluster_slots is not None and not 1 <= args.cluster_slots <= 16383:
         parser.error("--cluster-slots must be between 1 and 16,383")
     if args.keys * args.value_bytes > MAX_DATA_BYTES:

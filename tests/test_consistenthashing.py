@@ -18,6 +18,7 @@ from fractions import Fraction
 import mmh3
 import numpy as np
 import pytest
+import redis
 from conftest import ROOT, child_env, load_module, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1170,13 +1171,26 @@ def test_live_ring_resharding_3_4_3_moves_exactly_the_keys_whose_owner_changed(
             (ConsistentHashRing([*servers, "redis-4"]), {"redis-4": redis_server().client()}),
             (ConsistentHashRing(list(servers)), {}),
         ):
-            before, after = store.ring.get_nodes(LIVE_KEYS), new_ring.get_nodes(LIVE_KEYS)
+            old_owners, new_owners = store.ring.get_nodes(LIVE_KEYS), new_ring.get_nodes(LIVE_KEYS)
             must = {
-                key.encode() for key, a, b in zip(LIVE_KEYS, before, after, strict=True) if a != b
+                key.encode()
+                for key, a, b in zip(LIVE_KEYS, old_owners, new_owners, strict=True)
+                if a != b
             }
+            # What moved, as the servers tell it: where each key sits, and RESTOREs applied.
+            clients = {node: store.server(node) for node in store.ring.nodes} | new_servers
+            before = redis_shards.locations(clients)
+            restores = sum(map(redis_shards.restores_applied, clients.values()))
             report = redis_shards.reshard(store, new_ring, new_servers, wait_for_more_reads(load))
+            after = redis_shards.locations(clients)
+            placed = zip(LIVE_KEYS, new_owners, strict=True)
+            assert after == {key.encode(): [owner] for key, owner in placed}
+            assert {key for key, where in after.items() if before[key] != where} == must
+            restored = sum(map(redis_shards.restores_applied, clients.values())) - restores
+            # ... and the mover's own count agrees with them.
             assert report.moved | report.superseded == must and must
             assert not report.moved & report.superseded
+            assert restored == len(report.moved)
             assert report.bytes_moved >= len(report.moved) * VALUE_BYTES
     finally:
         final = load.stop()
@@ -1221,6 +1235,68 @@ def test_a_key_deleted_mid_move_stays_deleted_whether_it_had_moved_or_not(redis_
         assert store.get(key) is None and not a.exists(key) and not b.exists(key)
         assert key.encode() not in report.moved
     assert len(report.moved) == len(moving) - 2
+
+
+def test_a_batch_meeting_a_newer_write_and_then_a_full_target_loses_no_key(redis_server):
+    # MIGRATE reports only its first error. Here that is BUSYKEY (a client wrote
+    # the first key on its new owner), and the target then runs out of memory
+    # for the rest; those keys must stay on the source, not be dropped as stale.
+    a, b = redis_server().client(), redis_server().client()
+    store = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": a})
+    redis_shards.load_keys(store, LIVE_KEYS[:400], 5000)
+    grown = ConsistentHashRing(["a", "b"])
+    moving = [key for key in LIVE_KEYS[:400] if grown.get_node(key) == "b"]
+    old_ring = store.begin_move(grown, {"b": b})
+    store.set(moving[0], b"written during the move")
+    b.config_set("maxmemory-policy", "noeviction")
+    b.config_set("maxmemory", b.info("memory")["used_memory"] + 100_000)  # ~20 values
+    report = redis_shards.MoveReport()
+    with pytest.raises(redis.ResponseError, match="OOM"):
+        redis_shards.migrate(a, b, [key.encode() for key in moving], report)
+    assert 0 < b.dbsize() < len(moving)  # some went, then the target was full
+    for key in moving[1:]:
+        assert a.exists(key) + b.exists(key) == 1, f"{key} lost or copied"
+        assert store.get(key) == redis_shards.value_for(key, 0, 5000)
+    assert store.get(moving[0]) == b"written during the move"
+    b.config_set("maxmemory", 0)  # room again: running the move again finishes it
+    report = redis_shards.move_keys(store, old_ring)
+    store.finish_move()
+    assert moving[0].encode() in report.superseded  # its stale copy is dropped now
+    assert a.dbsize() + b.dbsize() == 400 and set(moving) == {k.decode() for k in b.keys()}
+    assert store.get(moving[0]) == b"written during the move"
+
+
+def test_a_read_mid_move_keeps_the_clients_it_began_with_when_the_move_finishes(redis_server):
+    # A read of a missing key asks the new owner, then the old one. If the move
+    # finishes in between, the departed node's client must still be there.
+    a, b = redis_server().client(), redis_server().client()
+    store = redis_shards.ShardedStore(ConsistentHashRing(["a", "b"]), {"a": a, "b": b})
+    key = next(key for key in LIVE_KEYS if store.ring.get_node(key) == "b")
+    store.begin_move(ConsistentHashRing(["a"]))
+    read_new_owner = a.get
+
+    def read_then_the_move_finishes(name):
+        value = read_new_owner(name)
+        store.finish_move()
+        return value
+
+    a.get = read_then_the_move_finishes
+    assert store.get(key) is None
+    del a.get
+    assert store.get(key) is None and store.ring.nodes == ["a"]
+
+
+def test_a_server_that_joins_with_keys_already_on_it_is_refused(redis_server):
+    a, b = redis_server().client(), redis_server().client()
+    store = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": a})
+    redis_shards.load_keys(store, LIVE_KEYS[:100], VALUE_BYTES)
+    b.set(LIVE_KEYS[0], b"a stale copy from an earlier life")
+    with pytest.raises(ValueError, match="b joins the ring but already holds 1 keys"):
+        store.begin_move(ConsistentHashRing(["a", "b"]), {"b": b})
+    assert store.ring.nodes == ["a"]  # nothing switched
+    b.flushdb()
+    redis_shards.reshard(store, ConsistentHashRing(["a", "b"]), {"b": b})
+    assert store.get(LIVE_KEYS[0]) == redis_shards.value_for(LIVE_KEYS[0], 0, VALUE_BYTES)
 
 
 def test_a_read_that_misses_both_copies_because_the_key_just_moved_asks_again(
@@ -1337,6 +1413,7 @@ def test_reshard_redis_runs_both_experiments_and_reports_them(tmp_path, monkeypa
         (["--cluster-slots", "16384"], "--cluster-slots must be between 1 and 16,383"),
         (["--keys", "many"], "invalid int value"),
         (["--keys", "2000000", "--value-bytes", "1000"], "the limit is 1,073,741,824"),
+        (["--keys", "2"], "--workers must be at most --keys"),
     ],
 )
 def test_reshard_redis_refuses_bad_arguments_in_one_line(args, message):
