@@ -146,7 +146,7 @@ class ChatServer:
             self.limiter.charge_person((room, name), "join")
         self.people[sid] = person
         if joined.ghost is not None:
-            self.close_ghost(joined.ghost, f"{sid} took '{name}' back in {room}")
+            self.close_ghost(joined.ghost, f"'{name}' joined {room} from a newer connection")
         if joined.old is not None:
             self._vacate(sid, joined.old)
         # Enter the room before reading history: a message stored from now on is
@@ -266,6 +266,7 @@ class ChatServer:
         process, Redis carries the disconnect there.
         """
         eio_sid = self.socketio.server.manager.eio_sid_from_sid(ghost, "/")  # None: elsewhere
+        self.socketio.emit("replaced", {"reason": why}, to=ghost)
         self.socketio.server.disconnect(ghost)
         if eio_sid is not None:
             log.warning("closing %s: %s", ghost, why)
@@ -331,15 +332,17 @@ class ChatServer:
         """With Redis: renew this process's lease, and release crashed processes' names."""
         while not self._closed:
             try:
-                lost = self.presence.heartbeat()
-                if lost is not None:
-                    log.warning("this process's lease had expired; its clients will rejoin")
-                    for sid in list(self.connected):
-                        self.socketio.server.disconnect(sid, ignore_queue=True)
-                for seat in (lost or []) + self.presence.sweep():
+                dropped = self.presence.heartbeat()
+                for sid, seat in (dropped or {}).items():  # our lease had expired
+                    self.socketio.server.leave_room(sid, seat.room, namespace="/")
+                    notice = {"reason": "this server lost its presence lease; join again"}
+                    self.socketio.emit("rejoin", notice, to=sid, ignore_queue=True)
+                for seat in self.presence.sweep():
                     self.announce_left(seat)
             except redis.RedisError as error:
                 log.warning("presence heartbeat failed: %s", error)
+            except Exception:  # the heartbeat must outlive any one failure
+                log.exception("presence heartbeat failed")
             self.socketio.sleep(interval)
 
     def close(self) -> None:

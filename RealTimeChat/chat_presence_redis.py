@@ -16,8 +16,9 @@ every HEARTBEAT_INTERVAL; one that stops (kill -9, a lost network) is noticed
 by the others' sweeps once its heartbeat expires, and its names are released
 and announced as left: within PROCESS_TTL + HEARTBEAT_INTERVAL of the crash.
 The guarantee rests on that lease: a process paused for longer than
-PROCESS_TTL loses its names, and on waking it disconnects its clients so
-they rejoin cleanly instead of speaking under names it no longer holds.
+PROCESS_TTL loses its names, and on waking it asks its clients to join
+again (with their tokens) instead of letting them speak under names it no
+longer holds.
 """
 
 from __future__ import annotations
@@ -141,20 +142,22 @@ class RedisRooms:
 
     # -- the lease ---------------------------------------------------------------
 
-    def heartbeat(self) -> list[Seat] | None:
+    def heartbeat(self) -> dict[str, Seat] | None:
         """Renew this process's lease: None if renewed.
 
         If it had expired (a pause longer than PROCESS_TTL, or Redis lost its
-        data), this process's names are released here and returned, to be
-        announced; the caller disconnects its clients, which rejoin.
+        data), the other processes have released, or will release, this
+        one's names: its connections sit nowhere now. They are returned
+        (sid -> the seat they had), so the caller can ask them to join again.
         """
         lease = {"px": int(PROCESS_TTL * 1000)}
         if self.redis.set(self._alive(self.process), 1, xx=True, **lease):
             return None
         self.redis.set(self._alive(self.process), 1, **lease)
+        self._release_all(self.process)  # whatever no sweeper has released yet
         with self._lock:
-            self._seats.clear()
-        return self._release_all(self.process)
+            dropped, self._seats = self._seats, {}
+        return dropped
 
     def sweep(self) -> list[Seat]:
         """Release the names of processes whose lease expired; return them, to announce."""

@@ -78,20 +78,27 @@ class Chatter:
         )
         self.client.on("connect", lambda: self.inbox.put(("connected", None)))
         self.client.on("disconnect", self._on_disconnect)
+        self.client.on("replaced", self._on_replaced)
+        self.client.on("rejoin", self._on_rejoin)
         self.client.on("message", lambda message: self.inbox.put(("message", message)))
         self.client.on("presence", self._on_presence)
         self.client.on("error", self._on_error)
 
     # -- python-socketio's thread ------------------------------------------------
 
-    def _on_disconnect(self, reason: object = None) -> None:
+    def _on_disconnect(self, *reason: object) -> None:
         self.seated.clear()
-        if self._closing:
-            return
-        if reason == self.client.reason.SERVER_DISCONNECT:  # not a drop: no reconnecting
-            self.give_up(f"{self.name} joined #{self.room} from another connection with our token")
-        else:
+        if not self._closing and not self.failed:
             self.screen.say("* disconnected; reconnecting...")
+
+    def _on_rejoin(self, notice: dict) -> None:
+        """The server lost our seat (its presence lease expired): join again, as after a drop."""
+        self.seated.clear()
+        self.inbox.put(("connected", None))
+
+    def _on_replaced(self, notice: dict) -> None:
+        """Our token joined from another connection, which now holds the name: we stop."""
+        self.give_up(f"disconnected: {notice.get('reason')}")
 
     def _on_presence(self, notice: dict) -> None:
         if notice.get("room") == self.room and notice.get("name") != self.name:
@@ -144,7 +151,9 @@ class Chatter:
                 elif kind == "message":
                     self._offer(data)
             except TRANSPORT_ERRORS:
-                pass  # dropped again mid-way: the next "connected" starts over
+                if kind == "connected":  # the rejoin went unanswered: try it again shortly
+                    time.sleep(RATE_PAUSE)
+                    self.inbox.put((kind, data))
 
     def _rejoin(self) -> None:
         try:

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -1031,6 +1032,38 @@ def test_two_processes_behind_redis_are_one_chat(tmp_path, redis_server, start_s
     assert {"alice", "carol"}.isdisjoint(survivors) and {"bob", "dave"} <= set(survivors)
     assert lobby_count(bob, room) == len(survivors)
     assert connect(west).join(room, "alice")["name"] == "alice"  # the name is free again
+
+
+def test_a_process_paused_past_its_lease_lets_its_members_go_and_they_rejoin(
+    tmp_path, redis_server, start_server, connect, cli
+):
+    shared = redis_server()
+    db = str(tmp_path / "chat.db")
+    east = start_server(APP, "--db", db, "--redis", shared.url)
+    west = start_server(APP, "--db", db, "--redis", shared.url)
+    room = new_room()
+    bob = connect(west)
+    bob.join(room, "bob")
+    alice = cli(east.url, room, "alice")  # reconnects and rejoins by itself
+    assert alice.wait_for("* joined")
+    assert bob.wait_until(lambda: ("alice", True) in presence_of(bob))
+    east.signal(signal.SIGSTOP)  # a stalled VM: east says nothing, its lease runs out
+    try:
+        bound = presence_redis.CRASH_BOUND
+        assert bob.wait_until(lambda: ("alice", False) in presence_of(bob), timeout=bound + WAIT)
+        assert "alice" not in bob.join(room, "bob")["members"]
+    finally:
+        east.signal(signal.SIGCONT)
+    # Awake, east finds its lease gone and closes its connections; alice comes back.
+    assert alice.wait_for("* back in", timeout=30), (alice.out, alice.err, east.text)
+    assert bob.wait_until(lambda: presence_of(bob).count(("alice", True)) == 2)
+    alice.type("still me")
+    assert bob.wait_until(lambda: bob.texts() == ["still me"])
+    assert "alice" in bob.join(room, "bob")["members"]
+
+
+def presence_of(member: Member) -> list[tuple[str, bool]]:
+    return [(p["name"], p["online"]) for p in member.events["presence"]]
 
 
 def test_four_processes_started_at_once_on_a_fresh_database_all_start(tmp_path, start_server):

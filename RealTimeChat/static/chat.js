@@ -59,6 +59,13 @@ socket.on("disconnect", (reason) => {
   }
   setStatus(`reconnecting… (${reason})`, "bad");
 });
+// The server lost our seat without a disconnect (its presence lease expired
+// during a pause): sit down again, as after a reconnect.
+socket.on("rejoin", () => {
+  setSeated(false);
+  if (state.room) join(state.room, state.name);
+});
+socket.on("replaced", ({ reason }) => showNotice(reason));
 socket.io.on("reconnect_attempt", (n) => {
   attempts = n;
   setStatus(`reconnecting… attempt ${n}`, "wait");
