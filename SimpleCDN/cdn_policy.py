@@ -55,7 +55,8 @@ CLIENT_CONDITIONALS = frozenset({"if-none-match", "if-modified-since"})
 NOT_MODIFIED_FIELDS = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary"}
 )
-BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")  # one range; a list of ranges is ignored
+# One range (a list of ranges is ignored); the unit's name ignores case (RFC 9110 14.1).
+BYTE_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$", re.IGNORECASE)
 ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
 
 # Verdicts on a stored response for one request (see assess).

@@ -217,6 +217,7 @@ def test_byte_ranges_are_cut_from_a_stored_response(edge, origin):
     target = url_for(cc="max-age=600", body="0123456789")
     served(edge, target)
     cases = {"bytes=0-1": "01", "bytes=7-": "789", "bytes=-3": "789", "bytes=8-100": "89"}
+    cases |= {"bytes=-99": "0123456789", "Bytes=0-0": "0"}  # RFC 9110 14.1: units ignore case
     for spec, expected in cases.items():
         part = served(edge, target, headers={"Range": spec})
         assert (part.status_code, part.text, part.headers["X-Cache"]) == (206, expected, "HIT")
@@ -224,6 +225,11 @@ def test_byte_ranges_are_cut_from_a_stored_response(edge, origin):
         "bytes 0-1/10"
     )
     assert served(edge, target, headers={"Range": "bytes=50-"}).status_code == 416
+    assert served(edge, target, headers={"Range": "bytes=-0"}).status_code == 416  # no bytes
+    # not one byte range: the whole response (RFC 9110 14.2 allows ignoring Range)
+    for ignored in ("bytes=0-1,5-6", "bytes=5-2", "items=0-1", "bytes=-"):
+        whole = served(edge, target, headers={"Range": ignored})
+        assert (whole.status_code, whole.text) == (200, "0123456789")
     assert origin_count(origin, target) == 1
 
 
@@ -871,13 +877,16 @@ def test_a_body_of_unknown_length_goes_out_in_chunks_and_is_stored_whole(edge, o
     assert body == b"x" * 3000
 
 
-def test_a_client_reading_at_1_mb_per_second_gets_all_60_mb(origin):
-    """The old edge's send timeout covered the whole answer and cut this client at 45 MB;
-    now it only bounds each write, so a 60 s download with a 5 s deadline completes."""
-    with ServerProcess(EDGE, "--origin", origin.url, "--send-timeout", "5") as edge:
-        target = url_for(cc="max-age=600", size=60_000_000)
+def test_a_client_reading_at_1_mb_per_second_gets_all_of_a_body_10_deadlines_long(origin):
+    """The old edge's send timeout covered the whole answer: a 1 MB/s reader of 60 MB
+    was cut at 45 MB by its 30 s. Now it bounds each write, so a 20 s download through a
+    2 s deadline completes. (The issue's own case, 60 MB at 1 MB/s through the default
+    30 s, takes a minute: the README shows it run with curl. The old edge would cut this
+    one at about 2 MB, so a third of the time shows the same thing.)"""
+    with ServerProcess(EDGE, "--origin", origin.url, "--send-timeout", "2") as edge:
+        target = url_for(cc="max-age=600", size=20_000_000)
         head, received = download(edge, target, pace=1_000_000, read_buffer=64 * 1024)
-        assert head.startswith(b"HTTP/1.1 200") and received == 60_000_000
+        assert head.startswith(b"HTTP/1.1 200") and received == 20_000_000
         assert edge_stats(edge)["slow_clients_dropped"] == 0
 
 
