@@ -110,15 +110,6 @@ def table(rows: list[Fetch], note: str = "") -> None:
         print(f"   {note}")
 
 
-def out_dir() -> Path:
-    """SimpleCDN/out/, created on demand and ignored by git whatever the top .gitignore says."""
-    OUT.mkdir(exist_ok=True)
-    ignore = OUT / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n")
-    return OUT
-
-
 def origin_requests(origin_url: str) -> int:
     return requests.get(origin_url + "/__origin/stats", timeout=5).json()["requests"]
 
@@ -169,7 +160,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.plot is None:
-        args.plot = (IMAGES if args.save_images else out_dir()) / "hit_vs_miss.png"
+        args.plot = (IMAGES if args.save_images else OUT) / "hit_vs_miss.png"
     if args.plot.suffix.lower() not in PLOT_FORMATS:
         parser.error(f"--plot must end in one of {', '.join(PLOT_FORMATS)}, got {args.plot}")
     origin, origin_url = start("origin_server.py", "--latency-ms", str(ORIGIN_LATENCY_MS))
