@@ -32,6 +32,9 @@ DEFAULT_HASH: HashFunction = mmh3.hash
 # Virtual nodes per unit of weight. 160 is the ketama (memcached) figure and
 # uhashring's default; the busiest node's excess shrinks like 1/sqrt(vnodes).
 DEFAULT_VNODES = 160
+# The most virtual nodes one node may have (about a second to hash, 70 MB to
+# hold): a weight or vnodes beyond it is a mistake, not a bigger machine.
+MAX_VNODES_PER_NODE = 1_000_000
 
 # The directory cuts the circle into 2**b equal arcs ("buckets") with about
 # this many points each, so a lookup bisects a handful of points, not all N*V.
@@ -82,12 +85,19 @@ def check_weight(node: str, weight: object) -> None:
     if (
         isinstance(weight, bool)
         or not isinstance(weight, numbers.Real)  # int, float, Fraction, numpy numbers
-        or not math.isfinite(weight)
+        or not _is_finite(weight)
         or weight <= 0
     ):
         raise InvalidWeightError(
             f"weight of node {node!r} must be a finite number above 0, got {weight!r}"
         )
+
+
+def _is_finite(number: numbers.Real) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond any float, e.g. 10**400
+        return False
 
 
 class ConsistentHashRing:
@@ -125,8 +135,14 @@ class ConsistentHashRing:
         `hash_function` maps a str or bytes to an int and must give the same
         answer in every process; the ring uses the int's low 32 bits.
         """
-        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
-            raise ValueError(f"vnodes must be a whole number >= 1, got {vnodes!r}")
+        if (
+            isinstance(vnodes, bool)
+            or not isinstance(vnodes, int)
+            or not 1 <= vnodes <= MAX_VNODES_PER_NODE
+        ):
+            raise ValueError(
+                f"vnodes must be a whole number from 1 to {MAX_VNODES_PER_NODE:,}, got {vnodes!r}"
+            )
         self.vnodes = vnodes
         self._hash = hash_function
         self._weights: dict[str, float] = {}  # node -> weight, in the order added
@@ -193,11 +209,14 @@ class ConsistentHashRing:
         for node in self.walk(key):
             replicas.append(node)
             if len(replicas) == n:
-                break
-        return replicas
+                return replicas
+        raise ValueError(  # only a ketama server of tiny weight can have no points at all
+            f"n={n}, but only {len(replicas)} of the {len(self._weights)} nodes have points on "
+            f"the ring; nodes without points hold no keys: {self._nodes_without_points()}"
+        )
 
     def walk(self, key: str | bytes) -> Iterator[str]:
-        """Yield every physical node once, in clockwise order from `key`.
+        """Yield every physical node that has points once, in clockwise order from `key`.
 
         The first node yielded is `get_node(key)`. Replicas take the first few;
         bounded loads takes the first one that still has room.
@@ -461,6 +480,14 @@ class ConsistentHashRing:
 
     def _check_weight(self, node: str, weight: object) -> None:
         check_weight(node, weight)
+        if self.vnodes * weight > MAX_VNODES_PER_NODE:
+            raise InvalidWeightError(
+                f"weight {weight!r} would give node {node!r} {float(self.vnodes * weight):.3g} "
+                f"virtual nodes; at most {MAX_VNODES_PER_NODE:,} (vnodes={self.vnodes})"
+            )
+
+    def _nodes_without_points(self) -> str:
+        return ", ".join(repr(node) for node, count in self._point_counts.items() if not count)
 
     def _sample_of_nodes(self, limit: int = 5) -> str:
         names = list(self._weights)

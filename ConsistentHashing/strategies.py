@@ -326,7 +326,9 @@ class WeightedRendezvousHashing:
         mixed = _fmix64(self._node_hashes ^ np.asarray(key_hashes, np.uint64)[..., np.newaxis])
         # The top 53 bits as a float in (0, 1): the +0.5 keeps u away from 0 and 1.
         u = ((mixed >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-        return np.argmax(np.log(u) / self._weight_array, axis=-1)
+        # A weight far below the largest one sends its scores to -inf: it never wins.
+        with np.errstate(over="ignore", divide="ignore"):
+            return np.argmax(np.log(u) / self._weight_array, axis=-1)
 
     def get_node(self, key: str | bytes) -> str:
         _check_lookup(self._nodes)
@@ -370,7 +372,12 @@ class WeightedRendezvousHashing:
 
     def _refresh(self) -> None:
         self._node_hashes = np.array([key_hash_64(name) for name in self._nodes], dtype=np.uint64)
-        self._weight_array = np.array([float(self._weights[name]) for name in self._nodes])
+        # Shares depend only on the weights' ratios, so they are scaled (by a power
+        # of two, which is exact) to a largest near 1: weights of 1e-310 and 2e-310
+        # must split the keys 1:2, not send ln(u) / w to -inf for both.
+        weights = [float(self._weights[name]) for name in self._nodes]
+        _, exponent = math.frexp(max(weights, default=1.0))
+        self._weight_array = np.array([math.ldexp(w, -exponent) for w in weights])
 
     @property
     def nodes(self) -> list[str]:

@@ -540,6 +540,50 @@ def test_a_weight_that_is_not_a_positive_number_raises(weight):
         ConsistentHashRing().add_node("a", weight=weight)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda weight: ConsistentHashRing().add_node("a", weight),
+        lambda weight: KetamaRing({"a:1": weight}),
+        lambda weight: WeightedRendezvousHashing({"a": weight}),
+    ],
+    ids=["ring", "ketama", "weighted rendezvous"],
+)
+def test_an_int_beyond_any_float_is_refused_as_a_weight(make):
+    with pytest.raises(ring_module.InvalidWeightError, match="finite number above 0"):
+        make(10**400)  # math.isfinite() raises OverflowError on it
+
+
+def test_a_weight_or_vnodes_that_would_make_millions_of_points_is_refused_at_once():
+    with pytest.raises(ring_module.InvalidWeightError, match=r"1\.6e\+11 virtual nodes"):
+        ConsistentHashRing(["small"]).add_node("huge", 1e9)
+    ring = ConsistentHashRing(["a"], vnodes=1000)
+    with pytest.raises(ring_module.InvalidWeightError, match="at most 1,000,000"):
+        ring.set_weight("a", 2000)
+    assert ring.weight("a") == 1 and len(ring.points()) == 1000
+    with pytest.raises(ValueError, match="vnodes must be a whole number from 1 to 1,000,000"):
+        ConsistentHashRing(vnodes=10**7)
+
+
+def test_weighted_rendezvous_shares_depend_on_the_weights_ratios_only():
+    keys = KEYS[:6000]
+    expected = WeightedRendezvousHashing({"a": 1, "b": 2}).get_nodes(keys)
+    for scale in (1e-310, 1e300, 3):  # subnormal, huge, ordinary
+        weights = {"a": 1 * scale, "b": 2 * scale}
+        assert WeightedRendezvousHashing(weights).get_nodes(keys) == expected, scale
+    tiny = WeightedRendezvousHashing({"a": 5e-324, "b": 1})  # 2**-1074 of b's weight
+    assert set(tiny.get_nodes(keys)) == {"b"}
+
+
+def test_a_ketama_server_with_no_points_is_never_a_replica():
+    # floorf(1/(1 + 10**9) * 40 * 2) = 0 digests: libketama gives it no points either.
+    ring = KetamaRing({"tiny:1": 1, "big:1": 10**9})
+    assert ring.vnode_count("tiny:1") == 0 and set(ring.get_nodes(KEYS[:500])) == {"big:1"}
+    assert ring.get_replicas("k", 1) == ["big:1"]
+    with pytest.raises(ValueError, match="only 1 of the 2 nodes have points.*'tiny:1'"):
+        ring.get_replicas("k", 2)
+
+
 def test_any_positive_real_number_is_a_weight():
     ring = ConsistentHashRing(vnodes=10)
     for node, weight in (("half", Fraction(1, 2)), ("two", 2), ("tiny", 1e-9), ("np", np.int64(3))):
