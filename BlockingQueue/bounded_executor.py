@@ -15,32 +15,38 @@ executor trap", shows both; run this file to measure one of them:
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any
 
 import psutil
 from producer_consumer import MiB, bounded
 
-from BlockingQueue import BlockingQueue, Empty, ShutDown
+from BlockingQueue import BlockingQueue, Empty, Full, ShutDown
 
 
 class BoundedExecutor(Executor):
     """`max_workers` threads running submitted calls; submit() blocks while `max_queued` wait.
 
     A drop-in for ThreadPoolExecutor where it matters (submit, map, shutdown,
-    `with`), minus its initializer and thread-name options. Shut it down (or
-    use `with`): until then its workers wait on the queue, even once nothing
-    refers to the executor. One trap it does not remove but makes visible: a
-    task that submits to its own executor can block forever once every worker
-    does the same and the queue is full.
+    `with`), minus its initializer and thread-name options. As with
+    ThreadPoolExecutor, the program does not end until every task submitted
+    has run, shut down or not (an exit hook below). Two places where a
+    blocking submit() would be wrong are handled: map() submits as results
+    are taken rather than all at once, and a task that submits to its own
+    full pool runs the call itself instead of waiting for room that only the
+    workers, all possibly waiting the same way, could make.
     """
 
     def __init__(self, max_workers: int, max_queued: int) -> None:
@@ -51,45 +57,100 @@ class BoundedExecutor(Executor):
         self.max_queued = max_queued
         # (future, fn, args, kwargs) for each task not yet started, at most max_queued
         self.work: BlockingQueue[tuple] = BlockingQueue(max_queued)
+        # Daemon threads, so a pool nobody shut down cannot hang the interpreter
+        # while it joins ordinary threads; finish_every_pool() runs what is left.
         self.workers = [
             threading.Thread(target=self._work, name=f"BoundedExecutor-{n}", daemon=True)
             for n in range(max_workers)
         ]
+        live_pools.add(self)
         for worker in self.workers:
             worker.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule fn(*args, **kwargs) and return its Future; blocks while max_queued tasks wait.
 
-        Raises RuntimeError after shutdown(), including to a submit() that was
-        blocked when shutdown() was called (its task was not scheduled).
+        Called from one of this pool's own workers, it never blocks: if the
+        queue is full, the worker runs the call at once and returns its
+        finished Future (Java's CallerRunsPolicy). Raises RuntimeError after
+        shutdown(), including to a submit() that was blocked when shutdown()
+        was called (its task was not scheduled).
         """
-        future: Future = Future()
+        task = (Future(), fn, args, kwargs)
         try:
-            self.work.put((future, fn, args, kwargs))
+            if threading.current_thread() not in self.workers:
+                self.work.put(task)
+            else:
+                try:
+                    self.work.put_nowait(task)
+                except Full:
+                    self._run(task)
         except ShutDown:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
-        return future
+        return task[0]
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """fn over the iterables, results in order, with at most a window of calls in flight.
+
+        Executor.map submits every call before it returns: on this pool map()
+        itself would block until all but the last max_queued calls had run,
+        holding a Future for each, and an endless iterable would never yield.
+        This map submits max_workers + max_queued calls now and one more each
+        time a result is taken (what Python 3.14 calls `buffersize`).
+        `timeout` counts from this call, as in Executor.map; `chunksize` is
+        ignored, as ThreadPoolExecutor ignores it. Leaving the loop early, or
+        an exception, cancels the calls not yet started.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables, strict=False)  # stops at the shortest, as Executor.map
+        window = len(self.workers) + self.max_queued
+        in_flight = deque(self.submit(fn, *args) for args in islice(calls, window))
+
+        def results() -> Iterator[Any]:
+            try:
+                while in_flight:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    result = in_flight[0].result(left)
+                    in_flight.popleft()
+                    in_flight.extend(self.submit(fn, *args) for args in islice(calls, 1))
+                    yield result
+            finally:
+                for future in in_flight:
+                    future.cancel()
+
+        return results()
 
     def _work(self) -> None:
         while True:
             try:
-                future, fn, args, kwargs = self.work.get()
+                task = self.work.get()
             except ShutDown:
                 return  # shut down and drained
-            if future.set_running_or_notify_cancel():  # False: cancelled while it waited
-                try:
-                    future.set_result(fn(*args, **kwargs))
-                except BaseException as error:  # noqa: BLE001 - the caller sees it in the Future
-                    future.set_exception(error)
-            del future, fn, args, kwargs  # let a finished task's arguments go now
+            self._run(task)
+            del task  # let a finished task's arguments go now
+
+    @staticmethod
+    def _run(task: tuple) -> None:
+        future, fn, args, kwargs = task
+        if future.set_running_or_notify_cancel():  # False: cancelled while it waited
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as error:  # noqa: BLE001 - the caller sees it in the Future
+                future.set_exception(error)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new tasks; the workers finish what is queued, then stop.
 
         With `cancel_futures=True` the tasks still queued are cancelled instead
         of run. With `wait=True` (the default, and what `with` does) it returns
-        once every worker has stopped.
+        once every worker has stopped. With `wait=False` the queued tasks still
+        run before the program ends.
         """
         self.work.shutdown()  # from now on submit() raises; blocked submitters too
         if cancel_futures:
@@ -102,6 +163,21 @@ class BoundedExecutor(Executor):
         if wait:
             for worker in self.workers:
                 worker.join()
+
+
+# concurrent.futures promises that the program ends only once every submitted
+# task has run, even if shutdown() was never called or did not wait.
+# ThreadPoolExecutor keeps it with non-daemon threads and a private hook in
+# `threading`; here the workers are daemons and this public atexit hook, which
+# runs after the interpreter has joined its ordinary threads and before it
+# stops the daemons, lets every pool still alive drain its queue.
+live_pools: weakref.WeakSet[BoundedExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def finish_every_pool() -> None:
+    for pool in list(live_pools):
+        pool.shutdown(wait=True)
 
 
 # -- measuring one job: peak memory with and without the limit -----------------

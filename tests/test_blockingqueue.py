@@ -11,8 +11,11 @@ condition's list of sleepers (bounded) instead of sleeping and hoping.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import queue
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import pytest
-from conftest import load_module, run_script
+from conftest import ROOT, load_module, run_script
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1090,6 +1093,96 @@ def test_bounded_executor_a_submit_blocked_at_shutdown_is_refused_not_lost():
     for worker in pool.workers:
         worker.join(BOUND)
     assert not any(w.is_alive() for w in pool.workers)
+
+
+EXIT_WITH_TASKS_PENDING = """
+import os, sys, time
+sys.path.insert(0, {folder!r})
+from concurrent.futures import ThreadPoolExecutor
+from bounded_executor import BoundedExecutor
+pool = {make_pool}
+def task(n):
+    time.sleep(0.01)
+    os.write(1, f"ran {{n}}\\n".encode())  # one write per line: no interleaving
+for n in range(6):
+    pool.submit(task, n)
+{then}
+"""
+
+
+@pytest.mark.parametrize("then", ["", "pool.shutdown(wait=False)"], ids=["never", "no-wait"])
+@pytest.mark.parametrize(
+    "make_pool", ["ThreadPoolExecutor(2)", "BoundedExecutor(2, max_queued=10)"]
+)
+def test_the_program_does_not_end_before_every_submitted_task_has_run(make_pool, then):
+    """concurrent.futures' promise: whether or not shutdown() waits, the program
+    exits only once every pending future is done (BoundedExecutor's workers are
+    daemon threads: without its exit hook, the queued tasks vanished silently)."""
+    code = EXIT_WITH_TASKS_PENDING.format(
+        folder=str(ROOT / "BlockingQueue"), make_pool=make_pool, then=then
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("\n")[:-1]) == [f"ran {n}" for n in range(6)]
+
+
+def test_map_submits_as_results_are_taken_so_an_endless_input_works():
+    """Executor.map submits every call before returning: on a bounded pool it
+    would block until nearly all had run, holding every Future, and an endless
+    input would never yield. BoundedExecutor.map keeps a window in flight."""
+    pool = executors.BoundedExecutor(2, max_queued=3)
+    window = 2 + 3  # workers + max_queued
+    taken = []  # arguments map() has read from the input
+    got = []  # results the loop has received
+
+    def endless():
+        for n in itertools.count():
+            taken.append(n)
+            yield n
+
+    def first_fifty() -> None:
+        for result in pool.map(abs, endless()):
+            got.append(result)
+            assert len(taken) - len(got) <= window  # calls in flight, never more
+            if len(got) == 50:
+                return
+
+    assert Worker(first_fifty).finish().error is None
+    assert got == list(range(50))
+    pool.shutdown()
+
+
+def test_map_timeout_counts_from_the_call_and_map_itself_never_waits_for_it():
+    pool = executors.BoundedExecutor(1, max_queued=1)
+    release = threading.Event()
+    ran = []
+
+    def stuck(n: int) -> None:
+        ran.append(n)
+        release.wait(BOUND)
+
+    started = time.monotonic()
+    mapping = Worker(pool.map, stuck, range(100), timeout=0.2)
+    results = mapping.finish().result  # before the fix: blocked here until 98 calls had run
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(results)
+    assert time.monotonic() - started < BOUND
+    release.set()
+    pool.shutdown()
+    assert ran == [0]  # the queued call was cancelled, the other 98 never submitted
+
+
+def test_a_task_that_submits_to_its_own_full_pool_runs_the_call_itself():
+    """A worker blocked in submit() waits for room only workers can make: with
+    one worker, that is forever. Java's CallerRunsPolicy: the worker runs it."""
+    pool = executors.BoundedExecutor(1, max_queued=1)
+
+    def fan_out() -> list:
+        return [pool.submit(pow, 2, n) for n in range(5)]
+
+    inner = pool.submit(fan_out).result(timeout=BOUND)
+    assert [f.result(timeout=BOUND) for f in inner] == [1, 2, 4, 8, 16]
+    pool.shutdown()
 
 
 @pytest.mark.parametrize("workers, queued", [(0, 1), (1, 0), (-1, 5)])
