@@ -1294,9 +1294,9 @@ def test_a_batch_meeting_a_newer_write_and_then_a_full_target_loses_no_key(redis
     store.set(moving[0], b"written during the move")
     b.config_set("maxmemory-policy", "noeviction")
     b.config_set("maxmemory", b.info("memory")["used_memory"] + 100_000)  # ~20 values
-    report = redis_shards.MoveReport()
+    first = redis_shards.MoveReport()
     with pytest.raises(redis.ResponseError, match="OOM"):
-        redis_shards.migrate(a, b, [key.encode() for key in moving], report)
+        redis_shards.migrate(a, b, [key.encode() for key in moving], first)
     assert 0 < b.dbsize() < len(moving)  # some went, then the target was full
     for key in moving[1:]:
         assert a.exists(key) + b.exists(key) == 1, f"{key} lost or copied"
@@ -1305,7 +1305,9 @@ def test_a_batch_meeting_a_newer_write_and_then_a_full_target_loses_no_key(redis
     b.config_set("maxmemory", 0)  # room again: running the move again finishes it
     report = redis_shards.move_keys(store, old_ring)
     store.finish_move()
-    assert moving[0].encode() in report.superseded  # its stale copy is dropped now
+    # The stale copy is dropped, by the first try if the target had room for
+    # one more RESTORE when it was retried alone, or else by the second.
+    assert moving[0].encode() in first.superseded ^ report.superseded
     assert a.dbsize() + b.dbsize() == 400 and set(moving) == {k.decode() for k in b.keys()}
     assert store.get(moving[0]) == b"written during the move"
 
