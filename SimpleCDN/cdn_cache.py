@@ -92,9 +92,6 @@ class CacheEntry:
     def age(self, now: float) -> float:
         return current_age(self.initial_age, self.response_time, now)
 
-    def is_fresh(self, now: float) -> bool:
-        return self.lifetime > self.age(now)
-
     def staleness(self, now: float) -> float:
         """Seconds past its freshness lifetime (negative while fresh)."""
         return self.age(now) - self.lifetime
