@@ -59,10 +59,10 @@ class Plan:
 
 
 FULL = Plan(
-    cpu_tasks=4, cpu_size=workloads.CPU_WINDOW, cpu_rounds=3,  # ~0.25 s sequentially
+    cpu_tasks=6, cpu_size=workloads.CPU_WINDOW, cpu_rounds=3,  # ~0.4 s sequentially
     io_tasks=32, io_delay=0.05,  # ~1.6 s sequentially
     convoy_trips=30,
-    payload_sizes=(KB, MB, 16 * MB, 64 * MB),
+    payload_sizes=(KB, 16 * MB, 64 * MB),
     race_runs=10, locked_runs=2, lockstep_deposits=500, call_deposits=50_000,
 )  # fmt: skip
 QUICK = Plan(
