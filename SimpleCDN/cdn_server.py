@@ -674,11 +674,13 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
     args = parser.parse_args(argv)
     try:
         origin = urlsplit(args.origin)
-        origin_port = origin.port or 80
+        origin_port = 80 if origin.port is None else origin.port
     except ValueError:  # an unclosed IPv6 bracket, a port past 65535...
         parser.error(f"--origin is not a valid URL: {args.origin!r}")
     if origin.scheme != "http" or not origin.hostname:
         parser.error(f"--origin must be an http:// URL with a host, got {args.origin!r}")
+    if origin_port == 0:  # (it would have meant port 80)
+        parser.error(f"--origin needs a port from 1 to 65535, got {args.origin!r}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0..65535, got {args.port}")
     if args.max_connections < 1:

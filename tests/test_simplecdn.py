@@ -1196,6 +1196,7 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--cache-size", "lots"]),
         (EDGE, ["--cache-size", "1KB", "--max-object-size", "2KB"]),
         (EDGE, ["--origin", "http://[::1"]),
+        (EDGE, ["--origin", "http://127.0.0.1:0"]),
         (EDGE, ["--origin-timeout", "nan"]),
         (EDGE, ["--send-timeout", "0"]),
         (EDGE, ["--body-timeout", "inf"]),
