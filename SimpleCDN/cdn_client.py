@@ -15,6 +15,8 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+MAX_SECONDS = 24 * 3600  # the longest --interval or --timeout accepted
+
 
 def parse_header(text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
@@ -62,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not a valid URL: {args.url!r}")
     if url.scheme != "http" or not url.hostname:
         parser.error(f"need an http:// URL, got {args.url!r}")
-    if args.count < 1 or args.interval < 0:
-        parser.error("--count must be at least 1 and --interval not negative")
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    if not 0 <= args.interval <= MAX_SECONDS:  # (also refuses nan)
+        parser.error(f"--interval must be 0..{MAX_SECONDS} seconds")
+    if not 0 < args.timeout <= MAX_SECONDS:
+        parser.error(f"--timeout must be above 0 and at most {MAX_SECONDS} seconds")
     target = (url.path or "/") + (f"?{url.query}" if url.query else "")
     headers = dict(args.header)
 

@@ -1209,6 +1209,8 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         ("SimpleCDN/cdn_client.py", ["not-a-url"]),
         ("SimpleCDN/cdn_client.py", ["http://[::1/x"]),
         ("SimpleCDN/cdn_client.py", ["http://127.0.0.1:99999/x"]),
+        ("SimpleCDN/cdn_client.py", ["http://127.0.0.1:1/x", "--interval", "nan"]),
+        ("SimpleCDN/cdn_client.py", ["http://127.0.0.1:1/x", "--timeout", "-1"]),
     ],
 )
 def test_scripts_reject_bad_arguments_with_exit_code_2(script, bad_args):
