@@ -489,9 +489,8 @@ def test_participant_crash_before_voting_aborts_and_recovers(shop_factory):
     assert shop.state("inventory", result["txid"]) is None
 
 
-@pytest.mark.parametrize("victim", ["inventory", "delivery"])
-def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_factory, victim):
-    shop = shop_factory()
+def crash_after_voting_yes_and_recover(shop: Shop, victim: str) -> None:
+    """The victim dies once its yes is out; it must come back PREPARED and commit."""
     shop.faults(victim, crash_at="after-vote")
     result = shop.order("pizza", 2)
     assert shop.procs[victim].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
@@ -502,6 +501,11 @@ def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_f
     shop.settle()
     assert shop.atomicity_violations() == []
     assert shop.state(victim, result["txid"]) == "COMMITTED"
+
+
+@pytest.mark.parametrize("victim", ["inventory", "delivery"])
+def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_factory, victim):
+    crash_after_voting_yes_and_recover(shop_factory(), victim)
 
 
 def test_coordinator_crash_before_deciding_blocks_until_it_returns_then_aborts(shop_factory):
@@ -640,17 +644,8 @@ def test_a_kill_keeps_every_write_a_power_cut_only_the_fsynced_ones(tmp_path, di
 
 
 def test_a_power_cut_after_voting_yes_keeps_the_prepared_promise(shop_factory):
-    shop = shop_factory(power_cuts=True)
-    shop.faults("delivery", crash_at="after-vote")
-    result = shop.order("pizza", 2)
-    assert shop.procs["delivery"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
-    assert result["outcome"] == "committed"
-    # Its PREPARED row was fsynced before the yes went out, so the cut kept it.
-    back = shop.restart("delivery")
-    assert f"recovered 1 PREPARED transaction(s), in doubt: {result['txid']}" in back.text
-    shop.settle()
-    assert shop.atomicity_violations() == []
-    assert shop.state("delivery", result["txid"]) == "COMMITTED"
+    # Its PREPARED row was fsynced before the yes went out, so the cut keeps it.
+    crash_after_voting_yes_and_recover(shop_factory(power_cuts=True), "delivery")
 
 
 def test_a_power_cut_after_the_decision_keeps_the_commit_point(shop_factory):
@@ -898,16 +893,7 @@ def test_the_participants_promises_hold_on_either_store(either_store):
 
 
 def test_a_crash_after_voting_yes_recovers_on_either_store(either_store):
-    shop = either_store
-    shop.faults("inventory", crash_at="after-vote")
-    result = shop.order("pizza", 1)
-    assert shop.procs["inventory"].proc.wait(timeout=TIMEOUT) == CRASH_EXIT_CODE
-    assert result["outcome"] == "committed"
-    back = shop.restart("inventory")
-    assert f"recovered 1 PREPARED transaction(s), in doubt: {result['txid']}" in back.text
-    shop.settle()
-    assert shop.atomicity_violations() == []
-    assert shop.state("inventory", result["txid"]) == "COMMITTED"
+    crash_after_voting_yes_and_recover(either_store, "inventory")
 
 
 def test_postgres_keeps_a_prepared_transaction_through_kill_9_and_recovery_completes_it(
