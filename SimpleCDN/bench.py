@@ -49,6 +49,10 @@ ZIPF_EXPONENT = 1.0  # popularity of the k-th object ~ 1/k: a few pages get most
 CLIENT_SWITCH_INTERVAL = 0.0002  # seconds a client thread may hold the GIL (see drive)
 DIRECT_REQUESTS = 2000  # direct runs cost 80 ms each; this many give a stable p50/p99
 COALESCE_CLIENTS = 100
+# Upper bounds on the workload options, so a typo cannot ask for a billion-entry
+# list or a hundred thousand threads.
+MAX_REQUESTS = 1_000_000  # also the most --objects and --direct-requests
+MAX_CLIENTS = 1_000
 TARGET_P50_RATIO = 20.0  # warm-edge p50 at least 20x lower than direct
 TARGET_ORIGIN_SHARE = 0.15  # origin requests at most 15% of client requests
 
@@ -517,8 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=2, help="wrk rounds per proxy and object; best counts"
     )
     args = parser.parse_args(argv)
-    if min(args.requests, args.objects, args.clients, args.direct_requests) < 1:
-        parser.error("--requests, --objects, --clients and --direct-requests must be positive")
+    sizes = {
+        "--requests": (args.requests, MAX_REQUESTS),
+        "--objects": (args.objects, MAX_REQUESTS),
+        "--direct-requests": (args.direct_requests, MAX_REQUESTS),
+        "--clients": (args.clients, MAX_CLIENTS),  # a thread each
+    }
+    for name, (value, most) in sizes.items():
+        if not 1 <= value <= most:
+            parser.error(f"{name} must be 1..{most:,}, got {value:,}")
     if not 1 <= args.seconds <= 600 or not 1 <= args.connections <= 10_000 or args.rounds < 1:
         parser.error("--seconds 1..600, --connections 1..10000 and --rounds >= 1, please")
     ensure_peers()

@@ -1203,6 +1203,8 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--max-inflight-bytes", "1KB"]),
         ("SimpleCDN/bench.py", ["--rounds", "0"]),
         ("SimpleCDN/bench.py", ["--seconds", "nan"]),
+        ("SimpleCDN/bench.py", ["--clients", "100000"]),
+        ("SimpleCDN/bench.py", ["--objects", "1000000000"]),
         (ORIGIN, ["--latency-ms", "-5"]),
         (ORIGIN, ["--latency-ms", "nan"]),
         ("SimpleCDN/demo.py", ["--plot", "plot.txt"]),
