@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -59,8 +60,13 @@ def normalised_value(request_headers: Headers, name: str) -> str | None:
     return ",".join(members)
 
 
-def variant_of(fields: list[str], request_headers: Headers) -> Variant:
+def variant_of(fields: Sequence[str], request_headers: Headers) -> Variant:
+    """This request's values of the fields a response varies on: its part of the cache key."""
     return tuple((name, normalised_value(request_headers, name)) for name in fields)
+
+
+def fields_of(variant: Variant) -> tuple[str, ...]:
+    return tuple(name for name, _ in variant)
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,6 @@ class CacheEntry:
         """Seconds past its freshness lifetime (negative while fresh)."""
         return self.age(now) - self.lifetime
 
-    def matches(self, request_headers: Headers) -> bool:
-        return all(normalised_value(request_headers, name) == value for name, value in self.variant)
-
     def header(self, name: str) -> str | None:
         return get_combined(self.headers, name)
 
@@ -120,7 +123,11 @@ class HttpCache:
         self._lock = threading.Lock()
         # Guarded by _lock. Order = recency of use: first is the eviction victim.
         self._entries: OrderedDict[tuple[str, Variant], CacheEntry] = OrderedDict()
-        self._variants: dict[str, set[Variant]] = {}  # key -> variants stored for it
+        # key -> the fields its stored responses vary on -> the variants stored.
+        # A lookup computes the request's variant once per list of fields (one,
+        # nearly always) and finds it in _entries; it never walks the variants,
+        # however many a client's odd Accept-Encoding values have added.
+        self._variants: dict[str, dict[tuple[str, ...], set[Variant]]] = {}
         # key -> when a PUT, POST, DELETE... or PURGE last changed it (guarded by _lock)
         self._changed_at: OrderedDict[str, float] = OrderedDict()
         self.bytes = 0
@@ -129,14 +136,14 @@ class HttpCache:
     def select(self, key: str, request_headers: Headers) -> CacheEntry | None:
         """The newest stored response for `key` whose variant matches this request."""
         with self._lock:
-            variants = self._variants.get(key)
-            if not variants:
+            by_fields = self._variants.get(key)
+            if not by_fields:
                 return None
-            candidates = [
-                self._entries[(key, variant)]
-                for variant in variants
-                if not variant or self._entries[(key, variant)].matches(request_headers)
-            ]
+            candidates = []
+            for fields in by_fields:
+                entry = self._entries.get((key, variant_of(fields, request_headers)))
+                if entry is not None:
+                    candidates.append(entry)
             if not candidates:
                 return None
             newest = candidates[0]
@@ -183,7 +190,8 @@ class HttpCache:
             self._remove(next(iter(self._entries)))
             self.evictions += 1
         self._entries[(entry.key, entry.variant)] = entry
-        self._variants.setdefault(entry.key, set()).add(entry.variant)
+        by_fields = self._variants.setdefault(entry.key, {})
+        by_fields.setdefault(fields_of(entry.variant), set()).add(entry.variant)
         self.bytes += entry.size
 
     def invalidate(self, key: str, changed_at: float | None = None) -> int:
@@ -198,7 +206,8 @@ class HttpCache:
                 self._changed_at.move_to_end(key)
                 if len(self._changed_at) > INVALIDATION_MEMORY:
                     self._changed_at.popitem(last=False)
-            variants = list(self._variants.get(key, ()))
+            by_fields = self._variants.get(key, {})
+            variants = [variant for group in by_fields.values() for variant in group]
             for variant in variants:
                 self._remove((key, variant))
             return len(variants)
@@ -208,11 +217,14 @@ class HttpCache:
         if entry is None:
             return
         self.bytes -= entry.size
-        variants = self._variants.get(entry.key)
-        if variants is not None:
-            variants.discard(entry.variant)
-            if not variants:
-                del self._variants[entry.key]
+        by_fields = self._variants.get(entry.key, {})
+        fields = fields_of(entry.variant)
+        variants = by_fields.get(fields, set())
+        variants.discard(entry.variant)
+        if not variants:
+            by_fields.pop(fields, None)
+        if not by_fields:
+            self._variants.pop(entry.key, None)
 
     def __len__(self) -> int:
         with self._lock:

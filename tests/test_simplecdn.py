@@ -1277,6 +1277,30 @@ def test_cache_is_an_lru_under_its_byte_budget_for_any_sequence(operations):
         assert len(cache) == len(model)
 
 
+def test_a_lookup_reads_the_request_once_however_many_variants_are_stored(monkeypatch):
+    """A client can store thousands of variants of one URL (an odd Accept-Encoding each);
+    finding a request's variant must not walk them all, or every hit on that URL slows
+    down (5,000 variants took a hit from 0.7 ms to 22 ms on the edge, blocking its loop)."""
+    cache_module = load_module("SimpleCDN", "cdn_cache")
+    cache = cache_module.HttpCache(capacity=10**8, max_object_size=10**6)
+    for n in range(2000):
+        cache.store(make_entry(cache_module, "/page", 10, (("accept-encoding", f"x{n}"),)))
+    cache.store(make_entry(cache_module, "/page", 10, (("accept-encoding", "gzip"),)))
+    cache.store(make_entry(cache_module, "/plain", 10))
+    reads, real = [], cache_module.normalised_value
+    monkeypatch.setattr(
+        cache_module,
+        "normalised_value",
+        lambda headers, name: reads.append(name) or real(headers, name),
+    )
+    found = cache.select("/page", [("Accept-Encoding", "gzip")])
+    assert found is not None and found.variant == (("accept-encoding", "gzip"),)
+    assert reads == ["accept-encoding"]
+    assert cache.select("/page", [("Accept-Encoding", "br")]) is None
+    assert cache.select("/plain", [("Accept-Encoding", "br")]) is not None
+    assert cache.invalidate("/page") == 2001 and len(cache) == 1
+
+
 def test_cache_byte_accounting_survives_concurrent_writers():
     cache_module = load_module("SimpleCDN", "cdn_cache")
     cache = cache_module.HttpCache(capacity=50_000, max_object_size=5_000)
