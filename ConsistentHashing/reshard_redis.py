@@ -34,7 +34,7 @@ from pathlib import Path
 import redis
 import redis_shards
 from ConsistentHashRing import ConsistentHashRing
-from redis.cluster import RedisCluster
+from redis.cluster import PRIMARY, ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis_shards import LoadGenerator, LoadReport, ShardedStore
 from simulate_resharding import format_table
@@ -463,8 +463,30 @@ def cluster_leave(seed: int, leaving: int, slots: int | None) -> float:
     return seconds
 
 
+class ClusterClient(RedisCluster):
+    """redis-py's RedisCluster, able to follow an ASK to a master that holds no slot yet.
+
+    While the first slot moves to a new master, the old owner answers a key
+    that has already moved with `ASK <slot> <new master>`. redis-py 8.1 looks
+    that master up among the nodes CLUSTER SLOTS listed, where a master with
+    no slot is absent, and fails with "AttributeError: 'NoneType' object has
+    no attribute 'redis_connection'" (redis/redis-py#4015; the fix, #4214, was
+    still open). This client meets an unknown name by adding the node, as that
+    fix does. Used here for GET and SET only.
+    """
+
+    def get_node(self, host=None, port=None, node_name=None):
+        node = super().get_node(host, port, node_name)
+        if node is None and node_name and not (host or port):  # the ASK path asks by name
+            host, _, port = node_name.rpartition(":")
+            node = ClusterNode(host, int(port), PRIMARY)
+            with self.nodes_manager._lock:
+                node = self.nodes_manager.nodes_cache.setdefault(node.name, node)
+        return node
+
+
 def load_cluster(port: int, keys: list[str], value_bytes: int) -> None:
-    client = RedisCluster(host="127.0.0.1", port=port)
+    client = ClusterClient(host="127.0.0.1", port=port)
     try:
         for begin in range(0, len(keys), 1000):
             with client.pipeline() as pipe:
@@ -490,8 +512,8 @@ def run_cluster(
     load_cluster(seed, keys, args.value_bytes)
     say(f"loaded {args.keys:,} keys in {time.perf_counter() - started:.1f} s")
 
-    def connect() -> RedisCluster:
-        return RedisCluster(host="127.0.0.1", port=seed)
+    def connect() -> ClusterClient:
+        return ClusterClient(host="127.0.0.1", port=seed)
 
     load = LoadGenerator(connect, keys, args.value_bytes, args.workers, args.rate).start()
     window = LoadWindow(load)
