@@ -1332,6 +1332,43 @@ def test_a_batch_meeting_a_newer_write_and_then_a_full_target_loses_no_key(redis
     assert store.get(moving[0]) == b"written during the move"
 
 
+def test_a_move_cut_short_by_a_migrate_timeout_loses_nothing_and_finishes_when_run_again(
+    redis_server, monkeypatch
+):
+    # The target freezes mid-move: a MIGRATE times out after the target may
+    # already hold some of its keys (the source keeps its copies). Reads stay
+    # right, and running the move again finishes it with every key in one place.
+    monkeypatch.setattr(redis_shards, "MIGRATE_TIMEOUT_MS", 200)
+    monkeypatch.setattr(redis_shards, "SCAN_BATCH", 50)
+    a, target = redis_server().client(), redis_server()
+    b = target.client()
+    store = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": a})
+    redis_shards.load_keys(store, LIVE_KEYS[:600], VALUE_BYTES)
+    old_ring = store.begin_move(ConsistentHashRing(["a", "b"]), {"b": b})
+    steps = 0
+
+    def freeze_the_target_for_a_second(report):
+        nonlocal steps
+        steps += 1
+        if steps == 2:
+            target.pause()
+            threading.Timer(1.0, target.resume).start()
+
+    with pytest.raises(redis.ResponseError, match="IOERR"):
+        redis_shards.move_keys(store, old_ring, freeze_the_target_for_a_second)
+    store.set(LIVE_KEYS[7], b"written after the failed move")
+    assert [store.get(key) for key in LIVE_KEYS[:600]] == [
+        b"written after the failed move" if i == 7 else redis_shards.value_for(key, 0, VALUE_BYTES)
+        for i, key in enumerate(LIVE_KEYS[:600])
+    ]
+    redis_shards.move_keys(store, old_ring)
+    store.finish_move()
+    where = redis_shards.locations({"a": a, "b": b})
+    owners = zip(LIVE_KEYS[:600], store.ring.get_nodes(LIVE_KEYS[:600]), strict=True)
+    assert where == {key.encode(): [owner] for key, owner in owners}
+    assert store.get(LIVE_KEYS[7]) == b"written after the failed move"
+
+
 def test_a_read_mid_move_keeps_the_clients_it_began_with_when_the_move_finishes(redis_server):
     # A read of a missing key asks the new owner, then the old one. If the move
     # finishes in between, the departed node's client must still be there.
