@@ -94,6 +94,17 @@ def heading(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+def progress(text: str) -> None:
+    """One line on stderr that updates in place, on a terminal only (piped: nothing)."""
+    if sys.stderr.isatty():
+        print(f"\r   {text}".ljust(40), end="", file=sys.stderr, flush=True)
+
+
+def end_progress() -> None:
+    if sys.stderr.isatty():
+        print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -113,10 +124,10 @@ def interleaved_rates(
     that comes and goes hits them all alike; the median of the rounds is reported."""
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for number in range(rounds):
-        print(f"\r   round {number + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+        progress(f"round {number + 1}/{rounds}")
         for name, (lookup, keys) in contenders.items():
             rates[name].append(rate(lookup, keys))
-    print(file=sys.stderr)
+    end_progress()
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
@@ -253,13 +264,13 @@ def bench_batch(keys: list[str], rounds: int) -> tuple[float, list[str]]:
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     few = keys[: len(keys) // 10]  # rendezvous and jump: 1/10 of the keys
     for number in range(rounds):
-        print(f"\r   round {number + 1}/{rounds}", end="", file=sys.stderr, flush=True)
+        progress(f"round {number + 1}/{rounds}")
         for name, lookup in contenders.items():
             batch = keys if name.startswith(("ring", "Maglev")) else few
             started = time.perf_counter()
             lookup(batch)
             rates[name].append(len(batch) / (time.perf_counter() - started))
-    print(file=sys.stderr)
+    end_progress()
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(
         experiment.format_table(
@@ -384,7 +395,7 @@ def bench_balance(key_count: int, plot_dir: Path) -> tuple[dict[int, tuple], lis
     results: dict[int, tuple] = {}
     rows = []
     for vnodes in BALANCE_VNODES:
-        print(f"\r   {vnodes} virtual nodes ...", end="", file=sys.stderr, flush=True)
+        progress(f"{vnodes} virtual nodes ...")
         ring = ConsistentHashRing(names, vnodes=vnodes)
         ring_owners = ring.get_nodes(keys)
         bounded = BoundedLoadHashing(names, vnodes=vnodes)
@@ -401,7 +412,7 @@ def bench_balance(key_count: int, plot_dir: Path) -> tuple[dict[int, tuple], lis
                 f"{placing:.1f}",
             ]
         )
-    print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
+    end_progress()
     print(
         experiment.format_table(
             [

@@ -1445,6 +1445,20 @@ def test_a_move_begins_only_after_operations_under_the_old_ring_have_finished(re
     assert a.get(moving[0]) == b"old-ring write"  # it landed before any key moved
 
 
+def test_a_client_still_on_the_old_ring_loses_writes_and_resurrects_deletes(redis_server):
+    # Why the switch must reach every client before a key moves: a second
+    # client (another process, in real life) that missed it writes and deletes
+    # on the old owners. This is the failure the barrier exists to prevent.
+    a, b, store, grown, moving = two_servers_and_a_store(redis_server)
+    stale = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": a})
+    redis_shards.reshard(store, grown, {"b": b})
+    stale.set(moving[0], b"a write nobody will read")
+    stale.delete(moving[1])
+    assert store.get(moving[0]) == redis_shards.value_for(moving[0], 0, VALUE_BYTES)  # lost
+    assert store.get(moving[1]) is not None  # deleted, and still there
+    assert a.get(moving[0]) == b"a write nobody will read"  # stranded on the old owner
+
+
 def test_a_store_refuses_a_ring_with_nodes_it_has_no_server_for(redis_server):
     client = redis_server().client()
     with pytest.raises(ValueError, match=r"no Redis client for ring nodes \['b'\]"):
