@@ -241,12 +241,13 @@ ASCTIME_DATE = re.compile(
 )
 
 
-def parse_http_date(value: str | None, now: float | None = None) -> float | None:
+def parse_http_date(value: str | None, now: float) -> float | None:
     """Seconds since the epoch for an HTTP-date, or None if it is not one.
 
     All three formats a recipient must accept; names in any letter case
     (servers do send `THU` and `gMT`); anything else (`UTC`, two-digit years
     in the modern format, missing comma, dashes) is invalid rather than guessed.
+    `now` places the two-digit years of the obsolete RFC 850 format in a century.
     """
     if value is None:
         return None
@@ -256,7 +257,7 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
     elif match := RFC850_DATE.match(text):
         day, month, yy, hh, mm, ss = match.groups()
         # a two-digit year more than 50 years ahead is the century before (RFC 9110 5.6.7)
-        this_year = datetime.fromtimestamp(now, UTC).year if now else datetime.now(UTC).year
+        this_year = datetime.fromtimestamp(now, UTC).year
         year = str(this_year // 100 * 100 + int(yy))
         if int(year) > this_year + 50:
             year = str(int(year) - 100)
@@ -298,13 +299,13 @@ def freshness_lifetime(
     for name in ("s-maxage", "max-age"):
         if name in directives:
             return float(delta_seconds(directives[name]) or 0)
-    date = parse_http_date(get_first(headers, "date")) or response_time
+    date = parse_http_date(get_first(headers, "date"), response_time) or response_time
     expires_values = get_all(headers, "expires")
     if use_expires and expires_values:
-        expires = parse_http_date(expires_values[0])
+        expires = parse_http_date(expires_values[0], response_time)
         return max(0.0, expires - date) if expires is not None else 0.0
     if status in HEURISTICALLY_CACHEABLE or "public" in directives:
-        last_modified = parse_http_date(get_first(headers, "last-modified"))
+        last_modified = parse_http_date(get_first(headers, "last-modified"), response_time)
         if last_modified is not None and last_modified < date:
             return min((date - last_modified) * HEURISTIC_FRACTION, HEURISTIC_MAX_SECONDS)
     return 0.0
@@ -325,7 +326,7 @@ def corrected_initial_age(headers: Headers, request_time: float, response_time: 
     never negative) and what the caches upstream said (`Age`) plus the time
     the request spent in flight, which errs on the side of "older".
     """
-    date = parse_http_date(get_first(headers, "date"))
+    date = parse_http_date(get_first(headers, "date"), response_time)
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = response_time - request_time
     return max(apparent_age, age_value(headers) + response_delay)

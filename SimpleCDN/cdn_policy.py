@@ -295,12 +295,12 @@ def not_modified(request_headers: Headers, response_headers: Headers, received: 
             return False
         wanted = ENTITY_TAG.findall(if_none_match) or [t.strip() for t in if_none_match.split(",")]
         return any(_opaque(tag) == _opaque(etag) for tag in wanted)
-    since = parse_http_date(get_first(request_headers, "if-modified-since"))
+    since = parse_http_date(get_first(request_headers, "if-modified-since"), received)
     if since is None:
         return False
-    modified = parse_http_date(get_first(response_headers, "last-modified"))
+    modified = parse_http_date(get_first(response_headers, "last-modified"), received)
     if modified is None:
-        modified = parse_http_date(get_first(response_headers, "date")) or received
+        modified = parse_http_date(get_first(response_headers, "date"), received) or received
     return modified <= since
 
 
