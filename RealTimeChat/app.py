@@ -24,6 +24,7 @@ if __name__ == "__main__" and "--threading" not in sys.argv[1:]:
 import argparse
 import gc
 import logging
+import re
 import signal
 import socket
 import sqlite3
@@ -38,15 +39,19 @@ from chat_rules import (
     Flooding,
     Limiter,
     Rejected,
+    TokenBucket,
     check_history,
     check_join,
     check_message,
     check_typing,
 )
 from chat_store import HISTORY_LIMIT, PAGE_LIMIT, ChatStore, StoreError
+from engineio import exceptions as engineio_exceptions
+from engineio import packet as engineio_packet
 from flask import Flask, render_template, request
 from flask_socketio import SocketIO, emit, join_room, leave_room
 from itsdangerous import BadData, URLSafeTimedSerializer
+from socketio import packet as socketio_packet
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DB = HERE / "out" / "chat.db"  # git-ignored; pass --db to keep several apart
@@ -61,6 +66,11 @@ LOBBY_ROOMS = 50  # rooms the lobby lists, busiest first: it goes to every clien
 # The lobby's count, pushed at most twice a second, says how many are there.
 ANNOUNCE_UP_TO = 200
 MAX_PACKET_BYTES = 64 * 1024  # Engine.IO closes a connection that sends a bigger packet
+MAX_ATTACHMENTS = 4  # binary attachments one event may announce (the chat's events take none)
+STRAY_FRAMES = (1.0, 3)  # frames that do nothing: rate and burst a connection may send
+# A Socket.IO packet: its type digit, "<count>-" if it has binary attachments,
+# then its namespace if not "/" (and any "?query" after it).
+SOCKETIO_HEADER = re.compile(r"(?P<type>\d)(?:(?P<attachments>\d+)-)?(?P<namespace>/[^,?]*)?")
 PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence in 15-20 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
 STOP_TIMEOUT = 2.0  # s: open connections get this long to close at shutdown
@@ -417,7 +427,7 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     socketio.on("history")(chat.on_history)
     socketio.on("*")(chat.on_unknown)
     socketio.on_error_default(chat.on_error)
-    take_turns_and_close_on_unreadable_frames(socketio)
+    guard_every_frame(socketio)
     if app.config["REDIS"]:
         socketio.start_background_task(chat.keep_presence_alive, HEARTBEAT_INTERVAL)
     app.extensions["chat"] = chat
@@ -429,33 +439,88 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     return app, socketio
 
 
-def take_turns_and_close_on_unreadable_frames(socketio: SocketIO) -> None:
-    """Yield after each frame, and disconnect a client whose frame Socket.IO cannot handle.
+def guard_every_frame(socketio: SocketIO) -> None:
+    """Take turns after every frame, and close a client whose frames do nothing or cannot be read.
 
     Taking turns: one connection's frames are read and handled by one greenlet,
     which does not yield while its socket has data; a client that writes
-    20,000 events at once would hold the server until all were handled. Here
-    every connection yields after each frame, so one burst costs the others
-    at most one event's work per turn (README: "Fair service").
+    20,000 frames at once would hold the server until all were handled. Here
+    every connection yields after each Engine.IO packet, whatever its type,
+    so one burst costs the others at most one frame's work per turn
+    (README: "Fair service").
+
+    Stray frames: a conforming client sends events to the namespace it
+    connected, a pong per ping and a close. Anything else (an Engine.IO
+    ping, noop or upgrade, a pong nobody asked for, a connect while
+    connected, an event or ack for a namespace it never joined, an ack the
+    server never asked for) is dropped by the libraries without an answer,
+    so it never reaches the event buckets; each connection may send
+    STRAY_FRAMES of them, and is closed past that.
 
     Unreadable frames: events with the wrong arguments reach our handlers and
-    get an `error` event. A frame that is not Socket.IO at all (broken JSON, an unknown packet
-    type) never becomes an event, nor does an event named `*` (Flask-SocketIO
-    mistakes it for its catch-all's own call): python-socketio would log a
-    traceback, drop it and leave the connection open. There is no event to
-    answer, so we close the connection.
+    get an `error` event. A frame that is not Socket.IO at all (broken JSON,
+    an unknown packet type), an event named `*` (Flask-SocketIO mistakes it
+    for its catch-all's own call) and a binary event announcing more than
+    MAX_ATTACHMENTS attachments (python-socketio would keep every binary
+    frame until the count is reached) never become events: there is no event
+    to answer, so we close the connection.
     """
     engineio = socketio.server.eio
+    manager = socketio.server.manager
     read_frame = engineio.handlers["message"]  # python-socketio's decoder and dispatcher
+    open_session = engineio.handlers["connect"]
+
+    def close(eio_sid: str, why: str) -> None:
+        log.warning("closing %s: %s", eio_sid, why)
+        engineio.disconnect(eio_sid)
+
+    def is_stray(eio_sid: str, pkt: engineio_packet.Packet, ping_outstanding: bool) -> bool:
+        if pkt.packet_type in (engineio_packet.CLOSE, engineio_packet.MESSAGE):
+            return pkt.packet_type == engineio_packet.MESSAGE and is_stray_socketio(
+                eio_sid, pkt.data
+            )
+        return pkt.packet_type != engineio_packet.PONG or not ping_outstanding
+
+    def is_stray_socketio(eio_sid: str, data: object) -> bool:
+        header = SOCKETIO_HEADER.match(data) if isinstance(data, str) else None
+        if header is None:  # a binary attachment, or unreadable: python-socketio decides
+            return False
+        kind, namespace = int(header["type"]), header["namespace"] or "/"
+        connected = manager.sid_from_eio_sid(eio_sid, "/") is not None
+        if namespace != "/" or kind in (socketio_packet.ACK, socketio_packet.BINARY_ACK):
+            return True  # the chat serves "/" only, and never asks a client for an ack
+        return connected if kind == socketio_packet.CONNECT else not connected
+
+    def guard(eio_sid: str) -> None:
+        session = engineio.sockets[eio_sid]
+        receive = session.receive
+        strays = TokenBucket(*STRAY_FRAMES)
+
+        def receive_in_turn(pkt: engineio_packet.Packet) -> None:
+            if session.closed or session.closing:  # hung up on: skip what it had written
+                raise engineio_exceptions.SocketIsClosedError()
+            if not is_stray(eio_sid, pkt, session.last_ping is not None):
+                receive(pkt)
+            elif not strays.take():
+                close(eio_sid, f"kept sending frames that do nothing ({pkt.encode()[:40]!r})")
+            socketio.sleep(0)  # let every other connection have its turn
+
+        session.receive = receive_in_turn
+
+    def open_and_guard(eio_sid: str, environ: dict) -> object:
+        guard(eio_sid)
+        return open_session(eio_sid, environ)
 
     def read_or_close(eio_sid: str, data: object) -> None:
+        header = SOCKETIO_HEADER.match(data) if isinstance(data, str) else None
+        if header and int(header["attachments"] or 0) > MAX_ATTACHMENTS:
+            return close(eio_sid, f"a binary event with {header['attachments']} attachments")
         try:
             read_frame(eio_sid, data)
         except Exception as error:  # whatever the decoder tripped on, the frame is unusable
-            log.warning("closing %s: a frame it could not handle (%r)", eio_sid, error)
-            engineio.disconnect(eio_sid)
-        socketio.sleep(0)  # let every other connection have its turn
+            close(eio_sid, f"a frame it could not handle ({error!r})")
 
+    engineio.on("connect", open_and_guard)
     engineio.on("message", read_or_close)
 
 

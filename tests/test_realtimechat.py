@@ -30,6 +30,7 @@ import requests
 import socketio
 from conftest import ServerProcess, child_env, free_port, load_module, run_script, script_path
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
 
@@ -539,6 +540,7 @@ BAD_INPUTS = [
     ("message", {"text": ""}, "empty"),
     ("message", {"text": "   "}, "empty"),
     ("message", {"text": 7}, "wrong_type"),
+    ("message", {"text": b"bytes"}, "wrong_type"),  # a binary attachment: allowed, not text
     ("message", "just a string", "wrong_type"),
     ("message", ({"text": "a"}, "extra"), "wrong_type"),
     ("typing", {"typing": "yes"}, "wrong_type"),
@@ -619,17 +621,71 @@ def test_a_frame_that_is_not_socketio_closes_only_that_connection(chat, connect)
         "49",  # no such packet type
         "42" + "[" * 5000,
         '42["*",{"text":"hi"}]',  # Flask-SocketIO would take it for its catch-all's own call
+        # python-socketio would keep every binary frame that follows until a million came
+        '451000000-["message",{"text":{"_placeholder":true,"num":0}}]',
     ]
     for frame in unreadable:
+        closed = chat.text.count("closing ")
         with frames(chat.url) as garbler:
             garbler.call("join", {"room": room, "name": "garbler"})
             garbler.ws.send(frame)
+            # closed for this frame, not for missing a ping (which takes 15 s)
+            assert wait_for(lambda: chat.text.count("closing ") > closed), frame  # noqa: B023
             with pytest.raises(ConnectionClosed):  # Engine.IO's close packet, then the close
                 while True:
                     garbler.ws.recv(timeout=WAIT)
     alice.send("still fine")
     assert bob.wait_until(lambda: bob.texts() == ["still fine"])
     assert "closing" in chat.text and "Traceback" not in chat.text
+
+
+STRAY_FRAMES = {
+    # frames no conforming client sends, which the libraries drop without an answer
+    "Engine.IO ping": "2",
+    "Engine.IO noop": "6",
+    "Engine.IO upgrade": "5",
+    "a pong nobody asked for": "3",
+    "a connect while connected": "40",
+    "an event to another namespace": '42/admin,["rooms"]',
+    "an ack the server never asked for": '431["x"]',
+}
+
+
+def test_frames_that_do_nothing_are_hung_up_on_without_stalling_the_others(chat, connect):
+    room = new_room()
+    alice, bob = connect(chat), connect(chat)
+    alice.join(room, "alice")
+    bob.join(room, "bob")
+    quiet = max(quiet_ack_seconds(alice, f"quiet {n}") for n in range(3))
+    for hung_up, (kind, frame) in enumerate(STRAY_FRAMES.items(), 1):
+        with frames(chat.url) as stray:
+            # 200,000 at once: unlimited and unyielding, pings alone held the server 1.2 s
+            burst = Frame(Opcode.TEXT, frame.encode()).serialize(mask=True) * 200_000
+            writer = threading.Thread(target=write_until_closed, args=(stray.ws, burst))
+            writer.start()
+            assert quiet_ack_seconds(alice, kind) < max(1.0, 20 * quiet), kind
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    stray.ws.recv(timeout=WAIT)
+            writer.join(timeout=WAIT)
+        # closed for what it sent (not for missing a ping, which takes 15 s)
+        assert wait_for(lambda: chat.text.count("frames that do nothing") == hung_up), kind  # noqa: B023
+        time.sleep(1 / rules.MESSAGES_PER_SECOND)  # alice stays under her rate
+    assert bob.wait_until(lambda: len(bob.texts()) == 3 + len(STRAY_FRAMES))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def write_until_closed(ws: ClientConnection, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        ws.socket.sendall(data)
 
 
 def test_html_in_names_and_messages_is_stored_and_sent_unchanged(chat, connect):
