@@ -335,7 +335,11 @@ class ChatServer:
             self._lobby_pending = False
             if self._closed:
                 return
-            lobby = self.lobby()
+            try:
+                lobby = self.lobby()
+            except redis.RedisError as error:  # the next membership change sends one
+                log.warning("lobby update skipped: %s", error)
+                return
         self.socketio.emit("rooms", lobby)
 
     def keep_presence_alive(self, interval: float) -> None:

@@ -24,10 +24,13 @@ longer holds.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import redis
 from chat_rooms import Joined, Seat, taken
+
+log = logging.getLogger("realtimechat")
 
 HEARTBEAT_INTERVAL = 1.0  # s between a process's heartbeats (and its sweeps of the others)
 PROCESS_TTL = 3.0  # s: a process not heard from for this long is taken for dead
@@ -79,8 +82,11 @@ class RedisRooms:
         self.process = process
         self._claim = client.register_script(CLAIM)
         self._release = client.register_script(RELEASE)
-        self._lock = threading.Lock()  # guards _seats
+        self._lock = threading.Lock()  # guards _seats and _unreleased
         self._seats: dict[str, Seat] = {}  # sid -> seat, for this process's connections
+        # Seats left while Redis could not be reached: the next sweep releases them,
+        # or the name would stay held by a connection that is gone, for good.
+        self._unreleased: dict[str, Seat] = {}
         self.redis.set(self._alive(process), 1, px=int(PROCESS_TTL * 1000))
 
     def _alive(self, process: str) -> str:
@@ -121,8 +127,20 @@ class RedisRooms:
         return seat
 
     def _give_up(self, sid: str, seat: Seat) -> bool:
+        """Release `sid`'s name; False if someone else holds it now, or Redis is away (retried)."""
         keys = self._keys(seat.room, self.process)
-        name = self._release(keys=keys, args=[seat.room, seat.name.casefold(), "sid", sid])
+        try:
+            name = self._release(keys=keys, args=[seat.room, seat.name.casefold(), "sid", sid])
+        except redis.RedisError as error:
+            log.warning(
+                "releasing %r in %s failed (%s); the next sweep retries",
+                seat.name,
+                seat.room,
+                error,
+            )
+            with self._lock:
+                self._unreleased[sid] = seat
+            return False
         return name is not None
 
     def seat(self, sid: str) -> Seat | None:
@@ -156,12 +174,15 @@ class RedisRooms:
         self.redis.set(self._alive(self.process), 1, **lease)
         self._release_all(self.process)  # whatever no sweeper has released yet
         with self._lock:
-            dropped, self._seats = self._seats, {}
+            dropped, self._seats, self._unreleased = self._seats, {}, {}
         return dropped
 
     def sweep(self) -> list[Seat]:
-        """Release the names of processes whose lease expired; return them, to announce."""
-        released = []
+        """Release the names of processes whose lease expired, and the names this
+        process failed to release while Redis was away; return them, to announce."""
+        with self._lock:
+            unreleased, self._unreleased = self._unreleased, {}
+        released = [seat for sid, seat in unreleased.items() if self._give_up(sid, seat)]
         for member in self.redis.smembers(f"{PREFIX}:procs"):
             process = member.decode()
             if process != self.process and not self.redis.exists(self._alive(process)):

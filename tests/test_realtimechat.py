@@ -1118,6 +1118,24 @@ def test_a_process_paused_past_its_lease_lets_its_members_go_and_they_rejoin(
     assert "alice" in bob.join(room, "bob")["members"]
 
 
+def test_a_name_let_go_while_redis_is_away_is_released_once_it_is_back(
+    tmp_path, redis_server, start_server, connect
+):
+    shared = redis_server("--appendonly", "yes", "--appendfsync", "always")  # keeps its data
+    server = start_server(APP, "--db", str(tmp_path / "chat.db"), "--redis", shared.url)
+    room = new_room()
+    connect(server).join(room, "bob")
+    alice = connect(server)
+    alice.join(room, "alice")
+    shared.kill()  # a blip: Redis restarts with its data, within the lease
+    alice.close()  # her disconnect cannot release her name now...
+    assert server.wait_for_output("the next sweep retries"), server.text
+    shared.start()
+    # ...so the sweep does, once Redis is back (it was held for good)
+    stranger = connect(server)
+    assert wait_for(lambda: "name" in stranger.join(room, "alice")), server.text
+
+
 def presence_of(member: Member) -> list[tuple[str, bool]]:
     return [(p["name"], p["online"]) for p in member.events["presence"]]
 
