@@ -518,7 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         "--connections", type=int, default=32, help="wrk's open connections (default 32)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=2, help="wrk rounds per proxy and object; best counts"
+        "--rounds",
+        type=int,
+        default=3,
+        help="wrk rounds per proxy and object; best counts (default 3)",
     )
     args = parser.parse_args(argv)
     sizes = {
