@@ -4,7 +4,7 @@ The same questions as `chat_rooms.Rooms` answers in memory (who holds which
 name in which room, how many are in each room), answered from Redis so that
 every process gives the same answer:
 
-    chat:holders:<room>  hash   casefold name -> {"sid", "person", "name", "proc"}
+    chat:holders:<room>  hash   name_key(name) -> {"sid", "person", "name", "proc"}
     chat:lobby           zset   room -> members, for the lobby's busiest rooms
     chat:alive:<proc>    string a process's heartbeat; expires after PROCESS_TTL
     chat:procs           set    processes that hold names
@@ -29,6 +29,7 @@ import threading
 
 import redis
 from chat_rooms import Joined, Seat, taken
+from chat_rules import name_key
 
 log = logging.getLogger("realtimechat")
 
@@ -38,7 +39,7 @@ CRASH_BOUND = PROCESS_TTL + HEARTBEAT_INTERVAL  # s: a dead process's members ar
 PREFIX = "chat"
 
 # KEYS: holders:<room>, lobby, seats:<my proc>
-# ARGV: room, casefold name, holder JSON, sid, person
+# ARGV: room, name_key(name), holder JSON, sid, person
 CLAIM = """
 local current = redis.call('HGET', KEYS[1], ARGV[2])
 local ghost = ''
@@ -58,7 +59,7 @@ return {1, ghost}
 """
 
 # KEYS: holders:<room>, lobby, seats:<proc>
-# ARGV: room, casefold name, "sid" or "proc", the value it must have
+# ARGV: room, name_key(name), "sid" or "proc", the value it must have
 # Returns the name as typed if it was released, nil if someone else holds it now.
 RELEASE = """
 local current = redis.call('HGET', KEYS[1], ARGV[2])
@@ -100,7 +101,7 @@ class RedisRooms:
         holder = json.dumps({"sid": sid, "person": person, "name": name, "proc": self.process})
         won, ghost = self._claim(
             keys=self._keys(room, self.process),
-            args=[room, name.casefold(), holder, sid, person],
+            args=[room, name_key(name), holder, sid, person],
         )
         if not won:
             raise taken(room, name)
@@ -130,7 +131,7 @@ class RedisRooms:
         """Release `sid`'s name; False if someone else holds it now, or Redis is away (retried)."""
         keys = self._keys(seat.room, self.process)
         try:
-            name = self._release(keys=keys, args=[seat.room, seat.name.casefold(), "sid", sid])
+            name = self._release(keys=keys, args=[seat.room, name_key(seat.name), "sid", sid])
         except redis.RedisError as error:
             log.warning(
                 "releasing %r in %s failed (%s); the next sweep retries",
@@ -192,9 +193,9 @@ class RedisRooms:
     def _release_all(self, process: str) -> list[Seat]:
         released = []
         for entry in self.redis.smembers(f"{PREFIX}:seats:{process}"):
-            room, name_key = entry.decode().split("\n", 1)
+            room, key = entry.decode().split("\n", 1)
             keys = self._keys(room, process)
-            name = self._release(keys=keys, args=[room, name_key, "proc", process])
+            name = self._release(keys=keys, args=[room, key, "proc", process])
             if name is not None:  # another sweeper may have been first
                 released.append(Seat(room, name.decode()))
         if process != self.process and not self.redis.scard(f"{PREFIX}:seats:{process}"):

@@ -1,7 +1,8 @@
 """Who is in which room under which name, on one server process (README: "Presence").
 
 A connection sits in at most one room at a time, under a nickname unique in
-that room (compared case-insensitively). A name is held by a *person*: the
+that room (compared as `chat_rules.name_key` folds them: case, Unicode
+forms and lookalike letters aside). A name is held by a *person*: the
 random id a first join gives them, carried in their signed rejoin token. The
 same person joining from a new connection takes the name back at once, and
 the old connection (a half-open ghost, usually) is closed; anybody else is
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+from chat_rules import name_key
 
 
 class NameTaken(Exception):
@@ -33,7 +36,7 @@ class Holder:
 
     sid: str
     person: str
-    name: str  # as they typed it; the key is its casefold
+    name: str  # as they typed it; the key is its name_key
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Rooms:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # handlers for different clients may run concurrently
         self._seats: dict[str, Seat] = {}  # sid -> where it sits
-        self._holders: dict[str, dict[str, Holder]] = {}  # room -> {casefold name: holder}
+        self._holders: dict[str, dict[str, Holder]] = {}  # room -> {name_key: holder}
 
     def join(self, sid: str, room: str, name: str, person: str) -> Joined:
         """Seat `sid` in `room` as `name`, leaving its previous seat.
@@ -65,7 +68,7 @@ class Rooms:
         another connection, that connection loses it and is returned as the ghost.
         """
         with self._lock:
-            holder = self._holders.get(room, {}).get(name.casefold())
+            holder = self._holders.get(room, {}).get(name_key(name))
             ghost = None
             if holder is not None and holder.sid != sid:
                 if holder.person != person:
@@ -78,7 +81,7 @@ class Rooms:
             if old is not None:
                 self._release(sid, old)
             self._seats[sid] = seat
-            self._holders.setdefault(room, {})[name.casefold()] = Holder(sid, person, name)
+            self._holders.setdefault(room, {})[name_key(name)] = Holder(sid, person, name)
             return Joined(old, ghost)
 
     def leave(self, sid: str) -> Seat | None:
@@ -91,9 +94,9 @@ class Rooms:
 
     def _release(self, sid: str, seat: Seat) -> None:
         holders = self._holders.get(seat.room, {})
-        holder = holders.get(seat.name.casefold())
+        holder = holders.get(name_key(seat.name))
         if holder is not None and holder.sid == sid:
-            del holders[seat.name.casefold()]
+            del holders[name_key(seat.name)]
             if not holders:
                 del self._holders[seat.room]  # an empty room costs nothing
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 
 MAX_MESSAGE_CHARS = 2_000  # longer messages are refused, not cut
@@ -37,6 +38,36 @@ LIMITS = {
 MESSAGES_PER_SECOND, MESSAGE_BURST = LIMITS["message"]
 PATIENCE = (1.0, 20)  # refusals a connection may collect: burst 20, forgiven at 1/s
 PERSON_BUCKETS_KEPT = 10_000  # above this, buckets idle long enough to be full are dropped
+
+
+# Letters of other scripts drawn like Latin ones (after casefolding): a name
+# spelled with them looks the same as the Latin name, so it is the same name.
+# The Cyrillic and Greek rows of Unicode's confusables (UTS #39) that matter
+# for Latin names; a real chat would use the whole table.
+LOOKALIKES = str.maketrans(
+    "аеіјорсухѕһԁԛԝӏαοριυνχκ",  # Cyrillic, then Greek
+    "aeijopcyxshdqwlaopiuvxk",
+)
+# Characters that take no space on screen yet pass str.isprintable: the
+# Hangul fillers, the Braille blank, the combining grapheme joiner, the
+# Khmer inherent vowels and the variation selectors. ("alice" and
+# "alice" + U+3164 would look alike; zero-width spaces and joiners are
+# format characters, which isprintable already refuses.)
+INVISIBLE = re.compile(
+    "[\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5\u180b-\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]"
+)
+
+
+def name_key(name: str) -> str:
+    """What makes two names the same name: case, Unicode forms and lookalike letters aside.
+
+    NFKC casefolding (Unicode's identifier caseless match) makes "Alice",
+    "ALICE", "ａｌｉｃｅ" (fullwidth) and "alice" one name, and "josé" typed
+    as one code point or as e + a combining accent one name; LOOKALIKES
+    then folds the Cyrillic "а" in "аlice" to the Latin one.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return folded.translate(LOOKALIKES)
 
 
 class Rejected(Exception):
@@ -112,10 +143,11 @@ def check_join(payload: object) -> tuple[str, str, int, str | None]:
     """
     data = _payload(payload, "join", '{"room": "general", "name": "alice"}')
     room = _room(data, "join")
-    name = _string(data, "name", "join").strip()
-    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+    name = unicodedata.normalize("NFC", _string(data, "name", "join")).strip()
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable() or INVISIBLE.search(name):
         raise Rejected(
-            "bad_name", f"a name is 1-{MAX_NAME_CHARS} printable characters, without newlines"
+            "bad_name",
+            f"a name is 1-{MAX_NAME_CHARS} visible characters, without newlines or invisible ones",
         )
     token = _optional_string(data, "token", "join", MAX_TOKEN_CHARS)
     return room, name, _after_id(data, "join"), token
@@ -240,7 +272,7 @@ class Limiter:
     def _person_bucket(self, person: tuple[str, str], event: str) -> TokenBucket:
         kind = event if event in self.limits else "other"
         room, name = person
-        return self._bucket(self._people, (room, name.casefold(), kind), self.limits[kind])
+        return self._bucket(self._people, (room, name_key(name), kind), self.limits[kind])
 
     def _take(self, sid: str, event: str, bucket: TokenBucket, peek: bool = False) -> None:
         if bucket.take(peek):

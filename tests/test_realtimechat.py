@@ -254,6 +254,9 @@ def test_check_message_accepts_the_limit_and_keeps_html_as_is():
         ({"room": "r", "name": ""}, "bad_name"),
         ({"room": "r", "name": "n" * 25}, "bad_name"),
         ({"room": "r", "name": "two\nlines"}, "bad_name"),
+        ({"room": "r", "name": "al\u200bice"}, "bad_name"),  # a zero-width space
+        ({"room": "r", "name": "alice\u3164"}, "bad_name"),  # a Hangul filler: printable, blank
+        ({"room": "r", "name": "\u2800"}, "bad_name"),  # the Braille blank
         ({"room": "r", "name": "a", "after_id": "7"}, "wrong_type"),
         ({"room": "r", "name": "a", "after_id": True}, "wrong_type"),
         ({"room": "r", "name": "a", "after_id": 2**63}, "wrong_type"),  # beyond SQLite's ids
@@ -332,6 +335,33 @@ def test_rooms_keep_names_unique_per_room_and_move_a_member_between_rooms():
     assert rooms.members("b") == ["alice", "alice2"]
     assert rooms.leave("s1") == rooms_module.Seat("b", "alice2")
     assert rooms.leave("s1") is None
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    [
+        "Alice",
+        "ALICE",
+        "\uff41\uff4c\uff49\uff43\uff45",  # fullwidth letters
+        "\u0430lice",  # a Cyrillic a
+        "\u0391LICE",  # a Greek capital alpha
+    ],
+)
+def test_a_name_that_looks_the_same_is_the_same_name(lookalike):
+    rooms = rooms_module.Rooms()
+    rooms.join("s1", "r", "alice", "p1")
+    with pytest.raises(rooms_module.NameTaken):
+        rooms.join("s2", "r", lookalike, "p2")
+    assert rules.name_key(lookalike) == rules.name_key("alice")
+
+
+def test_a_name_is_stored_in_one_unicode_form():
+    composed, decomposed = "jos\u00e9", "jose\u0301"  # one code point, or e + an accent
+    assert rules.check_join({"room": "r", "name": decomposed})[1] == composed
+    rooms = rooms_module.Rooms()
+    rooms.join("s1", "r", composed, "p1")
+    with pytest.raises(rooms_module.NameTaken):
+        rooms.join("s2", "r", decomposed, "p2")
 
 
 def test_the_same_person_takes_a_name_back_from_their_ghost_and_nobody_else_can():
@@ -1045,6 +1075,7 @@ def test_two_processes_behind_redis_are_one_chat(tmp_path, redis_server, start_s
 
     # A name taken on one process is refused on the other, in any spelling.
     assert connect(west).join(room, "ALICE")["code"] == "name_taken"
+    assert connect(west).join(room, "\u0430lice")["code"] == "name_taken"  # a Cyrillic a
     # Claims racing on both processes at once: exactly one wins.
     racers = [connect(east if n % 2 else west) for n in range(8)]
     barrier = threading.Barrier(len(racers))
