@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_size,
         default=None,
         help="largest response the cache stores; larger ones stream through, still coalesced "
-        "(default 8MB, or the cache size)",
+        "(default 8MB, or the cache size or in-flight budget if smaller)",
     )
     add(
         "--max-inflight-bytes",
@@ -694,12 +694,20 @@ def config_from_args(argv: list[str] | None = None) -> tuple[argparse.Namespace,
     )
     if not all(0 < seconds <= MAX_TIMEOUT for seconds in timeouts):  # also refuses nan
         parser.error(f"timeouts must be positive, at most {MAX_TIMEOUT:g} seconds")
-    if args.max_object_size is None:
-        args.max_object_size = min(DEFAULT_MAX_OBJECT_SIZE, args.cache_size)
-    if args.max_object_size > args.cache_size:
-        parser.error("--max-object-size cannot exceed --cache-size")
     if args.max_inflight_bytes < 64 * 1024:
         parser.error("--max-inflight-bytes must be at least 64KB")
+    # A body being stored is held in flight until the last byte is in: one larger
+    # than the in-flight budget could never be stored.
+    if args.max_object_size is None:
+        limits = (DEFAULT_MAX_OBJECT_SIZE, args.cache_size, args.max_inflight_bytes)
+        args.max_object_size = min(limits)
+    if args.max_object_size > args.cache_size:
+        parser.error("--max-object-size cannot exceed --cache-size")
+    if args.max_object_size > args.max_inflight_bytes:
+        parser.error(
+            "--max-object-size cannot exceed --max-inflight-bytes "
+            "(a body being stored is held in flight until it is whole)"
+        )
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
         parser.error("--name may use letters, digits, '.', '_' and '-' only")
     config = EdgeConfig(

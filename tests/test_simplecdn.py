@@ -1201,6 +1201,7 @@ def test_origin_answers_nonsense_parameters_with_400_and_keeps_serving(origin, m
         (EDGE, ["--send-timeout", "0"]),
         (EDGE, ["--body-timeout", "inf"]),
         (EDGE, ["--max-inflight-bytes", "1KB"]),
+        (EDGE, ["--max-inflight-bytes", "1MB", "--max-object-size", "2MB"]),
         ("SimpleCDN/bench.py", ["--rounds", "0"]),
         ("SimpleCDN/bench.py", ["--seconds", "nan"]),
         ("SimpleCDN/bench.py", ["--clients", "100000"]),
