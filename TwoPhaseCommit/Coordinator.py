@@ -341,7 +341,10 @@ class Coordinator:
             if result.get("status") == 409:
                 # It aborted the transaction on an operator's word (a heuristic
                 # decision) and cannot commit it now: resending will not help.
-                print(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {result['error']}")
+                print(
+                    f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {result['error']}",
+                    flush=True,
+                )
             acknowledged.append(result.get("status") in (200, 409))
         return acknowledged
 

@@ -20,12 +20,13 @@ import twopc_disk
 import twopc_participant
 from flask import abort, jsonify
 from twopc_node import (
-    MAX_TEXT,
     OUT_DIR,
     DurableStore,
     add_server_args,
     check_server_args,
+    is_text,
     json_object,
+    text_error,
 )
 from twopc_participant import Participant, Refused
 
@@ -54,8 +55,8 @@ class Riders:
 
     def reserve(self, db: apsw.Connection, txid: str, order: dict) -> dict:
         address = order.get("address")
-        if not isinstance(address, str) or not 0 < len(address.strip()) <= MAX_TEXT:
-            raise Refused(f"address must be a non-empty string of at most {MAX_TEXT} characters")
+        if not is_text(address):
+            raise Refused(text_error("address"))
         rider = db.execute(
             "SELECT id, name FROM riders WHERE status = 'free' ORDER BY id LIMIT 1"
         ).fetchone()

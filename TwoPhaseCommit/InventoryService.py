@@ -156,7 +156,9 @@ def serve_on_postgres(args: argparse.Namespace, stock: dict[str, int]) -> int:
     participant = inventory_postgres.PostgresParticipant(
         Stock(), store, faults, Messenger(faults.messages), args.in_doubt_after, args.ask_max
     )
-    twopc_participant.run(participant, create_app(participant), args.host, args.port)
+    app = create_app(participant)
+    inventory_postgres.answer_503_while_down(app)
+    twopc_participant.run(participant, app, args.host, args.port)
     return 0
 
 

@@ -31,12 +31,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from flask import Flask, jsonify, request
 from psycopg import sql
 from psycopg.rows import dict_row
 from twopc_node import StoreError, order_and_attempt
 from twopc_participant import (
     ABORTED,
     COMMITTED,
+    HEURISTIC,
     PREPARED,
     Participant,
     ProtocolConflict,
@@ -45,7 +47,7 @@ from twopc_participant import (
     refuse_unless_superseded,
 )
 
-MAX_GID = 200  # PostgreSQL's limit on a prepared transaction's name
+MAX_GID = 199  # bytes in a prepared transaction's name: PostgreSQL's GIDSIZE (200) less its NUL
 LOCK_TIMEOUT_MS = 1500  # a prepare waits this long for an item another one holds, then votes no
 MAX_CONNECTIONS = 20  # to PostgreSQL, from this service
 
@@ -184,7 +186,7 @@ class PostgresParticipant(Participant):
                 known = self.transaction(txid)
                 if known is not None:
                     return self._same_vote_again(known, coordinator_log)
-                if len(gid) > MAX_GID:
+                if len(gid.encode()) > MAX_GID:
                     raise Refused("coordinator URL too long for a prepared transaction's name")
                 self._check_earlier_attempts_pg(txid, coordinator_log)
                 if self.faults.vote_no:
@@ -258,7 +260,7 @@ class PostgresParticipant(Participant):
             raise KeyError(f"no transaction {txid}")
         if known["state"] != PREPARED:
             raise ProtocolConflict(f"transaction {txid} is {known['state']}, not in doubt")
-        how = f"heuristic {decision} by an operator"
+        how = HEURISTIC.format(decision)
         return self._decide(txid, decision, how, "", forced=True)
 
     def _decide(
@@ -302,9 +304,9 @@ class PostgresParticipant(Participant):
                         "UPDATE transactions SET resolved_by = %s, updated_at = %s WHERE txid = %s",
                         (resolved_by, time.time(), txid),
                     )
-                else:
-                    log = gid.split("|")[1]
-                    insert(conn, txid, ABORTED, "", "", log, resolved_by)
+                else:  # the row went with the rollback: write it again, outside
+                    _, log, coordinator = gid.split("|", 2)
+                    insert(conn, txid, ABORTED, "", coordinator, log, resolved_by)
         self.doubts.pop(txid, None)
 
     def _gid(self, txid: str) -> str | None:
@@ -366,6 +368,28 @@ class PostgresParticipant(Participant):
 
     def _note_doubt(self, tx: dict, why: str) -> None:
         self.doubts[tx["txid"]] = why
+
+    def _set_resolved_by(self, txid: str, was: str, now: str) -> None:
+        with self.store.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = off")  # lost: it is asked for again
+            conn.execute(
+                "UPDATE transactions SET resolved_by = %s WHERE txid = %s AND resolved_by = %s",
+                (now, txid, was),
+            )
+
+
+def answer_503_while_down(app: Flask) -> None:
+    """PostgreSQL down or restarting: a one-line 503 per request, not a 500 and a traceback.
+
+    The coordinator counts it as no vote (phase 1) or no acknowledgement
+    (phase 2, resent later); nothing was decided here, so nothing is lost.
+    """
+
+    @app.errorhandler(psycopg.OperationalError)
+    def unavailable(err: psycopg.OperationalError):
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"PostgreSQL unavailable ({request.method} {request.path}): {why}", flush=True)
+        return jsonify(error=f"PostgreSQL is unavailable: {why}"), 503
 
 
 def insert(

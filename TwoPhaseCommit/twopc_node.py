@@ -524,10 +524,32 @@ def new_app(name: str, store: Any, messenger: Messenger, faults: Faults) -> Flas
 
 def json_object() -> dict[str, Any]:
     """The request body as a JSON object, or a 400 that says what is wrong."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # [[[[...]]]]: 16 KB of brackets nests deeper than json will go
+        abort(400, "the JSON body nests too deeply")
     if not isinstance(body, dict):
         abort(400, "the body must be a JSON object (Content-Type: application/json)")
     return body
+
+
+def text_error(field: str) -> str:
+    return f"{field} must be a non-empty string of at most {MAX_TEXT} characters (UTF-8, no NUL)"
+
+
+def is_text(value: Any) -> bool:
+    """A non-blank string of at most MAX_TEXT characters that every store can keep.
+
+    No NUL (PostgreSQL's text refuses it) and no lone surrogate such as the
+    JSON escape "\\ud800" (not UTF-8: SQLite and PostgreSQL both refuse it).
+    """
+    if not isinstance(value, str) or not 0 < len(value.strip()) <= MAX_TEXT or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_txid(txid: Any) -> str:
@@ -566,14 +588,14 @@ def check_order(body: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         abort(400, f"unknown field {unknown[0]!r}")
     item, quantity, address = body["item"], body["quantity"], body["address"]
-    if not isinstance(item, str) or not 0 < len(item.strip()) <= MAX_TEXT:
-        abort(400, f"item must be a non-empty string of at most {MAX_TEXT} characters")
+    if not is_text(item):
+        abort(400, text_error("item"))
     if isinstance(quantity, bool) or not isinstance(quantity, int):
         abort(400, "quantity must be a whole number")
     if not 1 <= quantity <= MAX_QUANTITY:
         abort(400, f"quantity must be 1..{MAX_QUANTITY}, got {quantity}")
-    if not isinstance(address, str) or not 0 < len(address.strip()) <= MAX_TEXT:
-        abort(400, f"address must be a non-empty string of at most {MAX_TEXT} characters")
+    if not is_text(address):
+        abort(400, text_error("address"))
     return {"item": item, "quantity": quantity, "address": address}
 
 

@@ -30,6 +30,7 @@ from flask import Flask, abort, jsonify, request
 from twopc_node import (
     MAX_DELAY_MS,
     MAX_QUANTITY,
+    MAX_TEXT,
     DurableStore,
     Faults,
     Messenger,
@@ -39,17 +40,23 @@ from twopc_node import (
     check_seconds,
     check_txid,
     crash_now,
+    is_text,
     json_object,
     new_app,
     order_and_attempt,
     serve_until_signalled,
+    text_error,
 )
 
 PREPARED, COMMITTED, ABORTED = "PREPARED", "COMMITTED", "ABORTED"
 CRASH_POINTS = ("before-vote", "after-vote")
 ASK_TIMEOUT = 2.0  # s for one GET /decisions to the coordinator
 LOG_ID_PATTERN = re.compile(r"[A-Za-z0-9]{1,64}")
+# Where to ask when in doubt: kept in the row (and in PostgreSQL's gid), so plain ASCII.
+URL_PATTERN = re.compile(rf"https?://[!-~]{{1,{MAX_TEXT - len('https://')}}}")
 MAX_BATCH = 1000  # txids in one phase-2 message
+# resolved_by of a decision made by hand, until the coordinator's own decision is known
+HEURISTIC = "heuristic {} by an operator"
 
 TRANSACTIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -220,8 +227,10 @@ class Participant:
     def decide_by_hand(self, txid: str, decision: str) -> dict:
         """An operator ends a doubt the coordinator cannot (a heuristic decision, as in XA).
 
-        Forced, and marked as heuristic: if the real decision ever arrives and
-        differs, the participant refuses it (409) and the damage is visible.
+        Forced, and marked as heuristic. It does not end the asking: the
+        resolver keeps asking the coordinator for its decision and, when it
+        comes, records whether it agrees or is HEURISTIC DAMAGE (a phase-2
+        message that contradicts it is refused with 409 as well).
         """
         with self.store.transaction() as db:
             row = self._row(db, txid)
@@ -229,7 +238,7 @@ class Participant:
                 raise KeyError(f"no transaction {txid}")
             if row["state"] != PREPARED:
                 raise ProtocolConflict(f"transaction {txid} is {row['state']}, not in doubt")
-            how = f"heuristic {decision} by an operator"
+            how = HEURISTIC.format(decision)
             if decision == "commit":
                 self.resource.make_permanent(db, txid, json.loads(row["detail"]))
                 self._set_state(db, txid, COMMITTED, how)
@@ -267,9 +276,17 @@ class Participant:
 
     def in_doubt(self) -> list[dict]:
         return self.store.read(
-            "SELECT txid, coordinator, coordinator_log, updated_at, doubt FROM transactions "
-            "WHERE state = ? ORDER BY txid",
+            "SELECT txid, state, coordinator, coordinator_log, updated_at, doubt "
+            "FROM transactions WHERE state = ? ORDER BY txid",
             (PREPARED,),
+        )
+
+    def decided_by_hand(self) -> list[dict]:
+        """Heuristic decisions not yet compared with the coordinator's (XA keeps these
+        until the transaction manager has heard of them: xa_recover, xa_forget)."""
+        return self.store.read(
+            "SELECT * FROM transactions WHERE resolved_by IN (?, ?) ORDER BY txid",
+            (HEURISTIC.format("commit"), HEURISTIC.format("abort")),
         )
 
     def resolve_in_doubt_forever(self, stop: threading.Event) -> None:
@@ -286,7 +303,7 @@ class Participant:
         while not stop.wait(min(self.in_doubt_after, 0.5) / 2):
             now = time.time()
             try:
-                doubtful = self.in_doubt()
+                doubtful = self.in_doubt() + self.decided_by_hand()
             except Exception as err:  # the database is restarting (PostgreSQL): next round
                 print(f"cannot list the in-doubt transactions: {err!r}", flush=True)
                 continue
@@ -312,9 +329,12 @@ class Participant:
         try:
             status, answer = self.messenger.call("GET", url, ASK_TIMEOUT)
         except Unreachable as err:
-            self._note_doubt(tx, f"waiting for the coordinator, which does not answer ({err})")
+            if tx["state"] == PREPARED:
+                self._note_doubt(tx, f"waiting for the coordinator, which does not answer ({err})")
             return False
         decision = answer.get("decision") if status == 200 else None
+        if tx["state"] != PREPARED:
+            return self._compare_with_hand(tx, decision)
         try:
             if decision == "commit":
                 self.commit(txid, "asked the coordinator")
@@ -333,6 +353,30 @@ class Participant:
         except ProtocolConflict:
             pass  # phase 2 got here first with the same decision
         return True
+
+    def _compare_with_hand(self, tx: dict, decision: str | None) -> bool:
+        """A decision made by hand meets the coordinator's: record agreement, or the damage."""
+        if decision not in ("commit", "abort"):
+            return False  # pending, unknown (another log: only the operator knows) or no answer
+        by_hand = "commit" if tx["state"] == COMMITTED else "abort"
+        if decision == by_hand:
+            outcome = f"{tx['resolved_by']}; the coordinator decided the same"
+        else:
+            outcome = f"{tx['resolved_by']}; HEURISTIC DAMAGE: the coordinator decided {decision}"
+            print(
+                f"HEURISTIC DAMAGE: {tx['txid']} was {tx['state']} by an operator, "
+                f"but the coordinator decided {decision}",
+                flush=True,
+            )
+        self._set_resolved_by(tx["txid"], tx["resolved_by"], outcome)
+        return True
+
+    def _set_resolved_by(self, txid: str, was: str, now: str) -> None:
+        with self.store.transaction(forced=False) as db:  # lost: it is asked for again
+            db.execute(
+                "UPDATE transactions SET resolved_by = ? WHERE txid = ? AND resolved_by = ?",
+                (now, txid, was),
+            )
 
     def _note_doubt(self, tx: dict, why: str) -> None:
         if tx["doubt"] != why:  # informational, so not forced, and written only when it changes
@@ -390,8 +434,8 @@ def item_and_quantity(order: dict) -> tuple[str, int]:
     """What a prepare for food must name, checked again here: the coordinator is not
     the only one who may call (a participant trusts no caller with its stock)."""
     item, quantity = order.get("item"), order.get("quantity")
-    if not isinstance(item, str):
-        raise Refused(f"item must be a string, got {item!r}")
+    if not is_text(item):
+        raise Refused(text_error("item"))
     if isinstance(quantity, bool) or not isinstance(quantity, int):
         raise Refused(f"quantity must be a whole number, got {quantity!r}")
     if not 1 <= quantity <= MAX_QUANTITY:
@@ -430,8 +474,12 @@ def create_app(participant: Participant) -> Flask:
         coordinator_log = check_log_id(body.get("coordinator_log"))
         if not isinstance(order, dict):
             abort(400, "order must be a JSON object")
-        if not isinstance(coordinator, str) or not coordinator.startswith("http"):
-            abort(400, "coordinator must be the coordinator's http:// URL")
+        if not isinstance(coordinator, str) or not URL_PATTERN.fullmatch(coordinator):
+            abort(
+                400,
+                f"coordinator must be the coordinator's http:// URL "
+                f"(printable ASCII, at most {MAX_TEXT} characters)",
+            )
         yes, reason = participant.prepare(txid, order, coordinator, coordinator_log)
         reply = jsonify(txid=txid, vote="yes" if yes else "no", reason=reason)
         if yes and participant.faults.crash_at == "after-vote":

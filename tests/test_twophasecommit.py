@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import ROOT, ServerProcess, run_script
+from conftest import (
+    ROOT,
+    PostgresInstance,
+    ServerProcess,
+    free_port,
+    give_to_unprivileged,
+    remove_unprivileged_dir,
+    run_script,
+    start_engine,
+    unprivileged_dir,
+)
 
 INVENTORY = "TwoPhaseCommit/InventoryService.py"
 DELIVERY = "TwoPhaseCommit/DeliveryService.py"
@@ -62,6 +73,7 @@ class Shop:
         self.coordinator_args = coordinator_args  # after FAST_COORDINATOR, so they win
         self.participant_args = participant_args
         self.initial = {item: int(n) for item, n in (part.split("=") for part in stock.split(","))}
+        self.on_postgres = inventory_dsn is not None
         # Inventory on PostgreSQL (inventory_dsn) or, by default, on SQLite.
         store = ("--store", "postgres", "--dsn", inventory_dsn) if inventory_dsn else None
         self.args = {
@@ -337,12 +349,12 @@ def test_a_participant_that_does_not_answer_in_time_counts_as_no(shop):
 # -- the participant's promises, spoken to directly --------------------------------------
 
 
-def prepare(shop: Shop, name: str, txid: str, **order: object) -> dict:
+def prepare(shop: Shop, name: str, txid: str, coordinator: str = "", **order: object) -> dict:
     order = {"item": "burger", "quantity": 1, "address": "1 Main St", **order}
     body = {
         "txid": txid,
         "order": order,
-        "coordinator": shop.url("coordinator"),
+        "coordinator": coordinator or shop.url("coordinator"),
         "coordinator_log": shop.log_id,
     }
     reply = shop.post(name, "/prepare", body)
@@ -412,7 +424,7 @@ def test_a_prepared_reservation_is_invisible_to_other_orders(shop):
         ({"quantity": 10**9}, "quantity must be 1..100"),
         ({"quantity": "2"}, "quantity must be a whole number"),
         ({"item": "caviar"}, "unknown item 'caviar'"),
-        ({"item": ["pizza"]}, "item must be a string"),
+        ({"item": ["pizza"]}, "item must be a non-empty string"),
     ],
 )
 def test_a_bad_prepare_votes_no_with_a_reason(shop, order, reason):
@@ -840,20 +852,92 @@ def test_the_old_log_refuses_to_be_overruled_by_a_new_one(shop_factory, tmp_path
     assert shop.stock_of("pizza")["reserved"] == 1
 
 
+@pytest.mark.parametrize(
+    ("store", "point", "by_hand", "decided"),
+    [
+        ("sqlite", "after-decision", "abort", "commit"),
+        ("sqlite", "before-decision", "commit", "abort"),
+        ("postgres", "before-decision", "commit", "abort"),
+        ("postgres", "before-decision", "abort", "abort"),
+    ],
+    ids=["aborted-by-hand", "committed-by-hand", "committed-by-hand-pg", "agreed-pg"],
+)
+def test_a_decision_by_hand_is_checked_against_the_coordinators_when_it_comes(
+    request, shop_factory, store, point, by_hand, decided
+):
+    dsn = request.getfixturevalue("fresh_database") if store == "postgres" else None
+    shop = shop_factory(inventory_dsn=dsn)
+    txid = crash_the_coordinator_mid_order(shop, point, 1)
+    # The coordinator is down and inventory in doubt: an impatient operator decides by hand.
+    resolved = shop.post("inventory", "/admin/resolve", {"txid": txid, "decision": by_hand})
+    assert resolved.status_code == 200, resolved.text
+    back = shop.restart("coordinator")
+    # Delivery gets the real decision; inventory keeps asking for it and records the comparison.
+    final = {"commit": "COMMITTED", "abort": "ABORTED"}[decided]
+    assert shop.wait_for_state("delivery", txid, final) == final
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while (row := shop.transactions("inventory")[txid])["resolved_by"] == resolved.json()[
+        "resolved_by"
+    ]:
+        assert time.monotonic() < deadline, row
+        time.sleep(0.05)
+    if by_hand == decided:
+        assert (
+            row["resolved_by"]
+            == f"heuristic {by_hand} by an operator; the coordinator decided the same"
+        )
+        assert shop.atomicity_violations() == []
+        return
+    assert row["resolved_by"] == (
+        f"heuristic {by_hand} by an operator; HEURISTIC DAMAGE: the coordinator decided {decided}"
+    )
+    assert shop.procs["inventory"].wait_for_output(f"HEURISTIC DAMAGE: {txid}")
+    if decided == "commit":  # phase 2's commit reached inventory too, and was refused
+        assert back.wait_for_output("HEURISTIC DAMAGE: inventory refused commit", SETTLE_TIMEOUT)
+    assert f"{txid} half done" in " ".join(shop.atomicity_violations())  # the damage, visible
+
+
 # -- the same participant on PostgreSQL ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_postgres(tmp_path_factory, postgres_template) -> PostgresInstance:
+    """One PostgreSQL 15 for the tests that need only a database of their own (fresh_database);
+    a test that crashes PostgreSQL takes conftest's postgres_server, all to itself."""
+    root = tmp_path_factory.mktemp("shared-postgres")
+    links = []
+
+    def make() -> PostgresInstance:  # called again on a new port if the first was taken
+        port = free_port()
+        links.append(root / f"postgres-{port}")
+        home, as_user = unprivileged_dir(links[-1])
+        shutil.copytree(postgres_template, home / "data", symlinks=True)
+        give_to_unprivileged(home)
+        return PostgresInstance(home / "data", port, as_user)
+
+    instance = start_engine(make)
+    yield instance
+    instance.stop()
+    for link in links:
+        remove_unprivileged_dir(link)
+
+
+@pytest.fixture
+def fresh_database(shared_postgres) -> str:
+    """The DSN of a new, empty database on the shared cluster."""
+    name = "shop_" + uuid.uuid4().hex[:12]
+    with shared_postgres.connect(autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return shared_postgres.dsn.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def either_store(request, shop_factory) -> Shop:
     """A shop whose inventory keeps its stock in SQLite, or (second run) in PostgreSQL."""
-    if request.param == "postgres":
-        postgres = request.getfixturevalue("postgres_server")
-        return shop_factory(
-            stock="pizza=10,burger=10",
-            inventory_dsn=postgres.dsn,
-            participant_args=PATIENT_PARTICIPANT,
-        )
-    return shop_factory(stock="pizza=10,burger=10", participant_args=PATIENT_PARTICIPANT)
+    dsn = request.getfixturevalue("fresh_database") if request.param == "postgres" else None
+    return shop_factory(
+        stock="pizza=10,burger=10", inventory_dsn=dsn, participant_args=PATIENT_PARTICIPANT
+    )
 
 
 def test_orders_commit_and_abort_alike_on_either_store(either_store):
@@ -889,6 +973,20 @@ def test_the_participants_promises_hold_on_either_store(either_store):
     assert prepare(shop, "inventory", late)["vote"] == "no"
     bad = prepare(shop, "inventory", "bad-" + uuid.uuid4().hex[:8], quantity=0)
     assert bad["vote"] == "no" and "quantity must be 1..100, got 0" in bad["reason"]
+    # Text no store can keep (a NUL, a lone surrogate) is a no, not a 500 from the database.
+    for item in ("bur\x00ger", "\ud800"):
+        odd = prepare(shop, "inventory", "odd-" + uuid.uuid4().hex[:8], item=item)
+        assert odd["vote"] == "no" and "(UTF-8, no NUL)" in odd["reason"], odd
+    # PostgreSQL names a prepared transaction '<txid>|<log id>|<coordinator URL>', in at
+    # most 199 bytes: a coordinator URL that makes it 200 is a no there, not a 500.
+    txid = "long-" + uuid.uuid4().hex[:8]
+    room = 200 - len(f"{txid}|{shop.log_id}|{shop.url('coordinator')}/")
+    far = prepare(shop, "inventory", txid, coordinator=f"{shop.url('coordinator')}/{'x' * room}")
+    if shop.on_postgres:
+        assert far["vote"] == "no" and "too long" in far["reason"], far
+    else:  # SQLite keeps the URL in a column: any length we accept fits
+        assert far["vote"] == "yes", far
+        assert shop.post("inventory", "/abort", {"txid": txid}).status_code == 200
     assert shop.stock_of("burger") == {"available": 8, "reserved": 0, "sold": 2}
 
 
@@ -908,6 +1006,18 @@ def test_postgres_keeps_a_prepared_transaction_through_kill_9_and_recovery_compl
 
     assert [gid.split("|")[0] for gid in prepared_gids()] == [txid]
     postgres_server.kill()  # SIGKILL to the postmaster and every backend
+    # While it is down the service answers 503 with a one-line reason (not a 500 and a
+    # traceback); a coordinator counts a 503 to a prepare as no vote.
+    body = {"txid": "t1", "order": {}, "coordinator": shop.url("coordinator")}
+    for method, path in (("GET", "/transactions"), ("POST", "/prepare")):
+        reply = requests.request(
+            method,
+            shop.url("inventory") + path,
+            json={**body, "coordinator_log": shop.log_id},
+            timeout=TIMEOUT,
+        )
+        assert reply.status_code == 503 and "PostgreSQL is unavailable" in reply.json()["error"]
+    assert "Traceback" not in shop.procs["inventory"].text
     postgres_server.start()  # crash recovery from its WAL
     assert [gid.split("|")[0] for gid in prepared_gids()] == [txid]  # still prepared
     with postgres_server.connect() as conn:  # invisible until it commits
@@ -1174,6 +1284,9 @@ GOOD = {"item": "pizza", "quantity": 1, "address": "1 Main St"}
         ({**GOOD, "order_id": 5}, "order_id must be 1-48 characters"),
         ({**GOOD, "order_id": "has.dot"}, "order_id must be 1-48 characters"),
         ({**GOOD, "order_id": "x" * 49}, "order_id must be 1-48 characters"),
+        ({**GOOD, "item": "pi\x00zza"}, "(UTF-8, no NUL)"),
+        ('{"item": "\\ud800", "quantity": 1, "address": "1 Main St"}', "(UTF-8, no NUL)"),
+        ("[" * 5000 + "]" * 5000, "nests too deeply"),  # 10 KB: within the size limit
     ],
 )
 def test_a_bad_order_gets_a_json_400_and_changes_nothing(shop, body, error):
@@ -1206,6 +1319,16 @@ def test_a_bad_order_gets_a_json_400_and_changes_nothing(shop, body, error):
         ("inventory", "POST", "/commit", {"txids": ["x"] * 1001}, 400),
         ("delivery", "POST", "/prepare", {"order": {}}, 400),
         ("delivery", "POST", "/prepare", {"txid": "t1", "order": {}, "coordinator": 3}, 400),
+        *(
+            (
+                "inventory",
+                "POST",
+                "/prepare",
+                {"txid": "t1", "order": {}, "coordinator": url, "coordinator_log": "abc"},
+                400,
+            )
+            for url in ("http://h\x00", "http://h/\u00e9", "http://" + "h" * 200)
+        ),
         ("inventory", "GET", "/transactions?state=MAYBE", None, 400),
         ("coordinator", "POST", "/admin/faults", {"crash_at": "whenever"}, 400),
         ("inventory", "POST", "/admin/faults", {"delay_ms": -1}, 400),
@@ -1236,6 +1359,23 @@ def test_bad_requests_get_a_json_4xx_and_change_nothing(shop, name, method, path
     assert reply.status_code == status
     assert reply.json()["error"]
     assert snapshot(shop) == before
+
+
+def test_a_body_nested_too_deeply_is_a_400_at_every_endpoint(shop):
+    deep = "[" * 5000 + "]" * 5000  # Python's json gives up (RecursionError) long before
+    endpoints = [("coordinator", "/orders"), ("coordinator", "/admin/faults")] + [
+        (name, path)
+        for name in ("inventory", "delivery")
+        for path in ("/prepare", "/commit", "/abort", "/admin/resolve", "/admin/faults")
+    ]
+    for name, path in endpoints:
+        reply = requests.post(
+            shop.url(name) + path,
+            data=deep,
+            headers={"Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
+        assert (reply.status_code, reply.json()["error"]) == (400, "the JSON body nests too deeply")
 
 
 # -- the scripts ---------------------------------------------------------------------------
