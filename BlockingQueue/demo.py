@@ -140,6 +140,14 @@ def plot_memory(jobs: dict[str, bounded_executor.JobReport], path: Path) -> None
     plt.close(fig)
 
 
+def plot_folder(text: str) -> Path:
+    """--out: a folder named on purpose. An empty name (an unset "$DIR", say) would
+    mean the current folder, and from the repository's root dirty the checkout."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder name, got an empty one")
+    return Path(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="A fast producer and slow consumers through a bounded and an unbounded "
@@ -154,7 +162,7 @@ def main() -> int:
     )
     where.add_argument(
         "--out",
-        type=Path,
+        type=plot_folder,
         default=OUT,
         help="folder for the plots (default: BlockingQueue/out/, git-ignored)",
     )

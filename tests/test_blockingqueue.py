@@ -1384,6 +1384,7 @@ def test_producer_consumer_script_runs_and_prints_its_report():
         (["--out", "a-file"], "cannot write the plots"),
         (["--out", "a-file/below"], "cannot write the plots"),
         (["--out", "x", "--save-images"], "not allowed with argument"),
+        (["--out", ""], "--out: needs a folder name"),  # not the current one, the repository's root
     ],
 )
 def test_demo_refuses_a_plot_folder_it_cannot_write_before_running(tmp_path, args, message):
