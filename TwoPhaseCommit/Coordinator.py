@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import twopc_disk
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
+    MAX_BATCH,
     OUT_DIR,
     Batcher,
     DurableStore,
@@ -208,8 +209,9 @@ class Coordinator:
         # Orders being placed right now (order_id -> set when done): a retry waits for it.
         self.running_orders: dict[str, threading.Event] = {}
         self.orders_lock = threading.Lock()
-        self.phase_two = {
-            name: Batcher(functools.partial(self._send_commits, name)) for name in self.participants
+        self.phase_two = {  # a batch larger than a participant takes would never be delivered
+            name: Batcher(functools.partial(self._send_commits, name), MAX_BATCH)
+            for name in self.participants
         }
         self.unfinished: dict[str, Unfinished] = {}
         # Guards unfinished; the finisher thread waits on it, place_order

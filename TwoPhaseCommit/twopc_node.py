@@ -34,6 +34,7 @@ MAX_QUANTITY = 100  # one order cannot empty a warehouse by a typo
 MAX_TEXT = 200  # longest item name or address we accept
 ORDER_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,48}")  # chosen by the client, or by us
 TXID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # "<order_id>.<attempt>", or any id
+MAX_BATCH = 200  # txids in one phase-2 message: 200 of the longest fit in MAX_BODY_BYTES
 CRASH_EXIT_CODE = 75  # what an injected crash exits with, so a test can tell it from a bug
 MAX_DELAY_MS = 60_000  # longest injected delay: a minute is "very late", more is a typo
 REORDER_HOLD_MS = 300  # longest a reordered message is held back while later ones pass it
@@ -162,10 +163,13 @@ class Batcher:
     flush carries many. This is group commit (the coordinator's log) and
     batching (phase 2's messages). Each waiter has its own Event, so a flush
     wakes only its own batch and the next leader, not every thread waiting.
+    A flush takes at most `most` items (a phase-2 message must fit what a
+    participant accepts); the rest go in the next.
     """
 
-    def __init__(self, flush: Callable[[list[Any]], list[Any]]) -> None:
+    def __init__(self, flush: Callable[[list[Any]], list[Any]], most: int = 10_000) -> None:
         self._flush = flush  # items -> one result per item, in order
+        self._most = most  # items in one flush; the rest wait for the next
         self._lock = threading.Lock()  # guards _queue and _flushing
         self._queue: list[_Waiter] = []
         self._flushing = False
@@ -187,7 +191,7 @@ class Batcher:
 
     def _lead(self) -> None:
         with self._lock:
-            batch, self._queue = self._queue, []
+            batch, self._queue = self._queue[: self._most], self._queue[self._most :]
         results: list[Any] = [None] * len(batch)
         error = None
         try:

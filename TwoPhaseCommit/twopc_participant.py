@@ -28,6 +28,7 @@ import apsw
 import twopc_disk
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
+    MAX_BATCH,
     MAX_DELAY_MS,
     MAX_QUANTITY,
     MAX_TEXT,
@@ -54,7 +55,6 @@ ASK_TIMEOUT = 2.0  # s for one GET /decisions to the coordinator
 LOG_ID_PATTERN = re.compile(r"[A-Za-z0-9]{1,64}")
 # Where to ask when in doubt: kept in the row (and in PostgreSQL's gid), so plain ASCII.
 URL_PATTERN = re.compile(rf"https?://[!-~]{{1,{MAX_TEXT - len('https://')}}}")
-MAX_BATCH = 1000  # txids in one phase-2 message
 # resolved_by of a decision made by hand, until the coordinator's own decision is known
 HEURISTIC = "heuristic {} by an operator"
 

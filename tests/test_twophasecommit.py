@@ -28,6 +28,7 @@ from conftest import (
     ServerProcess,
     free_port,
     give_to_unprivileged,
+    load_module,
     remove_unprivileged_dir,
     run_script,
     start_engine,
@@ -390,6 +391,39 @@ def test_phase_two_commits_travel_in_batches_and_each_gets_its_own_answer(shop):
     results = reply.json()["results"]
     assert [results[t]["status"] for t in txids] == [200, 200, 200, 409, 404]
     assert all(shop.state("inventory", t) == "COMMITTED" for t in ready)
+
+
+def test_the_largest_phase_two_batch_fits_what_a_participant_accepts(shop):
+    # The coordinator puts at most MAX_BATCH commits in one message. With 1000 allowed, a
+    # batch of 240 of the longest txids was over the 16 KB body limit: 413, never delivered.
+    most = load_module("TwoPhaseCommit", "twopc_node").MAX_BATCH
+    txids = [f"{n:04d}" + "x" * 60 for n in range(most)]  # 64 characters: the longest
+    reply = shop.post("inventory", "/commit", {"txids": txids, "coordinator_log": shop.log_id})
+    assert reply.status_code == 200, reply.text
+    assert {r["status"] for r in reply.json()["results"].values()} == {404}  # never prepared
+    assert shop.post("inventory", "/commit", {"txids": [*txids, "one-more"]}).status_code == 400
+
+
+def test_a_batch_never_carries_more_than_its_limit():
+    node = load_module("TwoPhaseCommit", "twopc_node")
+    sizes: list[int] = []
+    disk_is_slow = threading.Event()
+
+    def flush(items: list[int]) -> list[int]:
+        disk_is_slow.wait(TIMEOUT)  # the first flush holds everyone else in the queue
+        sizes.append(len(items))
+        return [item * 2 for item in items]
+
+    batcher = node.Batcher(flush, 8)
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(batcher.submit, n) for n in range(50)]
+        deadline = time.monotonic() + TIMEOUT
+        while len(batcher._queue) < 49 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        disk_is_slow.set()
+        results = [f.result(timeout=TIMEOUT) for f in futures]
+    assert results == [n * 2 for n in range(50)]  # each waiter got its own answer
+    assert sum(sizes) == 50 and max(sizes) == 8  # 49 waited; they left 8 at a time
 
 
 def test_abort_is_idempotent_and_a_prepare_after_abort_votes_no(shop):
@@ -1316,7 +1350,7 @@ def test_a_bad_order_gets_a_json_400_and_changes_nothing(shop, body, error):
         ("inventory", "POST", "/commit", {"txids": []}, 400),
         ("inventory", "POST", "/commit", {"txids": "a1"}, 400),
         ("inventory", "POST", "/commit", {"txids": ["ok", "bad id!"]}, 400),
-        ("inventory", "POST", "/commit", {"txids": ["x"] * 1001}, 400),
+        ("inventory", "POST", "/commit", {"txids": ["x"] * 201}, 400),
         ("delivery", "POST", "/prepare", {"order": {}}, 400),
         ("delivery", "POST", "/prepare", {"txid": "t1", "order": {}, "coordinator": 3}, 400),
         *(
