@@ -643,6 +643,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted: stopping the servers", file=sys.stderr)
             return 130
+        except (redis.RedisError, RuntimeError) as error:  # e.g. a server killed mid-move
+            print(
+                f"\nerror: the run cannot go on: {type(error).__name__}: {error}\n"
+                "(a server that dies keeps nothing: these run without persistence); "
+                "stopping the servers",
+                file=sys.stderr,
+            )
+            return 1
     say(
         f"\n== Resharding {args.keys:,} keys of {args.value_bytes} bytes under load "
         f"({args.workers} clients x {args.rate:g} ops/s)"

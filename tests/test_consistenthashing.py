@@ -7,8 +7,10 @@ import json
 import math
 import random
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from bisect import bisect_left
@@ -1531,6 +1533,22 @@ def test_reshard_redis_runs_both_experiments_and_reports_them(tmp_path, monkeypa
     assert 190 <= int(joined) <= 200 and left == joined  # redis-cli shares 200 among 3 masters
     assert "OK: exactly the keys whose owner changed moved" in result.stdout
     assert list(tmp_path.iterdir()) == []  # it removed its servers' directory
+
+
+def test_reshard_redis_reports_a_server_lost_mid_run_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # so TemporaryDirectory reads TMPDIR again
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's SIGTERM handler
+
+    def the_new_server_dies(*args, **kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:34129. Connection refused.")
+
+    monkeypatch.setattr(redis_shards, "reshard", the_new_server_dies)
+    assert reshard_redis.main(["--keys", "100", "--skip-cluster"]) == 1
+    err = capsys.readouterr().err
+    assert "error: the run cannot go on: ConnectionError: Error 111" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # its servers stopped, their directory removed
 
 
 @pytest.mark.parametrize(
