@@ -1404,6 +1404,22 @@ def test_a_server_that_joins_with_keys_already_on_it_is_refused(redis_server):
     assert store.get(LIVE_KEYS[0]) == redis_shards.value_for(LIVE_KEYS[0], 0, VALUE_BYTES)
 
 
+def test_a_key_deleted_just_before_its_migrate_is_not_counted_as_moved(redis_server):
+    a, b, store, grown, moving = two_servers_and_a_store(redis_server)
+    store.begin_move(grown, {"b": b})
+    migrate = a.migrate
+
+    def a_client_deletes_it_first(*args):
+        store.delete(moving[0])
+        return migrate(*args)
+
+    a.migrate = a_client_deletes_it_first
+    report = redis_shards.MoveReport()
+    redis_shards.migrate(a, b, [moving[0].encode()], report)
+    assert not report.moved and not report.superseded
+    assert store.get(moving[0]) is None
+
+
 def test_a_read_that_misses_both_copies_because_the_key_just_moved_asks_again(
     redis_server, monkeypatch
 ):
