@@ -181,8 +181,11 @@ class BlockingQueue:
         for the whole call) ran out, or when the queue was shut down part-way.
         Raises instead, as put() would, if not even the first item went in:
         `Full`, or `ShutDown`. `ValueError` for a negative or NaN timeout on a
-        bounded queue. `items` is read into a list before the lock is taken,
-        so a generator's code never runs while the queue is locked.
+        bounded queue. An exception raised inside the wait (KeyboardInterrupt)
+        passes through as it is, even when some chunks already went in, and
+        then nobody learns how many did. `items` is read into a list before
+        the lock is taken, so a generator's code never runs while the queue
+        is locked.
         """
         items = list(items)
         with self.mutex:
