@@ -139,7 +139,8 @@ class ShardedStore:
             held = clients[node].dbsize()
             if held:
                 raise ValueError(
-                    f"{node} joins the ring but already holds {held:,} keys; "
+                    f"{node} joins the ring but already holds {held:,} "
+                    f"key{'' if held == 1 else 's'}; "
                     "a joining server must be empty (FLUSHDB it first)"
                 )
         with self._changed:

@@ -1396,7 +1396,7 @@ def test_a_server_that_joins_with_keys_already_on_it_is_refused(redis_server):
     store = redis_shards.ShardedStore(ConsistentHashRing(["a"]), {"a": a})
     redis_shards.load_keys(store, LIVE_KEYS[:100], VALUE_BYTES)
     b.set(LIVE_KEYS[0], b"a stale copy from an earlier life")
-    with pytest.raises(ValueError, match="b joins the ring but already holds 1 keys"):
+    with pytest.raises(ValueError, match="b joins the ring but already holds 1 key;"):
         store.begin_move(ConsistentHashRing(["a", "b"]), {"b": b})
     assert store.ring.nodes == ["a"]  # nothing switched
     b.flushdb()
