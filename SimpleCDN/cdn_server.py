@@ -14,11 +14,11 @@ broken, can hold up the others or hold memory for long:
   its body must keep coming: no pause longer than --body-timeout (a slow
   upload is fine, a stalled one is not); an idle keep-alive connection
   closes after --idle-timeout;
-- an answer is written in chunks of at most WRITE_CHUNK bytes, and each
-  must leave the edge's buffer within --send-timeout: a client that reads
-  slowly is served at its own pace, one that stops reading is dropped.
+- an answer is written in chunks of at most WRITE_CHUNK bytes while the
+  client takes them: one that reads slowly is served at its own pace, one
+  that takes no byte at all for --send-timeout is dropped.
 
-README sections: "Running it yourself" and "Slow clients: a deadline per write".
+README sections: "Running it yourself" and "Slow clients: a deadline on progress".
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import fcntl
 import re
 import signal
 import socket
+import struct
 import sys
+import termios
 import traceback
 from urllib.parse import urlsplit
 
@@ -79,7 +82,7 @@ SWEEP_INTERVAL = 0.1  # how often deadlines are checked: timeouts fire up to thi
 # A streamed body goes out in pieces of at most WRITE_CHUNK, each waiting
 # until the socket's buffer has room; a stored body up to WRITE_AT_ONCE goes
 # out in one write (a reference to the cached bytes, not a copy). Either
-# way, each write must drain within --send-timeout.
+# way, the client must take some of it within every --send-timeout.
 WRITE_CHUNK = 256 * 1024
 WRITE_AT_ONCE = 2 * 1024 * 1024
 # Methods the fast parser (llhttp) knows. A request with any other method
@@ -89,6 +92,8 @@ FAST_PARSER_METHODS = frozenset(
     b"GET HEAD POST PUT DELETE OPTIONS PATCH PURGE TRACE CONNECT".split()
 )
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Linux's SIOCOUTQ: the bytes a socket holds that the peer has not received yet.
+UNSENT_BYTES = getattr(termios, "TIOCOUTQ", None)
 
 
 class ClientGone(Exception):
@@ -161,6 +166,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = float("inf")
         self.on_deadline = self.hang_up
         self.writable: asyncio.Future | None = None  # resolved when the socket drains
+        self.socket_fd: int | None = None  # to ask the kernel what the client has not taken
+        self.unsent_before = 0  # what it had not taken when the progress deadline was set
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -179,6 +186,7 @@ class ClientConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socket_fd = sock.fileno()
         self.transport.set_write_buffer_limits(high=WRITE_CHUNK)
         self.set_timer(server.idle_timeout, self.hang_up)
 
@@ -233,7 +241,7 @@ class ClientConnection(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.writable = None
-        if self.on_deadline == self.stalled:  # written in time: back to waiting for requests
+        if self.on_deadline == self.check_progress:  # all but the last bytes taken
             self.cancel_timer()
             if not self.busy and not self.queue and not self.in_message:
                 self.set_timer(self.server.idle_timeout, self.hang_up)
@@ -465,8 +473,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(head + answer.body)
         else:
             self.transport.writelines([head, answer.body])
-        if self.writable is not None:  # the socket did not take it all: a per-write deadline
-            self.set_timer(self.server.send_timeout, self.stalled)
+        if self.writable is not None:  # the socket did not take it all: watch the client
+            self.watch_progress()
         if close:
             self.closing = True
             self.transport.close()
@@ -504,21 +512,28 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     async def write(self, *data: bytes | memoryview) -> None:
-        """Hand `data` to the socket; wait while its buffer is full, at most --send-timeout."""
+        """Hand `data` to the socket; wait while its buffer is full, for as long as the
+        client keeps taking bytes. ClientGone if it takes none for --send-timeout."""
         if self.transport is None or self.transport.is_closing():
             raise ClientGone()
         if len(data) == 1:
             self.transport.write(data[0])
         else:
             self.transport.writelines(data)
-        if self.writable is None:
+        writable = self.writable
+        if writable is None:
             return
-        try:
-            async with asyncio.timeout(self.server.send_timeout):
-                await self.writable
-        except TimeoutError:
-            self.stalled()
-            raise ClientGone() from None
+        before = self.unsent()
+        while not writable.done():
+            await asyncio.wait([writable], timeout=self.server.send_timeout)
+            if writable.done():
+                break
+            left = self.unsent()
+            if left >= before:  # not one byte taken in --send-timeout
+                self.stalled()
+                raise ClientGone()
+            before = left
+        writable.result()  # raises ClientGone if the connection was lost meanwhile
 
     def send_interim(self, status: int, reason: str, headers: Headers) -> None:
         """Relays the origin's 1xx (e.g. 103 Early Hints) to an HTTP/1.1 client."""
@@ -567,6 +582,32 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.abort()
             else:
                 self.transport.close()
+
+    def unsent(self) -> int:
+        """Bytes of its answers the client has not taken yet: those still in the
+        transport's buffer, and those the kernel holds (which can be megabytes)."""
+        if self.transport is None:
+            return 0
+        left = self.transport.get_write_buffer_size()
+        if UNSENT_BYTES is not None and self.socket_fd is not None:
+            try:
+                queued = fcntl.ioctl(self.socket_fd, UNSENT_BYTES, b"\0\0\0\0")
+                left += struct.unpack("i", queued)[0]
+            except OSError:
+                pass  # not a kernel that says: the transport's buffer alone shows progress
+        return left
+
+    def watch_progress(self) -> None:
+        """Drop the client if it takes none of what it was sent for --send-timeout."""
+        self.unsent_before = self.unsent()
+        self.set_timer(self.server.send_timeout, self.check_progress)
+
+    def check_progress(self) -> None:
+        left = self.unsent()
+        if left and left >= self.unsent_before:
+            self.stalled()
+        else:  # it took some: another period
+            self.watch_progress()
 
     def stalled(self) -> None:
         """No progress for --send-timeout: the client stopped reading."""

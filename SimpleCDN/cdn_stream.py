@@ -15,7 +15,7 @@ objects:
   pauses; past it, every fill that is not being stored pauses, and one that
   is being stored gives up storing (it still streams to its readers).
 A reader that makes no progress at all is dropped by the connection's
-per-write deadline (`--send-timeout`), which frees what it held.
+progress deadline (`--send-timeout`), which frees what it held.
 
 README section: "Streaming: one origin fetch, many readers, bounded memory".
 """

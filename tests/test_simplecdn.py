@@ -749,15 +749,21 @@ def download(
     pace: float | None = None,
     read_buffer: int | None = None,
     barrier: threading.Barrier | None = None,
+    like_a_real_network: bool = False,
 ) -> tuple[bytes, int]:
     """GET `target` on a raw socket; return the response head and how many body bytes came.
 
     `pace` (bytes/s) makes this a slow reader; `read_buffer` shrinks the
     socket's receive buffer, so the edge really has to wait for it.
+    `like_a_real_network` asks for TCP's default 536-byte segments instead of
+    loopback's 64 KB ones, with which the edge's kernel would buffer a megabyte
+    for a slow reader and hide from the edge how slow it is.
     """
     sock = socket.socket()
     if read_buffer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, read_buffer)
+    if like_a_real_network:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
     sock.settimeout(60)
     sock.connect((edge.host, edge.port))
     if barrier is not None:
@@ -879,7 +885,7 @@ def test_a_body_of_unknown_length_goes_out_in_chunks_and_is_stored_whole(edge, o
 
 def test_a_client_reading_at_1_mb_per_second_gets_all_of_a_body_10_deadlines_long(origin):
     """The old edge's send timeout covered the whole answer: a 1 MB/s reader of 60 MB
-    was cut at 45 MB by its 30 s. Now it bounds each write, so a 20 s download through a
+    was cut at 45 MB by its 30 s. Now it bounds each pause, so a 20 s download through a
     2 s deadline completes. (The issue's own case, 60 MB at 1 MB/s through the default
     30 s, takes a minute: the README shows it run with curl. The old edge would cut this
     one at about 2 MB, so a third of the time shows the same thing.)"""
@@ -887,6 +893,25 @@ def test_a_client_reading_at_1_mb_per_second_gets_all_of_a_body_10_deadlines_lon
         target = url_for(cc="max-age=600", size=20_000_000)
         head, received = download(edge, target, pace=1_000_000, read_buffer=64 * 1024)
         assert head.startswith(b"HTTP/1.1 200") and received == 20_000_000
+        assert edge_stats(edge)["slow_clients_dropped"] == 0
+
+
+def test_a_client_that_keeps_taking_bytes_is_never_dropped_however_slowly(origin):
+    """--send-timeout bounds a pause in the client's reading, not a write: at 100 KB/s it
+    takes 2 s or more to empty a 256 KiB piece (and longer the stored answer, written at
+    once), past a 2 s deadline; yet it takes bytes all the time, so it gets all of 1 MB
+    from the cache and 1 MB from the origin, as nginx's send_timeout would let it. (The
+    edge cut them at about 500 and 600 KB: each write had to drain in time.)"""
+    with ServerProcess(EDGE, "--origin", origin.url, "--send-timeout", "2") as edge:
+        stored, fetched = url_for(cc="max-age=600", size=MB), url_for(cc="max-age=600", size=MB)
+        assert len(served(edge, stored).content) == MB
+
+        def slowly(target: str) -> tuple[bytes, int]:
+            return download(edge, target, pace=100_000, read_buffer=4096, like_a_real_network=True)
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(slowly, [stored, fetched]))
+        assert [(head[:12], received) for head, received in results] == [(b"HTTP/1.1 200", MB)] * 2
         assert edge_stats(edge)["slow_clients_dropped"] == 0
 
 
