@@ -422,6 +422,14 @@ def deadlock_part(broken: deadlock.TransferRun, fixed: deadlock.TransferRun) -> 
     )
 
 
+def plot_folder(text: str) -> Path:
+    """--out: a folder named on purpose. An empty name (an unset "$DIR", say) would be
+    the current folder and, run from the repository's root, dirty the checkout."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a folder name, got an empty one")
+    return Path(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Measure threads against processes on CPU-bound and I/O-bound work, the "
@@ -442,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=plot_folder,
         default=OUT,
         help="folder for the plots when --save-images is not given (default: Threading/out)",
     )

@@ -649,3 +649,19 @@ def test_demo_refuses_a_plot_folder_it_cannot_write_before_measuring(tmp_path):
     assert result.returncode == 2
     assert "cannot write the plots" in result.stderr
     assert "Step 1" not in result.stdout
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_demo_refuses_an_empty_plot_folder_instead_of_writing_into_the_current_one(empty, tmp_path):
+    # Path("") is ".": an unset "$DIR" wrote both plots into the repository's root.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "Threading" / "demo.py"), "--out", empty],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stdout
+    assert "argument --out: needs a folder name" in result.stderr
+    assert "Step 1" not in result.stdout
+    assert list(tmp_path.iterdir()) == []
