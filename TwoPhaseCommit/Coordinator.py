@@ -469,7 +469,10 @@ def create_app(coordinator: Coordinator) -> Flask:
     def place_order():
         body = json_object()
         order = check_order(body)
-        order_id = body.get("order_id", request.headers.get("Idempotency-Key"))
+        order_id, key = body.get("order_id"), request.headers.get("Idempotency-Key")
+        if order_id is not None and key is not None and order_id != key:
+            abort(400, "the body's order_id and the Idempotency-Key header name different orders")
+        order_id = order_id if order_id is not None else key
         order_id = uuid.uuid4().hex[:12] if order_id is None else check_order_id(order_id)
         try:
             return jsonify(coordinator.place_order(order, order_id))

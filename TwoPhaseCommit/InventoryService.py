@@ -32,6 +32,7 @@ from twopc_participant import Participant, Refused, item_and_quantity
 DEFAULT_PORT = 5001
 DEFAULT_DB = OUT_DIR / "inventory.db"  # git-ignored, created on first use
 DEFAULT_STOCK = "pizza=10,sushi=5,burger=8"
+MAX_STOCK = 10**9  # of one item: SQLite's integers end at 2**63, a typo should end sooner
 
 STOCK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -79,8 +80,10 @@ def parse_stock(text: str) -> dict[str, int]:
     stock = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         item, sep, count = part.partition("=")
-        if not sep or not item.strip() or not count.strip().isdigit():
+        if not sep or not item.strip() or not (count.strip().isascii() and count.strip().isdigit()):
             raise ValueError(f"expected item=count, got {part!r}")
+        if int(count) > MAX_STOCK:
+            raise ValueError(f"at most {MAX_STOCK:,} of an item, got {part!r}")
         stock[item.strip()] = int(count)
     if not stock:
         raise ValueError("no items given")

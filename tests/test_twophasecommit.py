@@ -742,6 +742,14 @@ def test_a_retry_after_a_lost_reply_gets_the_first_outcome_and_reserves_once(sho
     # The same id for a different order is a client bug, refused.
     changed = shop.post("coordinator", "/orders", {**body, "quantity": 3})
     assert changed.status_code == 422 and "another order" in changed.json()["error"]
+    # So is naming two different orders in one request.
+    two_names = requests.post(
+        shop.url("coordinator") + "/orders",
+        json={**body, "order_id": "someone-else"},
+        headers={"Idempotency-Key": order_id},
+        timeout=TIMEOUT,
+    )
+    assert two_names.status_code == 400 and "name different orders" in two_names.json()["error"]
 
 
 def test_a_retry_after_a_crash_before_deciding_supersedes_the_old_attempt(shop_factory):
@@ -1427,6 +1435,7 @@ SCRIPTS = [
 ]
 BAD_ARGUMENTS = [
     (INVENTORY, ["--stock", "pizza:ten"], "--stock: expected item=count"),
+    (INVENTORY, ["--stock", "pizza=99999999999999999999"], "--stock: at most 1,000,000,000"),
     (DELIVERY, ["--riders", "-2"], "--riders must be 0.."),
     (COORDINATOR, ["--vote-timeout", "0"], "--vote-timeout must be > 0"),
     (COORDINATOR, ["--retry-max", "inf"], "--retry-max must be > 0 and at most 3600"),
