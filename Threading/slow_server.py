@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import signal
+import socket
 import socketserver
 import sys
 import threading
@@ -27,37 +28,74 @@ SERVER_STARTUP_TIMEOUT = 10.0  # seconds the server process may take to start
 SERVER_BACKLOG = 128  # pending connections the server accepts at once (32 clients arrive together)
 MAX_REQUEST_BYTES = 64  # a request is one short line: the question's number
 MAX_CONNECTIONS = 256  # open at once; one more is closed at once instead of costing a thread
-IDLE_TIMEOUT = 30.0  # seconds a connection may stay silent before the server closes it
+# Seconds a connection has to send each whole request line, counted from its
+# connection or its previous answer: a silent client, and one that drips a byte
+# at a time to keep its thread (slowloris), are both closed when it runs out.
+IDLE_TIMEOUT = 30.0
 
 
 class ServerStartError(RuntimeError):
     """The slow server did not report its port in time."""
 
 
-class _SlowHandler(socketserver.StreamRequestHandler):
-    """One connection: for each line, wait the server's delay, answer the number squared."""
+class _RequestLines:
+    """The request lines of one connection, each due whole within `timeout` seconds.
 
-    def setup(self) -> None:
-        self.timeout = self.server.idle_timeout  # type: ignore[attr-defined]  # a silent client is dropped
-        super().setup()
+    A socket timeout alone bounds each recv(), not the line: a client that sends
+    one byte just inside every timeout would hold its thread for ever.
+    """
+
+    def __init__(self, connection: socket.socket, timeout: float) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self.pending = b""  # received, not yet returned: at most one recv() past a line
+
+    def next_line(self) -> bytes:
+        """The next line, newline included; b"" once the client has finished; a line
+        without its newline if it was cut off or too long. TimeoutError if it is late."""
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self.pending and len(self.pending) < MAX_REQUEST_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no whole request within {self.timeout:g} s")
+            self.connection.settimeout(remaining)
+            received = self.connection.recv(4096)
+            if not received:  # the client shut its side: what is left is the last line
+                break
+            self.pending += received
+        end = self.pending.find(b"\n", 0, MAX_REQUEST_BYTES)
+        cut = end + 1 if end >= 0 else MAX_REQUEST_BYTES
+        line, self.pending = self.pending[:cut], self.pending[cut:]
+        return line
+
+
+class _SlowHandler(socketserver.BaseRequestHandler):
+    """One connection: for each line, wait the server's delay, answer the number squared."""
 
     def handle(self) -> None:
         try:
             self.answer_each_line()
-        except OSError:  # the client left, reset the connection, or stayed silent too long
+        except OSError:  # the client left, reset the connection, or was too slow to ask
             pass
 
     def answer_each_line(self) -> None:
-        while line := self.rfile.readline(MAX_REQUEST_BYTES):
+        lines = _RequestLines(self.request, self.server.idle_timeout)  # type: ignore[attr-defined]
+        while line := lines.next_line():
             try:
                 if not line.endswith(b"\n"):  # longer than MAX_REQUEST_BYTES, or cut off
                     raise ValueError
                 question = int(line)
             except ValueError:
-                self.wfile.write(b"error: send one whole number per line, at most 64 bytes\n")
+                self.reply(b"error: send one whole number per line, at most 64 bytes\n")
                 return  # a client that sends garbage gets an answer and is closed
             time.sleep(self.server.delay)  # type: ignore[attr-defined]
-            self.wfile.write(f"{question * question}\n".encode())
+            self.reply(f"{question * question}\n".encode())
+
+    def reply(self, answer: bytes) -> None:
+        # The timeout bounds the whole sendall: a client that asks and never reads
+        # its answers cannot hold the thread either.
+        self.request.settimeout(self.server.idle_timeout)  # type: ignore[attr-defined]
+        self.request.sendall(answer)
 
 
 class _SlowTCPServer(socketserver.ThreadingTCPServer):

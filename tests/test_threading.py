@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -98,6 +99,9 @@ def test_slow_server_script_answers_many_questions_on_one_connection(start_serve
         for question in (3, -4, 10**30):
             sock.sendall(f"{question}\n".encode())
             assert int(replies.readline()) == question * question
+        sock.sendall(b"5\n6\n7")  # several questions in one packet, the last one cut in two
+        sock.sendall(b"0\n")
+        assert [int(replies.readline()) for _ in range(3)] == [25, 36, 4900]
         sock.sendall(b"1" * 100 + b"\n")  # too long for one request: refused, not misread
         assert replies.readline().startswith(b"error")
     assert workloads.ask_slow_server((server.host, server.port), 7) == 49  # still serving
@@ -127,6 +131,35 @@ def test_slow_server_closes_a_silent_connection_and_refuses_a_flood():
             except ConnectionError:  # a slot not yet freed: the server closed us
                 time.sleep(0.05)
         assert answered
+
+
+def closed_by_peer(sock: socket.socket, wait: float) -> bool:
+    """True once the other side has closed `sock` (waits up to `wait` seconds for it)."""
+    if not select.select([sock], [], [], wait)[0]:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_slow_server_closes_a_client_that_drips_its_request_a_byte_at_a_time():
+    # Slowloris: a byte every 0.1 s is inside a 0.3 s socket timeout, so a timeout
+    # per recv() alone let this client keep its thread (and one of the server's
+    # slots) for ever. Each whole line is due within the timeout instead.
+    with server_module.SlowServer(delay=0, idle_timeout=0.3, max_connections=4) as server:
+        with socket.create_connection(server.address, timeout=10) as sock:
+            closed = False
+            for _ in range(40):  # 40 bytes: shorter than a too-long line, ~4 s of dripping
+                try:
+                    sock.sendall(b"1")
+                except OSError:
+                    closed = True
+                if closed or closed_by_peer(sock, 0.1):
+                    closed = True
+                    break
+            assert closed
+        assert workloads.ask_slow_server(server.address, 9) == 81  # everyone else is served
 
 
 def test_io_tasks_without_a_server_address_are_refused():
