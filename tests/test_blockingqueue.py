@@ -779,15 +779,15 @@ STRESS_MAXSIZE = 16
 def run_stress(
     q, producers: int, consumers: int, items: int, timed: bool, batched: bool = False
 ) -> list[list]:
-    """Producers put (producer, sequence) pairs; consumers get until shutdown.
+    """Producers put (producer, sequence) pairs; consumers get until a stop marker.
 
     With `timed`, half the producers and half the consumers use a short
     timeout and retry on Full/Empty, so timed and untimed waits race on the
-    same conditions: a wake-up lost between them would leave an untimed
-    consumer asleep beside a queued item, and join() would never return.
-    With `batched`, they use put_many() and get_many() with random batch sizes
-    up to twice maxsize, so batches are split, partial, and cut by timeouts.
-    Returns what each consumer got.
+    same conditions and on the queue's count of wake-ups in flight. With
+    `batched`, they use put_many() and get_many() with random batch sizes up
+    to twice maxsize, so batches are split, partial, and cut by timeouts.
+    The run ends quietly, where a lost wake-up shows (see below). Returns
+    what each consumer got.
     """
     per_producer = items // producers
     received: list[list] = [[] for _ in range(consumers)]
@@ -829,15 +829,16 @@ def run_stress(
         mine = received[me]
         try:
             while True:
-                for item in take(me, rng):
-                    if item is None:  # the end, for a queue without shutdown()
+                batch = take(me, rng)
+                for n, item in enumerate(batch):
+                    if item is None:  # the end: one marker each, so pass on any others taken
+                        for _ in batch[n + 1 :]:
+                            q.put(None)
                         return
                     mine.append(item)
                     if len(mine) % 97 == 0:
                         assert q.qsize() <= q.maxsize  # and from outside, now and then
                     q.task_done()
-        except bq.ShutDown:
-            pass
         except BaseException as error:  # noqa: BLE001 - reported by the test
             errors.append(error)
 
@@ -848,11 +849,15 @@ def run_stress(
     for thread in threads[:producers]:
         thread.join(60)
     Worker(q.join).finish()  # every item taken and marked done
-    if hasattr(q, "shutdown"):
-        q.shutdown()  # consumers blocked in get() leave with ShutDown
-    else:
-        for _ in range(consumers):
-            q.put(None)
+    # The quiet end. While consumers keep coming back for more, an item whose
+    # notify() was skipped is simply taken by the next consumer to call get():
+    # counting cannot see a lost wake-up mid-run. So wait until the consumers
+    # that block without a timeout are all asleep on the empty queue, then put
+    # one stop marker per consumer, back to back: a skipped notify() leaves a
+    # consumer asleep beside its marker, and it never finishes.
+    wait_for_sleepers(q.not_empty, consumers - consumers // 2 if timed else consumers)
+    for _ in range(consumers):
+        q.put(None)
     for thread in threads:
         thread.join(BOUND)
     assert not any(t.is_alive() for t in threads), "a thread is still running"
@@ -876,7 +881,7 @@ def test_stress_every_item_arrives_exactly_once_in_order_within_maxsize(timed, b
     # FIFO, seen from inside: items left in exactly the order they entered...
     assert storage.left == storage.entered
     # ...so each producer's items left in its order, and each consumer saw them so.
-    for mine in [storage.left, *received]:
+    for mine in [[item for item in storage.left if item is not None], *received]:
         last: dict[int, int] = {}
         for producer, sequence in mine:
             assert sequence > last.get(producer, -1)
