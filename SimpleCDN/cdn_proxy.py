@@ -394,10 +394,11 @@ class Edge:
             cursor.close()
             if leader:
                 return self.from_entry(fill.revalidated, request, "REVALIDATED")
-            # Others get what the cache now holds; if the 304 made the answer
-            # personal (it sets a cookie...), nothing: they ask for themselves.
+            # Others get the copy the 304 refreshed, as the cache now holds it;
+            # if the 304 made the answer personal (it sets a cookie...), or the
+            # copy for their variant is another one, they ask for themselves.
             entry = self.cache.select(plan.target, request.headers) if fill.shareable else None
-            if entry is not None:
+            if entry is not None and entry.response_time >= fill.revalidated.response_time:
                 return self.from_entry(entry, request, "REVALIDATED")
             return await self.fetch(plan, coalesce=False, retried=True)
         if not leader and not (fill.shareable and fill.variant == self.variant_for(fill, request)):

@@ -1041,6 +1041,26 @@ def test_no_cache_set_cookie_shares_the_page_but_never_the_cookie(edge, origin):
     assert origin_count(origin, target) == 1
 
 
+def test_requests_that_arrive_during_a_revalidation_share_its_304(edge, origin):
+    target = url_for(
+        etag="r304",
+        sleep_ms=500,
+        h200=["Cache-Control: max-age=1", "Age: 5"],  # stale at once
+    )
+    served(edge, target)
+    barrier = threading.Barrier(10)
+
+    def label(_: int) -> tuple[int, str]:
+        barrier.wait()
+        answer = served(edge, target)
+        return answer.status_code, answer.headers["X-Cache"]
+
+    with ThreadPoolExecutor(10) as pool:
+        labels = list(pool.map(label, range(10)))
+    assert set(labels) <= {(200, "REVALIDATED"), (200, "HIT")}  # HIT: came after it
+    assert origin_count(origin, target) == 2  # the first fetch, and one revalidation
+
+
 def test_a_304_that_sets_a_cookie_gives_it_only_to_the_request_that_asked(edge, origin):
     """Ten users arrive while one request revalidates a stale shared page; the 304 sets
     that user's session cookie. Only that user may get it: the others ask for themselves."""
