@@ -241,7 +241,7 @@ class ClientConnection(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
         self.writable = None
-        if self.on_deadline == self.check_progress:  # all but the last bytes taken
+        if self.on_deadline == self.check_progress:  # the buffer drained: wait for requests
             self.cancel_timer()
             if not self.busy and not self.queue and not self.in_message:
                 self.set_timer(self.server.idle_timeout, self.hang_up)
@@ -480,7 +480,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     async def send(self, request: Request, answer: Answer) -> None:
-        """Write an answer piece by piece, each within --send-timeout."""
+        """Write an answer piece by piece, as fast as the client takes them."""
         head, chunked, close = self.framed_head(request, answer)
         cursor = answer.cursor
         try:
