@@ -63,9 +63,9 @@ class BoundedExecutor(Executor):
             threading.Thread(target=self._work, name=f"BoundedExecutor-{n}", daemon=True)
             for n in range(max_workers)
         ]
-        live_pools.add(self)
         for worker in self.workers:
             worker.start()
+        live_pools.add(self)  # once every worker runs: the exit hook joins them all
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule fn(*args, **kwargs) and return its Future; blocks while max_queued tasks wait.
@@ -342,13 +342,17 @@ def main(argv: list[str] | None = None) -> int:
             f"unbounded executor may hold at once; the limit is {MAX_HELD / MiB:,.0f} MiB"
         )
 
+    if not args.json:  # say what runs before it runs: a big job takes a while
+        name = "ThreadPoolExecutor" if args.executor == "unbounded" else "BoundedExecutor"
+        limit = f"max_queued {args.max_queued}" if args.executor == "bounded" else "no limit"
+        print(
+            f"{name} ({args.workers} workers, {limit}): {args.tasks:,} tasks of {args.payload:,} B",
+            flush=True,
+        )
     report = run_job(args.executor, args.tasks, args.payload, args.workers, args.max_queued)
     if args.json:
         print(json.dumps(asdict(report)))
         return 0
-    name = "ThreadPoolExecutor" if args.executor == "unbounded" else "BoundedExecutor"
-    limit = f"max_queued {args.max_queued}" if args.executor == "bounded" else "no limit"
-    print(f"{name} ({args.workers} workers, {limit}): {args.tasks:,} tasks of {args.payload:,} B")
     print(f"  submitting took      {report.submitting:.2f} s")
     print(f"  the whole job took   {report.seconds:.2f} s")
     print(f"  peak RSS             {report.peak_rss / MiB:,.1f} MiB")
@@ -357,4 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # `with` has let the queued tasks finish; nothing half-done
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)  # the shell's code for "stopped by Ctrl+C"

@@ -342,4 +342,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # each run's child process gets the Ctrl+C too and ends with it
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)  # the shell's code for "stopped by Ctrl+C"

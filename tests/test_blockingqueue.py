@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import os
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -1131,6 +1133,28 @@ def test_the_program_does_not_end_before_every_submitted_task_has_run(make_pool,
     assert sorted(done.stdout.split("\n")[:-1]) == [f"ran {n}" for n in range(6)]
 
 
+def test_a_pool_interrupted_while_it_starts_its_workers_does_not_break_the_exit_hook(
+    monkeypatch,
+):
+    """Ctrl+C during BoundedExecutor(...) left a pool with unstarted threads in
+    the exit hook's list: `join()` on them raised at exit, with a traceback."""
+    started = 0
+    real_start = threading.Thread.start
+
+    def start_one_then_interrupt(thread):
+        nonlocal started
+        if started == 1:
+            raise KeyboardInterrupt
+        started += 1
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_one_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        executors.BoundedExecutor(3, max_queued=2)
+    monkeypatch.undo()
+    executors.finish_every_pool()  # what atexit runs: nothing to raise
+
+
 def test_map_submits_as_results_are_taken_so_an_endless_input_works():
     """Executor.map submits every call before returning: on a bounded pool it
     would block until nearly all had run, holding every Future, and an endless
@@ -1461,6 +1485,42 @@ def test_every_script_has_help(script):
     result = run_script(f"BlockingQueue/{script}", "--help")
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+# Each script, and the first line it prints once it is at work.
+AT_WORK = {
+    "producer_consumer.py": (["--items", "1000000", "--payload", "0"], "producers at"),
+    "queue_stress.py": ([], "set-ups"),
+    "bounded_executor.py": (
+        ["--executor", "bounded", "--tasks", "50000", "--payload", "0"],
+        "BoundedExecutor (4 workers",
+    ),
+    "demo.py": (["--out", "OUT"], "1. "),
+    "bench.py": ([], "machine:"),
+}
+
+
+@pytest.mark.parametrize("script", list(AT_WORK))
+def test_ctrl_c_stops_a_script_with_exit_code_130_and_no_traceback(script, tmp_path):
+    args, first_line = AT_WORK[script]
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "BlockingQueue" / script)]
+        + [str(tmp_path) if a == "OUT" else a for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines = iter(child.stdout.readline, "")  # until the end of its output
+        assert first_line in next(line for line in lines if line.strip())  # it is at work
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
 
 
 def test_demo_shows_its_lesson(tmp_path):
