@@ -31,7 +31,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from decimal import ROUND_FLOOR, Decimal
 from importlib.metadata import version
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import btree_experiment
 import IdGenerator
 import LocalEtcd
 import WorkerIdLease
-from id_arguments import bounded
+from id_arguments import bounded, floored
 from snowflake import SnowflakeGenerator
 
 CEILING = (IdGenerator.MAX_SEQUENCE + 1) * 1000  # 4,096,000 ids/s per worker
@@ -229,13 +228,6 @@ class Targets:
         print(f"\nheadline: {headline}")
         print(f"targets: {self.met} of {len(self.lines)} met")
         return 0 if self.met == len(self.lines) else 1
-
-
-def floored(ratio: float, decimals: int = 2) -> str:
-    """A ratio cut (not rounded) to `decimals`, as a target line shows it: 0.7993
-    rounds to "0.80" and would read as meeting a 0.8x target it missed."""
-    # Decimal(repr): 0.29 is cut to "0.29", where 0.29 * 100 would give 28.999...
-    return str(Decimal(repr(ratio)).quantize(Decimal(10) ** -decimals, rounding=ROUND_FLOOR))
 
 
 def main(argv: list[str] | None = None) -> int:
