@@ -6,7 +6,8 @@
    process count), so a burst of load elsewhere hits all of them alike; the
    table shows medians.
 2. The convoy effect (convoy.py): 200 round trips to a 1 ms server per row,
-   alone and beside 1, 2, 4 computing threads, at two switch intervals.
+   alone, beside 1, 2, 4 computing threads and beside 1 computing process (the
+   control), at two switch intervals.
 3. The payload sweep (payload_sweep.py): 1 KB to 64 MB per task, threads,
    pickling processes and shared-memory processes, medians of `--repeats`.
 4. The lost update (race.py): the lockstep and the realistic race, 20 runs each.
@@ -111,7 +112,8 @@ def print_table(kind: str, times: dict, worker_counts: tuple[int, ...], repeats:
 def bench_convoy() -> dict[float, list[convoy.Convoy]]:
     print(
         f"Convoy: {CONVOY_TRIPS} round trips per row to a server that answers in "
-        f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads counting primes"
+        f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads counting primes, then beside a "
+        "process doing the same (the control)"
     )
     progress("convoy")
     rows = convoy.run_table(CONVOY_CPU_THREADS, CONVOY_INTERVALS, CONVOY_TRIPS, indent="  ")

@@ -8,7 +8,10 @@ the GIL back, and a computing thread lets go of it only when asked, after the
 switch interval (`sys.getswitchinterval()`, 5 ms by default). With several
 computing threads the waiter may lose the hand-over to another of them and wait
 again. A smaller switch interval shortens the queue, at the cost of more
-switching. README.md, "The convoy effect", explains the run.
+switching. The control row computes in a process instead, with a GIL of its own:
+it keeps a core just as busy, and the round trips barely notice, so the cost
+beside threads is the shared GIL, not a lack of cores. README.md, "The convoy
+effect", explains the run.
 
     python Threading/convoy.py --cpu-threads 0,1,2,4 --switch-intervals 0.005,0.0005
 """
@@ -16,12 +19,14 @@ switching. README.md, "The convoy effect", explains the run.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import statistics
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event
 
 import command_line
 import workloads
@@ -69,13 +74,33 @@ def compute_until(stop: threading.Event, running: threading.Barrier) -> None:
         window += 1
 
 
+def compute_in_process(stop: Event, running: Event) -> None:
+    """The control: the same computing in a child process, which has a GIL of its own."""
+    running.set()
+    window = 0
+    while not stop.is_set():
+        workloads.count_primes(window % 100, SPIN_WINDOW)
+        window += 1
+
+
 @dataclass(frozen=True)
 class Convoy:
-    """Round-trip latencies measured beside `cpu_threads` computing threads."""
+    """Round-trip latencies measured beside `cpu_threads` computing threads (or, for the
+    control row, beside `cpu_processes` computing processes)."""
 
     cpu_threads: int
     switch_interval: float  # seconds
     latencies: list[float]  # seconds, one per round trip
+    cpu_processes: int = 0
+
+    @property
+    def beside(self) -> str:
+        """What computed beside the round trips, in words: "nothing", "2 threads", ..."""
+        if self.cpu_processes:
+            return f"{self.cpu_processes} process" + "es" * (self.cpu_processes != 1)
+        if self.cpu_threads:
+            return f"{self.cpu_threads} thread" + "s" * (self.cpu_threads != 1)
+        return "nothing"
 
     @property
     def median(self) -> float:
@@ -93,11 +118,14 @@ def measure(
     trips: int,
     switch_interval: float | None = None,
     budget: float = TIME_BUDGET,
+    cpu_processes: int = 0,
 ) -> Convoy:
-    """Time `trips` round trips while `cpu_threads` threads compute, at `switch_interval`.
+    """Time `trips` round trips while `cpu_threads` threads (and `cpu_processes` child
+    processes) compute, at `switch_interval`.
 
     The switch interval belongs to the whole interpreter: it is set for the
-    measurement and put back afterwards, whatever happens.
+    measurement and put back afterwards, whatever happens; the threads and the
+    processes are stopped whatever happens too.
     """
     previous = sys.getswitchinterval()
     stop = threading.Event()
@@ -106,9 +134,21 @@ def measure(
         threading.Thread(target=compute_until, args=(stop, running), name=f"cpu-{i}", daemon=True)
         for i in range(cpu_threads)
     ]
+    process_stop = multiprocessing.Event()
+    process_running = [multiprocessing.Event() for _ in range(cpu_processes)]
+    processes = [
+        multiprocessing.Process(
+            target=compute_in_process, args=(process_stop, started), name=f"cpu-process-{i}"
+        )
+        for i, started in enumerate(process_running)
+    ]
     try:
         if switch_interval is not None:
             sys.setswitchinterval(switch_interval)
+        for process in processes:  # before the threads: forking a process with threads is unsafe
+            process.start()
+        for started in process_running:
+            started.wait(timeout=workloads.IO_TIMEOUT)
         for thread in computers:
             thread.start()
         running.wait(timeout=workloads.IO_TIMEOUT)
@@ -116,23 +156,29 @@ def measure(
         interval = sys.getswitchinterval()
     finally:
         stop.set()
+        process_stop.set()
         for thread in computers:
             thread.join(timeout=workloads.IO_TIMEOUT)
+        for process in processes:
+            process.join(timeout=workloads.IO_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+                process.join()
         sys.setswitchinterval(previous)
-    return Convoy(cpu_threads, interval, latencies)
+    return Convoy(cpu_threads, interval, latencies, cpu_processes)
 
 
 def print_header(indent: str = "") -> None:
     print(
-        f"{indent}{'switch interval':<16}{'CPU threads':>11}{'trips':>7}{'median':>10}"
+        f"{indent}{'switch interval':<16}{'computing beside':<18}{'trips':>5}{'median':>10}"
         f"{'p90':>10}{'x alone':>9}"
     )
 
 
 def print_row(row: Convoy, alone: Convoy, indent: str = "") -> None:
     print(
-        f"{indent}{row.switch_interval * 1000:>5.2f} ms{'':<8}{row.cpu_threads:>11}"
-        f"{len(row.latencies):>7}{row.median * 1000:>7.2f} ms{row.p90 * 1000:>7.2f} ms"
+        f"{indent}{row.switch_interval * 1000:>5.2f} ms{'':<8}{row.beside:<18}"
+        f"{len(row.latencies):>5}{row.median * 1000:>7.2f} ms{row.p90 * 1000:>7.2f} ms"
         f"{row.median / alone.median:>8.1f}x"
     )
 
@@ -144,8 +190,9 @@ def run_table(
     budget: float = TIME_BUDGET,
     indent: str = "",
 ) -> dict[float, list[Convoy]]:
-    """Measure and print one row per interval and thread count; 0 threads always comes first,
-    as the baseline each row is compared with. Starts and stops its own server."""
+    """Measure and print, at each interval, one row per thread count, then the control:
+    one computing process instead of a thread. 0 threads always comes first, as the
+    baseline each row is compared with. Starts and stops its own server."""
     print_header(indent)
     rows: dict[float, list[Convoy]] = {}
     with SlowServer(SERVER_DELAY) as server:
@@ -154,13 +201,17 @@ def run_table(
             for count in sorted({0, *cpu_threads}):
                 rows[interval].append(measure(server.address, count, trips, interval, budget))
                 print_row(rows[interval][-1], rows[interval][0], indent)
+            control = measure(server.address, 0, trips, interval, budget, cpu_processes=1)
+            rows[interval].append(control)
+            print_row(control, rows[interval][0], indent)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Time round trips to a local server that answers in 1 ms, alone and "
-        "beside threads that compute, at one or more GIL switch intervals."
+        description="Time round trips to a local server that answers in 1 ms, alone, "
+        "beside threads that compute, and beside a process that computes (the control), "
+        "at one or more GIL switch intervals."
     )
     parser.add_argument(
         "--cpu-threads",
@@ -184,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"Round trips to a server that answers in {SERVER_DELAY * 1000:g} ms, beside threads "
-        "counting primes (median and 90th percentile)"
+        "counting primes, then beside a process doing the same (the control); median and "
+        "90th percentile"
     )
     try:
         run_table(args.cpu_threads, tuple(sorted(args.switch_intervals, reverse=True)), args.trips)

@@ -6,7 +6,8 @@
 2. I/O-bound work (32 requests to a slow local server), the same three ways.
 3. One table of wall times and speed-ups, and a plot of them.
 4. The convoy effect (convoy.py): a 1 ms round trip, alone and beside threads
-   that compute, at the default switch interval and a tenth of it.
+   that compute, at the default switch interval and a tenth of it; beside a
+   process that computes, the control, it stays fast.
 5. The price of sending data to processes (payload_sweep.py): 1 KB to 64 MB
    per task, threads against pickling against shared memory.
 6. Break it: the lost update (race.py), in lockstep and the realistic way,
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import convoy
 import deadlock
+import lesson_checks
 import machine_info
 import MultiProcessing
 import MultiThreading
@@ -90,26 +92,11 @@ RUNNERS = {
     "threads": MultiThreading.run_with_thread_pool,
     "processes": MultiProcessing.run_with_process_pool,
 }
-# Processes must beat threads by this factor on CPU-bound work for the lesson to
-# count as shown: a few percent either way is noise from other programs, and
-# "1.05x in processes but 1.11x in threads" shows nothing.
-LESSON_PROCESS_MARGIN = 1.25
-LESSON_IO_SPEEDUP = 2.0  # 32 threads must at least halve the time of 32 waits
-LESSON_CONVOY = 2.0  # beside one computing thread, a round trip at least this much slower
 
 FOLDER = Path(__file__).resolve().parent
 IMAGES = FOLDER / "images"  # the pictures the README shows: rewritten only by --save-images
 OUT = FOLDER / "out"  # git-ignored: every other run writes here
 PLOTS = ("speedup.png", "convoy_payload_race.png")
-
-
-@dataclass(frozen=True)
-class Part:
-    """One part of the lesson: whether this run showed it, in words either way."""
-
-    shown: bool
-    lesson: str  # what the run showed, with its figures
-    seen: str  # what the run saw instead, with its figures
 
 
 class WrongAnswers(RuntimeError):
@@ -259,40 +246,13 @@ def print_targets(speedups: Speedups, plan: Plan) -> None:
         print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value:.2f}x")
 
 
-def speedup_parts(speedups: Speedups, cores: int, plan: Plan) -> list[Part]:
-    on_cores = f"{cores} core" + "s" * (cores != 1)
-    processes, threads = speedups.cpu_processes, speedups.cpu_threads
-    cpu_words = (
-        f"the speed-up on CPU-bound work was {processes:.2f}x in {CPU_TABLE_WORKERS} "
-        f"processes but {threads:.2f}x in {CPU_TABLE_WORKERS} threads"
-    )
-    if machine_info.gil_enabled():
-        # On one core a "speed-up" of processes is never parallelism: two processes
-        # merely get more turns than one beside other programs' work.
-        cpu = Part(
-            cores >= 2 and processes >= LESSON_PROCESS_MARGIN * threads,
-            f"on {on_cores}, {cpu_words} (the GIL)",
-            f"on {on_cores} (load average {machine_info.load_average()}), {cpu_words}: "
-            + (
-                "one core cannot run two processes at once"
-                if cores < 2
-                else f"processes were not {LESSON_PROCESS_MARGIN}x faster than threads"
-            ),
-        )
-    else:  # free-threaded: threads compute in parallel too; the lesson is that both help
-        words = f"on {on_cores} without the GIL, {cpu_words}"
-        cpu = Part(cores >= 2 and min(processes, threads) >= LESSON_PROCESS_MARGIN, words, words)
-    io_words = (
-        f"{plan.io_tasks} threads made {plan.io_tasks} waits {speedups.io_threads:.1f}x faster"
-    )
-    return [cpu, Part(speedups.io_threads >= LESSON_IO_SPEEDUP, io_words, io_words)]
-
-
 def step_convoy(plan: Plan) -> dict[float, list[convoy.Convoy]]:
-    """Round trips alone and beside 1, 2, 4 computing threads, at each switch interval."""
+    """Round trips alone, beside 1, 2, 4 computing threads and beside one computing
+    process (the control), at each switch interval."""
     print(
         f"\nStep 4: the convoy effect: round trips to a server that answers in "
-        f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads that compute"
+        f"{convoy.SERVER_DELAY * 1000:g} ms, beside threads that compute, then beside a "
+        "process that computes"
     )
     return convoy.run_table(
         CONVOY_CPU_THREADS, CONVOY_INTERVALS, plan.convoy_trips, CONVOY_BUDGET, indent="  "
@@ -332,12 +292,24 @@ def plot_lessons(
 
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     for interval, convoy_rows in rows.items():
-        counts = [row.cpu_threads for row in convoy_rows]
-        medians = [row.median * 1000 for row in convoy_rows]
-        left.plot(counts, medians, marker="o", label=f"switch interval {interval * 1000:g} ms")
+        beside_threads = [row for row in convoy_rows if not row.cpu_processes]
+        counts = [row.cpu_threads for row in beside_threads]
+        medians = [row.median * 1000 for row in beside_threads]
+        line = left.plot(
+            counts, medians, marker="o", label=f"switch interval {interval * 1000:g} ms"
+        )[0]
+        controls = [row for row in convoy_rows if row.cpu_processes]
+        left.scatter(
+            [row.cpu_processes for row in controls],
+            [row.median * 1000 for row in controls],
+            marker="x",
+            s=80,
+            color=line.get_color(),
+            label=f"beside 1 computing process instead ({interval * 1000:g} ms)",
+        )
     left.set_yscale("log")
     left.set_xticks(CONVOY_CPU_THREADS)
-    left.set_xlabel("threads computing beside the round trips")
+    left.set_xlabel("threads (x: processes) computing beside the round trips")
     left.set_ylabel("median round trip (ms, log scale)")
     left.set_title(f"The convoy: a {convoy.SERVER_DELAY * 1000:g} ms server, one waiting thread")
 
@@ -368,58 +340,6 @@ def plot_lessons(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def convoy_part(rows: dict[float, list[convoy.Convoy]]) -> Part:
-    default, smaller = (rows[interval] for interval in CONVOY_INTERVALS)
-    alone, beside_one, beside_most = default[0], default[1], default[-1]
-    words = (
-        f"a round trip of {ms(alone.median)} alone took {ms(beside_one.median)} beside "
-        f"1 computing thread and {ms(beside_most.median)} beside {beside_most.cpu_threads} "
-        f"(the convoy)"
-    )
-    if smaller[1].median < beside_one.median:  # say it only where this run showed it
-        words += f", {ms(smaller[1].median)} at a {CONVOY_INTERVALS[1] * 1000:g} ms switch interval"
-    return Part(beside_one.median >= LESSON_CONVOY * alone.median, words, words)
-
-
-def payload_part(runs: list[payload_sweep.SizeRun]) -> Part:
-    largest = runs[-1]
-    threads, pickled, shared = (largest.seconds[name] for name in payload_sweep.RUNNERS)
-    words = (
-        f"with {payload_sweep.size_label(largest.size)} per task processes took {pickled:.2f} s "
-        f"against threads' {threads:.2f} s (pickling), {shared:.2f} s from shared memory"
-    )
-    return Part(pickled > threads and shared < pickled, words, words)
-
-
-def race_part(races: dict[tuple[str, str], list[race.RaceResult]]) -> Part:
-    lockstep = race.Spread.of(races[("sleep", "no lock")])
-    call = race.Spread.of(races[("call", "no lock")])
-    locked_lost = sum(r.lost for key in races if key[1] == "with Lock" for r in races[key])
-    words = (
-        f"unlocked deposits were lost in {lockstep.runs_with_loss} of {lockstep.runs} "
-        f"lockstep runs (median {lockstep.median:.1%}) and, with a plain call instead of a "
-        f"sleep, in {call.runs_with_loss} of {call.runs} runs ({call.low:.0%} to "
-        f"{call.high:.0%}); locked ones lost {locked_lost:,}"
-    )
-    shown = lockstep.runs_with_loss == lockstep.runs and call.runs_with_loss > 0
-    return Part(shown and locked_lost == 0, words, words)
-
-
-def deadlock_part(broken: deadlock.TransferRun, fixed: deadlock.TransferRun) -> Part:
-    done = broken.completed + fixed.completed
-    shown = bool(broken.deadlocks) and not fixed.deadlocks and done == 4
-    return Part(
-        shown,
-        "the lock-order deadlock was detected and one global order avoided it",
-        f"opposite lock order deadlocked {len(broken.deadlocks)} time(s), one global order "
-        f"{len(fixed.deadlocks)} time(s), {done} of 4 transfers done",
-    )
 
 
 def plot_folder(text: str) -> Path:
@@ -512,11 +432,19 @@ def main(argv: list[str] | None = None) -> int:
     if plan == FULL:
         print_targets(speedups, plan)
     parts = [
-        *speedup_parts(speedups, cores, plan),
-        convoy_part(convoy_rows),
-        payload_part(payloads),
-        race_part(races),
-        deadlock_part(broken, fixed),
+        lesson_checks.cpu_part(
+            speedups.cpu_processes,
+            speedups.cpu_threads,
+            CPU_TABLE_WORKERS,
+            cores,
+            machine_info.gil_enabled(),
+            machine_info.load_average(),
+        ),
+        lesson_checks.io_part(plan.io_tasks, speedups.io_threads),
+        lesson_checks.convoy_part(convoy_rows),
+        lesson_checks.payload_part(payloads),
+        lesson_checks.race_part(races),
+        lesson_checks.deadlock_part(broken, fixed),
     ]
     if cores < 2:
         print("Note: 1 usable core, so processes cannot compute in parallel here.")

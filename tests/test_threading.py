@@ -27,6 +27,7 @@ race = load_module("Threading", "race")
 deadlock = load_module("Threading", "deadlock")
 convoy = load_module("Threading", "convoy")
 payload_sweep = load_module("Threading", "payload_sweep")
+lesson_checks = load_module("Threading", "lesson_checks")
 
 SMALL_WINDOW = 2_000  # numbers per cpu task: enough to find primes, quick to count
 FAST_DELAY = 0.01  # seconds the test server waits per request
@@ -429,17 +430,34 @@ def test_convoy_measure_cleans_up_when_the_server_is_gone():
         address = unused.getsockname()  # bound, never listening: connections are refused
         before = sys.getswitchinterval()
         with pytest.raises(ConnectionRefusedError):
-            convoy.measure(address, cpu_threads=2, trips=3, switch_interval=0.001)
+            convoy.measure(address, cpu_threads=2, trips=3, switch_interval=0.001, cpu_processes=1)
     assert sys.getswitchinterval() == before
     assert threads_named("cpu-") == []
+    assert computing_children() == []
 
 
-def test_convoy_script_prints_a_row_per_thread_count_and_interval():
+def computing_children() -> list[multiprocessing.Process]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("cpu-")]
+
+
+def test_convoy_measure_beside_a_computing_process_stops_it(slow_server):
+    row = convoy.measure(slow_server.address, cpu_threads=0, trips=3, cpu_processes=2)
+    assert (row.beside, len(row.latencies)) == ("2 processes", 3)
+    assert computing_children() == []  # joined, not left computing
+
+
+def test_convoy_script_prints_a_row_per_thread_count_and_interval_and_the_control():
     args = ("--trips", "3", "--cpu-threads", "0,1", "--switch-intervals", "0.005,0.001")
     result = run_script("Threading/convoy.py", *args, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = re.findall(r"^\s*([\d.]+) ms\s+(\d+)\s+3\s", result.stdout, re.M)
-    assert rows == [("5.00", "0"), ("5.00", "1"), ("1.00", "0"), ("1.00", "1")], result.stdout
+    rows = re.findall(r"^\s*([\d.]+) ms\s+(\w+(?: \w+)?)\s+3\s", result.stdout, re.M)
+    assert rows == [
+        *[
+            (interval, beside)
+            for interval in ("5.00", "1.00")
+            for beside in ("nothing", "1 thread", "1 process")
+        ]
+    ], result.stdout
 
 
 # --- the price of sending data to processes ------------------------------------------
@@ -645,6 +663,104 @@ def test_deadlock_script_reports_the_deadlock_and_exits():
 
 
 # --- the demo's verdict ---------------------------------------------------------------
+
+
+def cpu_part(processes: float, threads: float, cores: int = 2, gil: bool = True):
+    return lesson_checks.cpu_part(processes, threads, 2, cores, gil, "0.50")
+
+
+def test_the_cpu_lesson_is_claimed_only_when_processes_clearly_beat_sequential_and_threads():
+    shown = cpu_part(processes=1.9, threads=0.97)
+    assert shown.shown and shown.lesson.endswith(
+        "1.90x in 2 processes but 0.97x in 2 threads (the GIL)"
+    )
+    for processes, threads, because in [
+        (1.05, 1.11, "not 1.25x faster than threads"),  # the issue's busy run
+        (0.90, 0.70, "not 1.25x faster than sequential"),  # slower than sequential
+        (1.95, 1.50, "which the GIL rules out"),  # sequential was slowed, not threads sped up
+    ]:
+        part = cpu_part(processes, threads)
+        assert not part.shown, part.seen
+        assert because in part.seen and f"{processes:.2f}x in 2 processes" in part.seen
+    assert "one core cannot" in cpu_part(1.6, 0.8, cores=1).seen
+    assert not cpu_part(1.6, 0.8, cores=1).shown
+    assert cpu_part(1.8, 1.7, gil=False).shown  # free-threaded: threads compute in parallel
+    assert not cpu_part(1.8, 0.9, gil=False).shown
+
+
+def convoy_rows(alone: float, one: float, most: float, control: float, shorter: float):
+    """rows as convoy.run_table returns them, one latency (in ms) per row."""
+
+    def row(interval, threads, ms, processes=0):
+        return convoy.Convoy(threads, interval, [ms / 1000], processes)
+
+    return {
+        0.005: [
+            row(0.005, 0, alone),
+            row(0.005, 1, one),
+            row(0.005, 4, most),
+            row(0.005, 0, control, 1),
+        ],
+        0.0005: [row(0.0005, 0, alone), row(0.0005, 1, shorter), row(0.0005, 0, control, 1)],
+    }
+
+
+def test_the_convoy_is_claimed_only_against_its_control_a_process_computing_beside():
+    part = lesson_checks.convoy_part(convoy_rows(1.2, 6.6, 32.0, 1.3, 1.4))
+    assert part.shown
+    assert "took 6.6 ms beside 1 computing thread and 32.0 ms beside 4 threads" in part.lesson
+    assert "but 1.3 ms beside 1 computing process" in part.lesson
+    assert "0.5 ms switch interval, 1.4 ms" in part.lesson
+    # As slow beside a process as beside a thread: the cores were short, not the GIL.
+    busy = lesson_checks.convoy_part(convoy_rows(1.2, 6.6, 32.0, 6.0, 1.4))
+    assert not busy.shown and "not the GIL" in busy.seen
+    assert not lesson_checks.convoy_part(convoy_rows(1.2, 1.5, 3.0, 1.2, 1.4)).shown
+    # A shorter interval that did not halve the round trip is not claimed to help.
+    assert (
+        "switch interval"
+        not in lesson_checks.convoy_part(convoy_rows(1.2, 6.6, 32, 1.3, 5.0)).lesson
+    )
+
+
+def size_run(size: int, threads: float, processes: float, shared: float):
+    return payload_sweep.SizeRun(
+        size, {"threads": threads, "processes": processes, "shared memory": shared}
+    )
+
+
+def test_the_price_of_pickling_is_claimed_only_when_it_grows_with_the_data():
+    small, large = 1024, 64 * 1024 * 1024
+    shown = lesson_checks.payload_part(
+        [size_run(small, 0.30, 0.22, 0.17), size_run(large, 0.33, 2.0, 0.48)]
+    )
+    assert shown.shown and "6.06x with 64 MB (2.00 s against 0.33 s: pickling)" in shown.lesson
+    for runs, because in [
+        ([size_run(small, 0.30, 0.22, 0.17), size_run(large, 0.98, 1.0, 0.5)], "not 1.25x slower"),
+        ([size_run(small, 0.30, 0.60, 0.17), size_run(large, 0.50, 1.1, 0.5)], "did not grow"),
+        ([size_run(small, 0.30, 0.22, 0.17), size_run(large, 0.33, 2.0, 1.9)], "shared memory"),
+    ]:
+        part = lesson_checks.payload_part(runs)
+        assert not part.shown and because in part.seen, part.seen
+
+
+def test_the_race_lesson_needs_loss_in_every_lockstep_run_some_call_run_and_no_locked_run():
+    def results(*lost: int):
+        return [race.RaceResult(8, 1000, 1000 - n, 0.1) for n in lost]
+
+    races = {
+        ("sleep", "no lock"): results(875, 875),
+        ("sleep", "with Lock"): results(0),
+        ("call", "no lock"): results(0, 300),
+        ("call", "with Lock"): results(0),
+    }
+    assert lesson_checks.race_part(races).shown
+    for key, lost, because in [
+        (("call", "no lock"), results(0, 0), "lost nothing"),
+        (("sleep", "no lock"), results(875, 0), "every run"),
+        (("call", "with Lock"), results(1), "Lock did not protect"),
+    ]:
+        part = lesson_checks.race_part({**races, key: lost})
+        assert not part.shown and because in part.seen, part.seen
 
 
 def run_demo_on_one_core(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
