@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http
+import ipaddress
 import json
 import logging
 import signal
@@ -164,6 +165,21 @@ def accepted_origins(allowed: list[str]) -> list[str | None] | None:
     return [None, *allowed]
 
 
+def describe_origins(allowed: list[str]) -> str:
+    """One line saying which browser pages may connect (programs always may)."""
+    if ANY_ORIGIN in allowed:
+        return "Origins allowed: any (--allowed-origin '*'): every web page may connect"
+    if not allowed:
+        return "Origins allowed: none: browser pages get 403 (add some with --allowed-origin)"
+    line = f"Origins allowed: {', '.join(allowed)}; other browser pages get 403"
+    if "null" in allowed:
+        line += (
+            "\nwarning: 'null' is the origin of every sandboxed iframe and file:// page, "
+            "whatever site it comes from: allowing it lets any site in"
+        )
+    return line
+
+
 def serve_routes(
     host: str,
     port: int,
@@ -221,22 +237,57 @@ async def run(args: argparse.Namespace) -> None:
         port = server.sockets[0].getsockname()[1]
         host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6, as in a URL
         print(f"Listening on ws://{host}:{port}", flush=True)
+        print(describe_origins(args.allowed_origin), flush=True)
         await stop
         # Leaving the `async with` closes the server: new handshakes get 503 and
         # every open connection is closed with 1001 (going away).
     print("Server stopped; open connections were closed with 1001 (going away).", flush=True)
 
 
-def valid_origin(origin: str) -> bool:
-    """An origin as browsers send it (RFC 6454): scheme://host[:port], or the word null."""
-    if origin == "null":  # sandboxed iframes, file:// pages: allow only on purpose
-        return True
-    parts = urlsplit(origin)
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def browser_origin(text: str) -> str:
+    """`text` written as a browser writes its Origin header (RFC 6454 section 6.2).
+
+    The library compares Origin headers as plain strings, and browsers send
+    one spelling only: scheme and host in lower case, an IPv6 address in its
+    shortest form, an international name in its xn-- form, and no port when
+    it is the scheme's default. Chromium, on a page at
+    http://LOCALHOST:80/x, sends `Origin: http://localhost`; so
+    `--allowed-origin HTTP://LOCALHOST:80` must become that to ever match.
+    Raises ValueError for what is not an origin (a path, a user name, a bad port).
+    """
+    if text == "null":  # sandboxed iframes, file:// pages
+        return text
+    parts = urlsplit(text)
     try:
-        parts.port  # noqa: B018 (raises on a bad port)
-    except ValueError:
-        return False
-    return bool(parts.scheme and parts.hostname) and origin == f"{parts.scheme}://{parts.netloc}"
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"bad port: {err}") from None
+    if not parts.scheme or not parts.hostname:
+        raise ValueError("it needs a scheme and a host, like http://localhost:8000")
+    if parts.username is not None or parts.path or parts.query or parts.fragment:
+        bare = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        raise ValueError(f"an origin is only scheme://host[:port]: did you mean {bare}?")
+    host = parts.hostname  # urlsplit has lowered it
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError as err:
+            raise ValueError(f"bad IPv6 address: {err}") from None
+        if address.scope_id:  # browsers have no URL syntax for a zone
+            raise ValueError("an IPv6 origin cannot name a zone (%...)")
+        host = f"[{address.compressed}]"
+    else:
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as err:
+            raise ValueError(f"bad host name: {err}") from None
+    scheme = parts.scheme.lower()
+    if port is None or port == DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -278,11 +329,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
     args = parser.parse_args(argv)
+    origins = []
     for origin in args.allowed_origin:
-        if origin != ANY_ORIGIN and not valid_origin(origin):
-            parser.error(
-                f"--allowed-origin must look like scheme://host[:port] (no path), got {origin!r}"
-            )
+        try:
+            origins.append(origin if origin == ANY_ORIGIN else browser_origin(origin))
+        except ValueError as err:
+            parser.error(f"--allowed-origin {origin!r}: {err}")
+    args.allowed_origin = origins
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in 0..65535, got {args.port}")
     if not args.interval > 0:  # written so that nan fails too

@@ -20,6 +20,7 @@ from conftest import ROOT, child_env, load_module, run_script
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+Server = load_module("WebSockets", "Server")
 handshake = load_module("WebSockets", "handshake")
 polling_vs_websocket = load_module("WebSockets", "polling_vs_websocket")
 slow_reader = load_module("WebSockets", "slow_reader")
@@ -235,11 +236,65 @@ def test_by_default_no_browser_origin_is_allowed_and_star_allows_all(start_serve
     assert run(origin_answer(ws_url(open_to_all, "/echo"), "https://evil.test")) == 101
 
 
-@pytest.mark.parametrize("origin", ["localhost:8000", "http://localhost:8000/", "http://h:99999"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "localhost:8000",
+        "http://localhost:8000/",
+        "http://h:99999",
+        "http://user@h:8000",
+        "http://[fe80::1%25eth0]:8000",
+        "http://a..b",
+    ],
+)
 def test_server_refuses_an_allowed_origin_that_is_not_an_origin(origin):
     result = run_script(SERVER, "--allowed-origin", origin)
     assert result.returncode == 2 and "--allowed-origin" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# What Chromium 156 put in the Origin header, measured on pages at the URL on
+# the left (README, "Who may connect"): one spelling per origin.
+SPELLINGS_CHROMIUM_SENDS = {
+    "HTTP://LOCALHOST:8000": "http://localhost:8000",
+    "http://localhost:80": "http://localhost",
+    "https://chat.test:443": "https://chat.test",
+    "http://[0:0::1]:8000": "http://[::1]:8000",
+    "http://bücher.example": "http://xn--bcher-kva.example",
+}
+
+
+@pytest.mark.parametrize(("allowed", "sent"), SPELLINGS_CHROMIUM_SENDS.items())
+def test_an_allowed_origin_is_written_as_browsers_send_it(allowed, sent):
+    assert Server.browser_origin(allowed) == sent
+    assert Server.browser_origin(sent) == sent
+
+
+def test_an_allowed_origin_in_another_spelling_still_lets_its_browser_pages_in(start_server):
+    """The library compares strings: `http://localhost:80` must become `http://localhost`."""
+    allowed = [arg for origin in SPELLINGS_CHROMIUM_SENDS for arg in ("--allowed-origin", origin)]
+    server = start_server(SERVER, *allowed)
+    url = ws_url(server, "/echo")
+    answers = {sent: run(origin_answer(url, sent)) for sent in SPELLINGS_CHROMIUM_SENDS.values()}
+    assert answers == dict.fromkeys(SPELLINGS_CHROMIUM_SENDS.values(), 101)
+    assert run(origin_answer(url, "http://localhost:8001")) == 403
+    assert "Origins allowed: http://localhost:8000, http://localhost," in server.text
+
+
+def test_two_origin_headers_get_400(start_server):
+    server = start_server(SERVER, "--allowed-origin", "https://chat.test")
+    request = handshake.upgrade_request(server.host, server.port, "/echo", handshake.new_key())
+    two = b"Origin: https://chat.test\r\nOrigin: https://evil.test\r\n\r\n"
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(request[:-2] + two)
+        answer = handshake.read_http_response(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+def test_allowing_null_warns_that_it_lets_any_site_in(start_server):
+    server = start_server(SERVER, "--allowed-origin", "null")
+    assert server.wait_for_output("warning: 'null'")
+    assert run(origin_answer(ws_url(server, "/echo"), "null")) == 101
 
 
 def test_garbage_instead_of_a_handshake_does_not_stop_the_server(start_server):
