@@ -16,23 +16,24 @@ started fresh ("spawn": macOS, Windows) instead of copied ("fork": Linux).
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import queue
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.process import BaseProcess
 
 import compare_runs
-from workloads import Task, do_task
+from workloads import RunFailed, Task, do_task
 
 POLL_INTERVAL = 0.5  # seconds between checks that no child has died
 STOP_TIMEOUT = 10.0  # seconds a child may take to exit once the work is done
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(RunFailed):
     """A child process exited before sending back all the answers it owed."""
 
 
-class TaskFailed(RuntimeError):
+class TaskFailed(RunFailed):
     """A task raised an exception inside a child process."""
 
 
@@ -89,20 +90,33 @@ def run_with_processes(tasks: list[Task], workers: int) -> list[int]:
 def _next_answer(
     done: multiprocessing.Queue, children: list[BaseProcess]
 ) -> tuple[int, int | None, str | None]:
-    """Wait for the next answer, checking now and then that the children are still alive."""
+    """Wait for the next answer, checking before each that no child has died.
+
+    Checked before every answer, not only when answers stop coming: while the
+    other children keep answering, a dead one would otherwise be noticed only
+    once all the work it did not take was done.
+    """
     while True:
+        _raise_if_one_died(children)
         try:
             return done.get(timeout=POLL_INTERVAL)
         except queue.Empty:
-            dead = [c for c in children if c.exitcode not in (None, 0)]
-            if dead:
-                who = ", ".join(f"{c.name} (exit code {c.exitcode})" for c in dead)
-                raise WorkerDied(f"children died before answering every task: {who}") from None
+            _raise_if_one_died(children)
             if all(c.exitcode is not None for c in children):
                 try:  # a child flushes its answers before it exits: they may be arriving now
                     return done.get(timeout=POLL_INTERVAL)
                 except queue.Empty:
                     raise WorkerDied("every child exited, yet answers are missing") from None
+
+
+def _raise_if_one_died(children: list[BaseProcess]) -> None:
+    """WorkerDied if a child exited with an error (killed, crashed); cheap enough to call often."""
+    # A child's sentinel becomes readable when it exits: one poll() for them all.
+    if multiprocessing.connection.wait([c.sentinel for c in children], timeout=0):
+        dead = [c for c in children if c.exitcode not in (None, 0)]
+        if dead:
+            who = ", ".join(f"{c.name} (exit code {c.exitcode})" for c in dead)
+            raise WorkerDied(f"children died before answering every task: {who}")
 
 
 def run_with_process_pool(tasks: list[Task], workers: int) -> list[int]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from concurrent.futures import BrokenExecutor
 
 import command_line
 import compare_runs
@@ -180,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         convoy_rows = bench_convoy()
         payloads = bench_payload(args.repeats)
         bench_race()
+    except (workloads.RunFailed, BrokenExecutor, OSError) as failure:
+        # A worker killed, the server gone, a race past its time limit (TimeoutError).
+        print(f"FAILED: a step did not finish: {type(failure).__name__}: {failure}")
+        print(f"targets: 0 of {len(TARGETS) + 1} met")
+        return 1
     except KeyboardInterrupt:
         print("Interrupted.")
         return 130

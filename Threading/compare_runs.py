@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import platform
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 
 import command_line
 import machine_info
@@ -78,6 +79,11 @@ def compare(args: argparse.Namespace, runners: dict[str, Callable[..., list[int]
             for name, run in runners.items():
                 seconds, answers = workloads.timed(run, tasks, args.workers)
                 rows.append((name, seconds, answers))
+    except (workloads.RunFailed, BrokenExecutor, OSError) as failure:
+        # A worker killed or crashed, a task that raised, the slow server gone: one
+        # line that says so, not a traceback through the runner's plumbing.
+        print(f"FAILED: {type(failure).__name__}: {failure}")
+        return 1
     except KeyboardInterrupt:
         print("Interrupted.")
         return 130

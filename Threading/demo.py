@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 import time
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -415,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WrongAnswers, payload_sweep.WrongAnswers) as wrong:
         print(f"Lesson not shown: {wrong}; a speed-up with wrong answers is worth nothing")
         return 1
-    except TimeoutError as slow:
-        print(f"Lesson not shown: {slow}; the machine was too busy to finish the race")
+    except (workloads.RunFailed, BrokenExecutor, OSError) as failure:
+        # A worker killed, the server gone, a race past its time limit (TimeoutError).
+        print(f"Lesson not shown: a step did not finish: {type(failure).__name__}: {failure}")
         return 1
 
     print("\nStep 7: Break it: the deadlock (two transfers, two locks, opposite order)")

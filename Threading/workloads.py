@@ -28,6 +28,10 @@ IO_TIMEOUT = 10.0  # seconds a client waits for a reply before giving up
 KINDS = ("cpu", "io")
 
 
+class RunFailed(RuntimeError):
+    """A way of running the tasks failed part-way: a worker died, or a task raised."""
+
+
 @dataclass(frozen=True)
 class Task:
     """One unit of work: small and picklable, so a process pool can send it to a child."""

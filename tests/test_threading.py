@@ -6,6 +6,7 @@ command lines that refuse bad input cleanly. No timing is asserted anywhere."""
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import re
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from conftest import ROOT, load_module, run_script
@@ -28,6 +30,7 @@ deadlock = load_module("Threading", "deadlock")
 convoy = load_module("Threading", "convoy")
 payload_sweep = load_module("Threading", "payload_sweep")
 lesson_checks = load_module("Threading", "lesson_checks")
+compare_runs = load_module("Threading", "compare_runs")
 
 SMALL_WINDOW = 2_000  # numbers per cpu task: enough to find primes, quick to count
 FAST_DELAY = 0.01  # seconds the test server waits per request
@@ -202,6 +205,49 @@ def test_a_child_that_dies_raises_worker_died_instead_of_hanging(monkeypatch):
     tasks = workloads.make_tasks("cpu", 4, size=SMALL_WINDOW)
     with pytest.raises(MultiProcessing.WorkerDied, match="exit code 3"):
         MultiProcessing.run_with_processes(tasks, 2)
+
+
+@FORK_ONLY
+def test_a_dead_child_is_noticed_while_the_others_keep_answering(monkeypatch):
+    # Before, a death was looked for only when no answer came for 0.5 s: with
+    # the other child answering steadily, it surfaced after all its work was done.
+    def crash_or_answer(task):
+        if task.index == 0:
+            os._exit(3)
+        time.sleep(0.02)
+        return task.index
+
+    answers_read = []
+    next_answer = MultiProcessing._next_answer
+
+    def counting(done, children):
+        answers_read.append(next_answer(done, children))
+        return answers_read[-1]
+
+    monkeypatch.setattr(MultiProcessing, "do_task", crash_or_answer)
+    monkeypatch.setattr(MultiProcessing, "_next_answer", counting)
+    tasks = workloads.make_tasks("cpu", 400, size=SMALL_WINDOW)
+    with pytest.raises(MultiProcessing.WorkerDied, match="exit code 3"):
+        MultiProcessing.run_with_processes(tasks, 2)
+    assert len(answers_read) < 200  # long before the other child's 399 answers
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MultiProcessing.WorkerDied("children died before answering every task: worker-1"),
+        BrokenProcessPool("A process in the process pool was terminated abruptly"),
+        ConnectionRefusedError(111, "Connection refused"),
+    ],
+)
+def test_the_scripts_report_a_failed_run_in_one_line_not_a_traceback(failure, capsys):
+    def fail(tasks, workers):
+        raise failure
+
+    args = argparse.Namespace(kind="cpu", tasks=2, workers=2, delay=0.0)
+    assert compare_runs.compare(args, {"a runner": fail}) == 1
+    out = capsys.readouterr().out
+    assert f"FAILED: {type(failure).__name__}: {failure}" in out.splitlines()
 
 
 # --- the lost update ----------------------------------------------------------------
