@@ -11,6 +11,7 @@ condition's list of sleepers (bounded) instead of sleeping and hoping.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import itertools
 import os
 import queue
@@ -20,9 +21,10 @@ import subprocess
 import sys
 import threading
 import time
+import types
+import unittest
 from collections import deque
 from dataclasses import dataclass
-from types import ModuleType
 
 import pytest
 from conftest import ROOT, load_module, run_script
@@ -44,7 +46,7 @@ class Impl:
     name: str
     cls: type
     shutdown_error: type[BaseException] | None
-    clock_module: ModuleType  # where the implementation looks up its monotonic clock
+    clock_module: types.ModuleType  # where the implementation looks up its monotonic clock
     clock_name: str
 
     def __call__(self, maxsize: int = 0):
@@ -760,6 +762,78 @@ def test_every_call_answers_as_queue_queue_does(maxsize, operations):
     ours, theirs = bq.BlockingQueue(maxsize), queue.Queue(maxsize)
     for op in operations:
         assert outcome(ours, op) == outcome(theirs, op), op
+
+
+def test_cpythons_own_queue_tests_pass_against_blockingqueue():
+    """Lib/test/test_queue.py of the running Python (3.13's adds the shutdown tests):
+    the Queue tests, the SimpleQueue tests that apply, and the failing-queue test."""
+    cpython = pytest.importorskip("test.test_queue", reason="this Python has no test package")
+
+    class Queue(bq.BlockingQueue):  # basic_queue_test finds the expected order by class name
+        pass
+
+    class FailingDeque(deque):
+        """Storage that raises once when told to, where queue.Queue's _put/_get would."""
+
+        fail_next_put = fail_next_get = False
+
+        def append(self, item) -> None:
+            if self.fail_next_put:
+                self.fail_next_put = False
+                raise cpython.FailingQueueException("append")
+            super().append(item)
+
+        def popleft(self):
+            if self.fail_next_get:
+                self.fail_next_get = False
+                raise cpython.FailingQueueException("popleft")
+            return super().popleft()
+
+    class FailingQueue(Queue):  # CPython's overrides _put/_get; ours has no hooks
+        def __init__(self, maxsize: int) -> None:
+            super().__init__(maxsize)
+            self.queue = FailingDeque()
+
+        fail_next_put = property(
+            lambda self: self.queue.fail_next_put,
+            lambda self, flag: setattr(self.queue, "fail_next_put", flag),
+        )
+        fail_next_get = property(
+            lambda self: self.queue.fail_next_get,
+            lambda self, flag: setattr(self.queue, "fail_next_get", flag),
+        )
+
+    names = types.SimpleNamespace(
+        Queue=Queue, Full=queue.Full, Empty=queue.Empty, ShutDown=bq.ShutDown
+    )
+
+    class QueueTests(cpython.BaseQueueTestMixin, unittest.TestCase):
+        queue = names
+
+        def setUp(self) -> None:
+            self.type2test = Queue
+            super().setUp()
+
+    class SimpleQueueTests(cpython.BaseSimpleQueueTest, unittest.TestCase):
+        queue = names
+
+        def setUp(self) -> None:
+            self.type2test = Queue
+            super().setUp()
+
+    class FailingQueueTests(cpython.FailingQueueTest, unittest.TestCase):
+        queue = names
+
+        def setUp(self) -> None:
+            super().setUp()
+            self.FailingQueue = FailingQueue
+
+    load = unittest.defaultTestLoader.loadTestsFromTestCase
+    suite = unittest.TestSuite(load(c) for c in (QueueTests, SimpleQueueTests, FailingQueueTests))
+    report = io.StringIO()
+    result = unittest.TextTestRunner(stream=report).run(suite)
+    assert result.wasSuccessful(), report.getvalue()
+    assert result.testsRun >= 14  # 14 in Python 3.11's file, 32 in 3.13's
 
 
 # -- stress: many threads, every item counted ---------------------------------
