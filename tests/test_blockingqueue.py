@@ -1212,17 +1212,20 @@ def test_a_pool_interrupted_while_it_starts_its_workers_does_not_break_the_exit_
 ):
     """Ctrl+C during BoundedExecutor(...) left a pool with unstarted threads in
     the exit hook's list: `join()` on them raised at exit, with a traceback."""
-    started = 0
-    real_start = threading.Thread.start
 
-    def start_one_then_interrupt(thread):
-        nonlocal started
-        if started == 1:
-            raise KeyboardInterrupt
-        started += 1
-        real_start(thread)
+    class InterruptedSecondStart(threading.Thread):
+        starts = 0
 
-    monkeypatch.setattr(threading.Thread, "start", start_one_then_interrupt)
+        def start(self) -> None:
+            InterruptedSecondStart.starts += 1
+            if InterruptedSecondStart.starts == 2:
+                raise KeyboardInterrupt  # Ctrl+C, between two workers' start()
+            super().start()
+
+    # Only the executor module sees the interrupting Thread (the test runner starts threads too).
+    monkeypatch.setattr(
+        executors, "threading", types.SimpleNamespace(Thread=InterruptedSecondStart)
+    )
     with pytest.raises(KeyboardInterrupt):
         executors.BoundedExecutor(3, max_queued=2)
     monkeypatch.undo()
@@ -1487,7 +1490,7 @@ def test_producer_consumer_script_runs_and_prints_its_report():
         (["--out", "a-file"], "cannot write the plots"),
         (["--out", "a-file/below"], "cannot write the plots"),
         (["--out", "x", "--save-images"], "not allowed with argument"),
-        (["--out", ""], "--out: needs a folder name"),  # not the current one, the repository's root
+        (["--out", ""], "--out: needs a folder name"),  # "": the current folder, the repository
     ],
 )
 def test_demo_refuses_a_plot_folder_it_cannot_write_before_running(tmp_path, args, message):
