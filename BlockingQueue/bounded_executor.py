@@ -102,7 +102,9 @@ class BoundedExecutor(Executor):
         itself would block until all but the last max_queued calls had run,
         holding a Future for each, and an endless iterable would never yield.
         This map submits max_workers + max_queued calls now and one more each
-        time a result is taken (what Python 3.14 calls `buffersize`).
+        time a result is taken (what Python 3.14 calls `buffersize`); each of
+        those submits waits for room as submit() does, which matters only
+        when other callers keep the queue full.
         `timeout` counts from this call, as in Executor.map; `chunksize` is
         ignored, as ThreadPoolExecutor ignores it. Leaving the loop early, or
         an exception, cancels the calls not yet started.
