@@ -6,8 +6,10 @@ A power cut loses that cache, so it loses every write no fsync has forced to
 the disk yet. To let a test cause a power cut with a kill, `Disk(volatile=True)`
 keeps that cache inside the process: SQLite's writes wait in memory until
 SQLite calls xSync, and only then go to the file. Killing the process now
-loses exactly what a power cut would. See the README's "Durability: a kill is
-not a power cut".
+loses what a power cut would if the operating system had written nothing
+back yet; a real one may also keep some unsynced blocks, in any order (a test
+plays that by writing chosen blocks of `unsynced` to the file before the
+kill). See the README's "Durability: a kill is not a power cut".
 
 This is an SQLite VFS (the layer SQLite does all its file I/O through), written
 with apsw; it wraps the operating system's default VFS and changes nothing but

@@ -55,10 +55,13 @@ class DurableStore:
     WAL journal + synchronous=FULL: a forced commit fsyncs the write-ahead log
     before it returns, so it survives a kill -9 and a power cut. That is what
     lets a participant promise "yes" and a coordinator record a decision. An
-    unforced commit (`forced=False`) runs with synchronous=OFF: it is written,
-    visible, and survives a kill, but a power cut may take it, until the next
-    forced commit's fsync carries it to the disk too. Presumed abort forces
-    only the writes recovery needs (README, "What each write costs").
+    unforced commit (`forced=False`) runs with synchronous=NORMAL: it is
+    written, visible, and survives a kill, but a power cut may take it, until
+    the next forced commit's fsync carries it to the disk too. Not OFF: after
+    a checkpoint, OFF leaves the restarted log's header unsynced, and a power
+    cut that keeps the new frames but not that header can replay an old log
+    over newer pages, losing forced commits (README, "Durability"). Presumed
+    abort forces only the writes recovery needs (README, "Presumed abort").
 
     All file I/O goes through `disk` (twopc_disk.Disk), which counts the
     fsyncs and, when volatile, loses unsynced writes with the process.
@@ -110,7 +113,7 @@ class DurableStore:
             changes_before = self.db.total_changes()
             syncs_before = self.disk.syncs_of(self.path) if self._log_restarts else 0
             if not forced:
-                self.db.execute("PRAGMA synchronous=OFF")
+                self.db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self.db.execute("BEGIN IMMEDIATE")
                 try:
@@ -123,11 +126,10 @@ class DurableStore:
                 if not forced:
                     self.db.execute("PRAGMA synchronous=FULL")
             wrote = self.db.total_changes() != changes_before  # a read-only COMMIT writes nothing
-            if wrote and self._log_restarts:
+            if wrote and self._log_restarts:  # all but a forced commit's own fsync
                 self._log_restarts = False
-                if forced:  # all but the commit's own fsync
-                    syncs = self.disk.syncs_of(self.path) - syncs_before
-                    self.checkpoint_syncs += max(0, syncs - 1)
+                syncs = self.disk.syncs_of(self.path) - syncs_before
+                self.checkpoint_syncs += max(0, syncs - forced)
             if forced and wrote:
                 self.forced_commits += 1
                 if self.forced_commits % self.checkpoint_every == 0:

@@ -717,6 +717,52 @@ def test_forced_writes_are_one_fsync_per_forced_commit_across_checkpoints(tmp_pa
     assert fsyncs > forced  # the checkpoints' own fsyncs are in the total
 
 
+WRITEBACK_PROBE = """
+import os, sys, apsw, twopc_disk, twopc_node
+files = []  # every file the disk opens, to play the operating system's writeback below
+opened = twopc_disk.Disk.xOpen
+twopc_disk.Disk.xOpen = lambda disk, *args: files.append(opened(disk, *args)) or files[-1]
+path, step = sys.argv[1:]
+schema = "CREATE TABLE IF NOT EXISTS t (k TEXT, pad TEXT)"
+store = twopc_node.DurableStore(path, schema, twopc_disk.disk(step == "write"), checkpoint_every=3)
+if step == "write":
+    for k in ("forced-1", "forced-2", "forced-3"):  # the third is followed by a checkpoint
+        with store.transaction() as db:
+            db.execute("INSERT INTO t VALUES (?, '')", (k,))
+    with store.transaction(forced=False) as db:  # the first write after it restarts the log
+        db.execute("INSERT INTO t VALUES ('unforced', ?)", ("x" * 40_000,))
+    # The operating system writes dirty pages back in its own order, any time: here the
+    # log's blocks from 4 on reached the disk before the power went, block 0 did not.
+    (log,) = [f for f in files if f.path.endswith("-wal")]
+    for number in sorted(n for n in log.unsynced if n >= 4):
+        apsw.VFSFile.xWrite(log, bytes(log.unsynced[number]), number * twopc_disk.BLOCK)
+    os._exit(9)
+rows = sorted(r["k"] for r in store.read("SELECT k FROM t"))
+print(store.read("PRAGMA integrity_check")[0]["integrity_check"], *rows)
+"""
+
+
+def test_a_power_cut_after_a_partial_writeback_keeps_every_forced_commit(tmp_path):
+    # An unforced commit used synchronous=OFF. After a checkpoint it restarted the log
+    # without syncing the log's new header, so when the new frames reached the disk and
+    # the header did not, recovery replayed a prefix of the old log over the checkpointed
+    # file: forced-2 and forced-3, both fsynced, were gone ("ok forced-1"). NORMAL syncs
+    # that header (and nothing per commit), as SQLite's WAL needs to stay consistent.
+    def probe(step: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", WRITEBACK_PROBE, str(tmp_path / "t.db"), step],
+            cwd=ROOT / "TwoPhaseCommit",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.stdout.strip()
+
+    probe("write")
+    assert probe("read") == "ok forced-1 forced-2 forced-3"  # (the unforced one is lost)
+
+
 def test_a_power_cut_after_voting_yes_keeps_the_prepared_promise(shop_factory):
     # Its PREPARED row was fsynced before the yes went out, so the cut keeps it.
     crash_after_voting_yes_and_recover(shop_factory(power_cuts=True), "delivery")
