@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import http
 import ipaddress
 import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
@@ -36,25 +38,98 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_SIZE = 64 * 1024  # bytes; a bigger message closes that connection with 1009
 DEFAULT_INTERVAL = 1.0  # seconds between /time ticks
 DEFAULT_PING_INTERVAL = 20.0  # seconds; a peer that misses a pong is dropped
-DEFAULT_MAX_BUFFER = 1024 * 1024  # bytes queued for one /broadcast member before we drop it
+DEFAULT_MAX_BUFFER = 1024 * 1024  # bytes queued for a client that stopped reading: dropped
 SUPPORTED_VERSION = "13"  # RFC 6455 is version 13; nothing else is in use
 ANY_ORIGIN = "*"  # --allowed-origin '*': no Origin check at all (experiments only)
 
 log = logging.getLogger("ws-server")
 
 
-def make_routes(
-    interval: float, max_buffer: int = DEFAULT_MAX_BUFFER
-) -> dict[str, Callable[[ServerConnection], Awaitable[None]]]:
-    """The three routes, sharing what they need: the tick interval and the room."""
-    room: set[ServerConnection] = set()
+class GuardedConnection(ServerConnection):
+    """A server connection that is dropped when its client stops reading.
 
-    async def echo(ws: ServerConnection) -> None:
+    The library's keep-alive cannot do this: its ping waits in the same write
+    buffer as everything else, for a drain that never comes (slow_reader.py
+    shows it). So each connection watches its own write buffer:
+
+    - stuck above the high-water mark for `stall_timeout` seconds (the bound
+      the keep-alive would have kept: a ping interval plus the pong timeout):
+      the client reads nothing, and an echo reply or a /time tick would wait
+      for it forever, holding a socket and its buffers;
+    - more than `max_buffer` bytes queued: a client that floods pings and
+      reads none of the pongs (every ping read makes a pong, megabytes a
+      second), or a /broadcast member that stopped reading (the room checks
+      it before each broadcast); dropped at once.
+
+    A close frame would only join the back of the queue the client is not
+    reading, so both abort the TCP connection. `max_buffer` = 0 turns both off.
+    """
+
+    def __init__(self, *args: Any, max_buffer: int, stall_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_buffer = max_buffer
+        self.stall_timeout = stall_timeout
+        self.stall_timer: asyncio.TimerHandle | None = None
+
+    def overflowing(self) -> bool:
+        return bool(self.max_buffer) and self.transport.get_write_buffer_size() > self.max_buffer
+
+    def drop(self, why: str) -> None:
+        log.warning("dropping %s: it stopped reading (%s)", self.remote_address, why)
+        self.transport.abort()
+
+    # asyncio's protocol callbacks: the library does its work, then the guard looks.
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.overflowing():
+            self.drop(f"{self.transport.get_write_buffer_size():,} bytes queued")
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.max_buffer:
+            why = f"its queue did not drain for {self.stall_timeout:g} s"
+            self.stall_timer = self.loop.call_later(self.stall_timeout, self.drop, why)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.cancel_stall_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.cancel_stall_timer()
+        super().connection_lost(exc)
+
+    def cancel_stall_timer(self) -> None:
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+
+
+async def taking_turns(ws: ServerConnection) -> AsyncIterator[str | bytes]:
+    """Each message from the client, letting every other connection have a turn in between.
+
+    `recv()` returns at once while messages are queued, without a pause in
+    which the event loop could serve anyone else, and one read from the
+    socket can queue thousands of them: under permessage-deflate a 64 KiB
+    message of one repeated byte is 100 bytes on the wire. A client sending
+    those to /broadcast held the loop for 5 s at a time (every other client
+    waited) until each route took its messages through here.
+    """
+    async for message in ws:
+        yield message
+        await asyncio.sleep(0)  # the other connections' turn
+
+
+def make_routes(interval: float) -> dict[str, Callable[[GuardedConnection], Awaitable[None]]]:
+    """The three routes, sharing what they need: the tick interval and the room."""
+    room: set[GuardedConnection] = set()
+
+    async def echo(ws: GuardedConnection) -> None:
         """Send each message back as it came: text as text, binary as binary."""
-        async for message in ws:
+        async for message in taking_turns(ws):
             await ws.send(message)
 
-    async def time_push(ws: ServerConnection) -> None:
+    async def time_push(ws: GuardedConnection) -> None:
         """Speak first: a tick every interval, whether or not the client says anything.
 
         What the client sends is read and ignored: left unread, it would fill
@@ -63,7 +138,7 @@ def make_routes(
         """
 
         async def ignore_incoming() -> None:
-            async for _ in ws:
+            async for _ in taking_turns(ws):
                 pass
 
         ignoring = asyncio.create_task(ignore_incoming())
@@ -78,22 +153,18 @@ def make_routes(
             ignoring.cancel()
 
     def drop_stalled_members() -> None:
-        """Cut off members that have stopped reading.
+        """Cut off members with more than `max_buffer` bytes queued.
 
         `broadcast` queues a copy for every member without waiting, so a member
-        that reads nothing makes its queue grow without end. The keep-alive
-        does not save us: its ping waits behind the queued data for a drain
-        that never comes (slow_reader.py shows it). So past `max_buffer`
-        queued bytes we abort the TCP connection: a close frame would only
-        join the back of the same queue.
+        that reads nothing makes its queue grow by every message anyone sends,
+        far faster than the stall timer would notice.
         """
         for member in list(room):
-            if member.transport.get_write_buffer_size() > max_buffer:
-                log.warning("dropping %s: it stopped reading", member.remote_address)
+            if member.overflowing():
                 room.discard(member)
-                member.transport.abort()
+                member.drop(f"{member.transport.get_write_buffer_size():,} bytes queued")
 
-    async def broadcast_room(ws: ServerConnection) -> None:
+    async def broadcast_room(ws: GuardedConnection) -> None:
         """Every message from any member goes to every member, the sender included.
 
         `broadcast` writes to each connection without waiting for it, so one
@@ -101,9 +172,8 @@ def make_routes(
         """
         room.add(ws)
         try:
-            async for message in ws:
-                if max_buffer:
-                    drop_stalled_members()
+            async for message in taking_turns(ws):
+                drop_stalled_members()
                 broadcast(room, message)
         finally:
             room.discard(ws)
@@ -191,13 +261,15 @@ def serve_routes(
 ) -> serve:
     """The server, not yet started: use it as `async with serve_routes(...) as server:`.
 
-    `max_buffer` = 0 lets a stalled /broadcast member's queue grow without limit.
+    A client that stops reading is dropped (see `GuardedConnection`) once
+    `max_buffer` bytes wait for it, or its queue has not drained for two ping
+    intervals; `max_buffer` = 0 never drops it, and its queue may grow without limit.
     A handshake whose Origin is not in `allowed_origins` gets 403 (see
     `accepted_origins`); one without an Origin header is served.
     """
-    routes = make_routes(interval, max_buffer)
+    routes = make_routes(interval)
 
-    async def handler(ws: ServerConnection) -> None:
+    async def handler(ws: GuardedConnection) -> None:
         path = route_path(ws.request)
         log.info("open   %s %s", ws.remote_address, path)
         try:
@@ -216,6 +288,9 @@ def serve_routes(
         max_size=max_size,
         ping_interval=ping_interval,
         ping_timeout=ping_interval,
+        create_connection=functools.partial(
+            GuardedConnection, max_buffer=max_buffer, stall_timeout=2 * ping_interval
+        ),
     )
 
 
@@ -315,8 +390,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-buffer",
         type=int,
         default=DEFAULT_MAX_BUFFER,
-        help="bytes queued for a /broadcast member that stopped reading before it is "
-        "dropped (default 1 MiB; 0: never drop)",
+        help="bytes queued for a client that stopped reading before it is dropped "
+        "(default 1 MiB; it is also dropped when its queue has not drained for two ping "
+        "intervals); 0: never drop it",
     )
     parser.add_argument(
         "--allowed-origin",

@@ -4,6 +4,7 @@ Client.py end to end, the hand-made handshake and frames, and push vs polling.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -354,6 +355,86 @@ def test_without_a_cap_the_keepalive_does_not_drop_a_stalled_member():
     assert seen["dropped_after"] is None  # a 1 s keep-alive had 2.5 s to act
     assert seen["peak_buffered"] > 1024 * 1024
     assert seen["fast_received"] == seen["sent"]
+
+
+def flood_without_reading(server, frame: bytes, seconds: float = 20.0) -> bool:
+    """Send `frame` over and over on /echo and read nothing, until the server
+    says it dropped us (True) or `seconds` pass (False)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a reader that barely reads
+    sock.connect((server.host, server.port))
+    try:
+        sock.sendall(
+            handshake.upgrade_request(server.host, server.port, "/echo", handshake.new_key())
+        )
+        handshake.read_http_response(sock)
+        sock.settimeout(0.1)
+        deadline = time.monotonic() + seconds
+        while "stopped reading" not in server.text and time.monotonic() < deadline:
+            try:
+                sock.send(frame)
+            except TimeoutError:
+                pass  # our send buffer is full: the server is not reading either
+            except OSError:
+                break  # reset: the server dropped us
+        return server.wait_for_output("stopped reading", timeout=2)
+    finally:
+        sock.close()
+
+
+def test_a_client_that_sends_but_never_reads_its_echoes_is_dropped(start_server):
+    """Its echoes wait for a drain that never comes, and so does the keep-alive's
+    ping: without the stall timer it held its socket and buffers forever."""
+    server = start_server(SERVER, "--ping-interval", "0.5")
+    message = handshake.encode_frame(b"m" * 60_000, handshake.BINARY, mask=b"abcd")
+    assert flood_without_reading(server, message), server.text
+    assert "its queue did not drain for 1 s" in server.text
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_a_client_that_floods_pings_and_reads_no_pongs_is_dropped(start_server):
+    """Every ping read makes a pong; unread, they grew the server's buffer by
+    megabytes a second (130 MiB in 8 s) with the keep-alive stuck behind them."""
+    server = start_server(SERVER)  # a 20 s keep-alive: the cap acts long before
+    pings = handshake.encode_frame(b"p" * 125, handshake.PING, mask=b"abcd") * 100
+    assert flood_without_reading(server, pings), server.text
+    assert "bytes queued" in server.text
+    assert run(still_echoes(ws_url(server, "/echo"))) == "still serving"
+
+
+def test_two_members_bursting_at_once_take_turns():
+    """Each route lets the others have a turn after every message. Before, a
+    handler went through everything one socket read had queued (thousands of
+    messages) without a pause: a burst held every other client waiting."""
+
+    async def scenario():
+        async with Server.serve_routes("127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            listener = await connect(f"ws://127.0.0.1:{port}/broadcast")
+            a, b = [
+                await asyncio.to_thread(RawClient, "127.0.0.1", port, "/broadcast") for _ in "ab"
+            ]
+            await asyncio.sleep(0.1)  # every handler has joined the room
+            bursts = {
+                client: b"".join(
+                    handshake.encode_frame(name.encode(), mask=b"abcd") for _ in range(300)
+                )
+                for client, name in ((a, "a"), (b, "b"))
+            }
+            # Both bursts reach the server's socket buffers before its event loop
+            # runs again (we hold the loop here): its next read finds them side by side.
+            for client, burst in bursts.items():
+                client.sock.sendall(burst)
+            heard = [await listener.recv() for _ in range(600)]
+            await listener.close()
+            for client in bursts:
+                client.close()
+            return heard
+
+    heard = run(scenario())
+    longest = max(len(list(in_a_row)) for _, in_a_row in itertools.groupby(heard))
+    assert sorted(heard) == ["a"] * 300 + ["b"] * 300
+    assert longest <= 3, f"one member's burst went out {longest} messages in a row"
 
 
 class RawClient:
