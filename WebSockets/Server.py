@@ -195,12 +195,12 @@ def check_request(connection: ServerConnection, request: Request) -> Response | 
     404 instead of an upgrade, an unsupported protocol version gets the 426
     that RFC 6455 section 4.4 asks for, telling the client which version we
     speak, and a request without the Host header that section 4.2.1 requires
-    gets 400. Anything else the library checks itself (a missing Upgrade
+    (or with two of them) gets 400. Anything else the library checks itself (a missing Upgrade
     header gets 426, a malformed key 400).
     """
-    if "Host" not in request.headers:
+    if len(request.headers.get_all("Host")) != 1:  # RFC 9112 section 3.2: 400 for both
         return connection.respond(
-            http.HTTPStatus.BAD_REQUEST, "A WebSocket handshake needs a Host header.\n"
+            http.HTTPStatus.BAD_REQUEST, "A WebSocket handshake needs one Host header.\n"
         )
     if route_path(request) not in PATHS:
         return connection.respond(
