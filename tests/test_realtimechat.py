@@ -926,6 +926,22 @@ def test_a_member_offline_while_1000_messages_arrive_pages_through_all_of_them(
     assert got[-1]["id"] == live[-1]["id"]
 
 
+def test_frames_of_every_length_arrive_whole(tmp_path, start_server, connect):
+    # WebSocket frames carry their length in 1, 2 or 8 bytes (RFC 6455 5.2):
+    # under 126, under 65,536, and this join ack of 50 x 2,000 characters.
+    db = tmp_path / "chat.db"
+    seeded = store_module.ChatStore(db)
+    texts = [f"{n:04d}" + "é" * (rules.MAX_MESSAGE_CHARS - 4) for n in range(50)]
+    seeded.add_many("long", "seed", texts)
+    seeded.close()
+    server = start_server(APP, "--db", str(db))
+    member = connect(server)
+    assert [m["text"] for m in member.join("long", "reader")["history"]] == texts
+    page = member.call("history", {"room": "long", "after_id": 0, "limit": 1})
+    assert page["messages"][0]["text"] == texts[0] and page["more"]
+    assert member.send("short")["seq"] == 51
+
+
 def test_history_refuses_bad_pages(chat, connect):
     member = connect(chat)
     for payload in (
