@@ -10,6 +10,7 @@ initial stock; every assigned rider belongs to a committed order.
 from __future__ import annotations
 
 import contextlib
+import io
 import random
 import shutil
 import signal
@@ -549,9 +550,9 @@ def crash_after_voting_yes_and_recover(shop: Shop, victim: str) -> None:
     assert shop.state(victim, result["txid"]) == "COMMITTED"
 
 
-@pytest.mark.parametrize("victim", ["inventory", "delivery"])
-def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_factory, victim):
-    crash_after_voting_yes_and_recover(shop_factory(), victim)
+def test_participant_crash_after_voting_yes_restarts_prepared_and_commits(shop_factory):
+    # (Inventory's crash: test_a_crash_after_voting_yes_recovers_on_either_store.)
+    crash_after_voting_yes_and_recover(shop_factory(), "delivery")
 
 
 def test_coordinator_crash_before_deciding_blocks_until_it_returns_then_aborts(shop_factory):
@@ -972,11 +973,10 @@ def test_the_old_log_refuses_to_be_overruled_by_a_new_one(shop_factory, tmp_path
     ("store", "point", "by_hand", "decided"),
     [
         ("sqlite", "after-decision", "abort", "commit"),
-        ("sqlite", "before-decision", "commit", "abort"),
         ("postgres", "before-decision", "commit", "abort"),
         ("postgres", "before-decision", "abort", "abort"),
     ],
-    ids=["aborted-by-hand", "committed-by-hand", "committed-by-hand-pg", "agreed-pg"],
+    ids=["aborted-by-hand", "committed-by-hand-pg", "agreed-pg"],
 )
 def test_a_decision_by_hand_is_checked_against_the_coordinators_when_it_comes(
     request, shop_factory, store, point, by_hand, decided
@@ -1196,7 +1196,7 @@ def message_faults(shop: Shop, **faults: object) -> None:
 
 @pytest.mark.parametrize(
     "faults",
-    [{"drop": 0.3}, {"duplicate": 1.0}, {"delay_ms": 150}, {"reorder": 0.6}],
+    [{"drop": 0.3}, {"duplicate": 1.0}, {"delay_ms": 60}, {"reorder": 0.6}],
     ids=["drop", "duplicate", "delay", "reorder"],
 )
 def test_each_message_fault_on_its_own_keeps_every_order_atomic(shop_factory, faults):
@@ -1244,26 +1244,25 @@ def test_a_partition_in_both_directions_aborts_until_it_heals(shop_factory):
     heal_and_check(shop, {order_of(cut["txid"]): "aborted", order_of(healed["txid"]): "committed"})
 
 
-CHAOS_SEEDS = (11, 23, 37)
+CHAOS_SEEDS = (11, 22, 37)  # two with power cuts, one with plain kills
 CHAOS_ORDERS = 60  # at most, per seed; customers stop when the faults do
 CHAOS_SECONDS = 4.0  # how long the faults keep coming, per seed
 
 
-def test_chaos_crashes_power_cuts_and_message_faults_never_break_atomicity(shop_factory):
-    """Per seed: orders from three customers while processes crash at protocol points or
-    lose power, restart slowly (sometimes dying again during recovery), and messages are
+@pytest.mark.parametrize("seed", CHAOS_SEEDS)  # one test per seed: pytest-xdist spreads them
+def test_chaos_crashes_power_cuts_and_message_faults_never_break_atomicity(shop_factory, seed):
+    """Orders from three customers while processes crash at protocol points or lose
+    power, restart slowly (sometimes dying again during recovery), and messages are
     dropped, duplicated, delayed, reordered and partitioned; then heal and check."""
-    for seed in CHAOS_SEEDS:
-        # Odd seeds run every process with a volatile cache: each kill is a power cut.
-        shop = shop_factory(
-            stock="pizza=40,sushi=40", riders=60, vote_timeout=1.0, power_cuts=seed % 2 == 1
-        )
-        answers, events = run_chaos(shop, seed)
-        heal_and_check(shop, answers)
-        answered = [a for a in answers.values() if a is not None]
-        assert len(answered) >= len(answers) // 2, (seed, answers, events)
-        assert "committed" in answered, (seed, events)  # the run did real work
-        shop.stop()
+    # Odd seeds run every process with a volatile cache: each kill is a power cut.
+    shop = shop_factory(
+        stock="pizza=40,sushi=40", riders=60, vote_timeout=1.0, power_cuts=seed % 2 == 1
+    )
+    answers, events = run_chaos(shop, seed)
+    heal_and_check(shop, answers)
+    answered = [a for a in answers.values() if a is not None]
+    assert len(answered) >= len(answers) // 2, (seed, answers, events)
+    assert "committed" in answered, (seed, events)  # the run did real work
 
 
 def run_chaos(shop: Shop, seed: int) -> tuple[dict[str, str | None], list[tuple[str, str]]]:
@@ -1527,21 +1526,48 @@ BAD_ARGUMENTS = [
 ]
 
 
+ENTRY_POINTS = ("demo.py", "bench.py")  # never imported (every folder has them): run them
+
+
+def run_main(script: str, *args: str) -> tuple[int, str, str]:
+    """Run a script's main(args) in this process (no interpreter start, no imports again):
+    (exit status, stdout, stderr). A main that does not return in 10 s fails the test."""
+    module = load_module("TwoPhaseCommit", script.rsplit("/", 1)[-1].removesuffix(".py"))
+    out, err = io.StringIO(), io.StringIO()
+    status: list[object] = []
+
+    def call() -> None:
+        try:
+            status.append(module.main(list(args)))
+        except SystemExit as exit:  # argparse: --help is 0, a bad argument 2
+            status.append(exit.code)
+
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        runner = threading.Thread(target=call, daemon=True)
+        runner.start()
+        runner.join(timeout=10)
+    assert status, f"{script} {args} did not return: it must refuse before it serves"
+    return int(status[0] or 0), out.getvalue(), err.getvalue()
+
+
+def run_any(script: str, *args: str) -> tuple[int, str, str]:
+    if script.endswith(ENTRY_POINTS):
+        result = run_script(script, *args, timeout=60)
+        return result.returncode, result.stdout, result.stderr
+    return run_main(script, *args)
+
+
 def test_every_script_has_help():
-    with ThreadPoolExecutor(4) as pool:  # each start imports Flask: run them side by side
-        results = list(
-            pool.map(lambda s: run_script(f"TwoPhaseCommit/{s}", "--help", timeout=60), SCRIPTS)
-        )
-    for script, result in zip(SCRIPTS, results, strict=True):
-        assert result.returncode == 0 and "usage:" in result.stdout, script
+    for script in SCRIPTS:
+        status, out, _ = run_any(f"TwoPhaseCommit/{script}", "--help")
+        assert status == 0 and "usage:" in out, script
 
 
 def test_bad_arguments_exit_2_with_a_message():
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda c: run_script(c[0], *c[1], timeout=60), BAD_ARGUMENTS))
-    for (script, args, message), result in zip(BAD_ARGUMENTS, results, strict=True):
-        assert result.returncode == 2, (script, args, result.stderr)
-        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    for script, args, message in BAD_ARGUMENTS:
+        status, _, err = run_any(script, *args)
+        assert status == 2, (script, args, err)
+        assert message in err and "Traceback" not in err, err
 
 
 def test_order_client_places_concurrent_orders_and_reports_each(shop):
