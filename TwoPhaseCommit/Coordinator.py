@@ -494,7 +494,13 @@ def create_app(coordinator: Coordinator) -> Flask:
                 running = order_id in coordinator.running_orders
             if running:
                 return jsonify(order_id=order_id, outcome="in progress")
-            abort(404, f"no record of order {order_id}: if it was placed, it did not commit")
+            # Presumed abort, as far as this log knows: an order of a lost log may
+            # have committed (README, "A coordinator that lost its log").
+            abort(
+                404,
+                f"no record of order {order_id} in log {log.log_id}: "
+                "if it was placed under this log, it did not commit",
+            )
         return jsonify(order_json(row))
 
     @app.get("/decisions/<txid>")

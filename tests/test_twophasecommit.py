@@ -626,6 +626,30 @@ def test_a_participant_in_doubt_asks_the_coordinator_and_learns_the_decision(sho
     assert shop.rider_counts() == {"free": 9, "reserved": 0, "assigned": 1}
     # And the coordinator's answer to anyone who asks about an unknown id: abort.
     assert shop.get("coordinator", "/decisions/never-seen")["decision"] == "abort"
+    # A yes-voter whose abort never comes (aborts are sent once, never acknowledged)
+    # asks, and hears the presumed abort, but only from the log it prepared under.
+    ours, foreign = "no-abort-came-" + uuid.uuid4().hex[:6], "other-log-" + uuid.uuid4().hex[:6]
+    assert prepare(shop, "inventory", ours, item="pizza")["vote"] == "yes"
+    reply = shop.post(
+        "inventory",
+        "/prepare",
+        {
+            "txid": foreign,
+            "order": {"item": "pizza", "quantity": 1},
+            "coordinator": shop.url("coordinator"),
+            "coordinator_log": "0" * 32,  # a log this coordinator is not
+        },
+    )
+    assert reply.json()["vote"] == "yes"
+    assert shop.wait_for_state("inventory", ours, "ABORTED") == "ABORTED"
+    assert shop.transactions("inventory")[ours]["resolved_by"] == "asked the coordinator"
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while (
+        "cannot know the outcome" not in (row := shop.transactions("inventory")[foreign])["doubt"]
+    ):
+        assert time.monotonic() < deadline, row
+        time.sleep(0.05)
+    assert row["state"] == "PREPARED"  # not presumed: only an operator can end it
 
 
 def test_the_coordinator_answers_pending_while_it_is_still_collecting_votes(shop):
