@@ -30,7 +30,7 @@ RECONNECT_DELAY, RECONNECT_DELAY_MAX = 0.5, 5.0  # s: doubling between attempts,
 JITTER = 0.5  # each delay is randomised by +-50%, so clients do not come back all at once
 GAP_WAIT = 0.5  # s a message may wait for a missing earlier one before we fetch it
 PAGE = 200  # messages per history page when catching up
-RATE_PAUSE = 0.25  # s to wait before resending a line the server refused as too fast
+RATE_PAUSE = 0.25  # s between lines once the server refused one as too fast (5 a second)
 DRAIN_TIMEOUT = 30.0  # s after Ctrl-D to wait for unsent lines (the server may be down)
 TRANSPORT_ERRORS = (socketio.exceptions.SocketIOError, OSError)  # disconnected, timed out...
 
@@ -207,6 +207,13 @@ class Chatter:
             self.outbox_changed.notify_all()
 
     def send_lines(self) -> None:
+        """Send the outbox in order; once refused as too fast, one line per RATE_PAUSE.
+
+        Pacing matters: a client that resent each line as soon as the last was
+        acknowledged would be refused once per line, and the server hangs up
+        on a connection that collects refusals faster than it forgives them.
+        """
+        paced = False  # the server said too fast: keep under its rate until the outbox is empty
         while not self._closing:
             with self.outbox_changed:
                 self.outbox_changed.wait_for(lambda: self.outbox or self._closing)
@@ -215,16 +222,19 @@ class Chatter:
                 client_id, text = self.outbox[0]
             if not self.seated.wait(timeout=1.0):
                 continue
+            if paced:
+                time.sleep(RATE_PAUSE)
             try:
                 reply = self.send(text, client_id)
             except TRANSPORT_ERRORS:
                 time.sleep(RATE_PAUSE)  # resend the same line, same id, once back
                 continue
             if reply.get("code") == "rate_limited":
-                time.sleep(RATE_PAUSE)
+                paced = True
                 continue
             with self.outbox_changed:
                 self.outbox.popleft()  # stored (or refused for good: the error was printed)
+                paced = paced and bool(self.outbox)
                 self.outbox_changed.notify_all()
 
     def send(self, text: str, client_id: str | None = None) -> dict:

@@ -1317,7 +1317,8 @@ def test_cli_client_keeps_lines_typed_while_the_server_is_down_and_sends_them_in
     port = server.port
     server.kill()
     assert typist.wait_for("disconnected")
-    offline = [f"offline {n}" for n in range(12)]  # more than the burst of 5: paced, in order
+    # More than the burst of 5 and the 20 refusals the server forgives: paced, in order
+    offline = [f"offline {n}" for n in range(40)]
     typist.type(offline[0], "", "x" * 3000, *offline[1:])  # a blank line, one too long
     time.sleep(0.5)  # typed while nothing is there to take them
     restarted = start_server(APP, "--db", db, port=port)
@@ -1331,6 +1332,7 @@ def test_cli_client_keeps_lines_typed_while_the_server_is_down_and_sends_them_in
     errors = "\n".join(typist.err)
     assert "too_long" in errors or "2,000" in errors
     assert "Traceback" not in errors and "Traceback" not in "\n".join(typist.out)
+    assert "closing" not in restarted.text  # a polite client is never taken for a flooder
 
 
 def test_cli_client_prints_what_it_missed_once_and_in_order(tmp_path, start_server, connect, cli):
