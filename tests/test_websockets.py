@@ -19,8 +19,11 @@ import pytest
 import requests
 from conftest import ROOT, child_env, load_module, run_script
 from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.http11 import Response
 
+Client = load_module("WebSockets", "Client")
 Server = load_module("WebSockets", "Server")
 handshake = load_module("WebSockets", "handshake")
 polling_vs_websocket = load_module("WebSockets", "polling_vs_websocket")
@@ -748,6 +751,130 @@ def test_lines_typed_while_offline_arrive_in_order_after_reconnecting(start_serv
     assert not any("Traceback" in line for line in client.lines)
 
 
+def test_reconnection_policy_backs_off_across_short_connections_and_gives_up(capsys):
+    """Client.py's policy for the library's loop, fed the events the loop reports."""
+    policy = Client.Reconnection("ws://h/echo", timeout=1.0)
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert isinstance(policy.process_exception(refused), Client.CannotConnect)  # never connected
+
+    policy.opened()
+    delays = [policy.lost()]  # dropped at once: a failure, and a random first delay
+    for _ in range(2):
+        policy.opened()
+        delays.append(policy.lost())
+    assert 0 <= delays[0] < Client.BACKOFF_FIRST and delays[1:] == [0.5, 1.0]
+    for _ in range(Client.RECONNECT_ATTEMPTS - 4):
+        assert policy.process_exception(refused) is None  # dial again after the next delay
+    assert policy.failures == 7 and next(policy.delays()) == 2.0  # the series went on
+    gave_up = policy.process_exception(refused)
+    assert isinstance(gave_up, Client.CannotConnect) and "after 8 failed attempts" in str(gave_up)
+
+    policy.opened()
+    policy.opened_at -= Client.STABLE_AFTER  # this one lasted: start afresh
+    assert policy.lost() < Client.BACKOFF_FIRST and policy.failures == 0
+    for _ in range(Client.RECONNECT_ATTEMPTS - 1):
+        policy.opened()
+        policy.lost()
+    policy.opened()
+    with pytest.raises(Client.CannotConnect, match="8 connections in a row"):
+        policy.lost()
+
+    forbidden = InvalidStatus(Response(403, "Forbidden", Headers()))
+    fresh = Client.Reconnection("ws://h/echo", timeout=1.0)
+    fresh.opened()
+    assert "HTTP 403" in str(fresh.process_exception(forbidden))  # will not change: stop now
+    assert "Reconnecting in 0.5 s (attempt 2)" in capsys.readouterr().err
+
+
+def test_ctrl_d_while_reconnecting_quits_at_once_and_lists_what_was_not_sent(start_server):
+    server = start_server(SERVER)
+    client = InteractiveClient(ws_url(server, "/echo"))
+    try:
+        assert client.wait_for("Connected to")
+        server.stop()
+        assert client.wait_for("Reconnecting in")  # backing off: 30 s before it gives up
+        client.type("typed while the server was down")
+        client.proc.stdin.close()  # Ctrl-D
+        assert client.proc.wait(timeout=10) == 1
+    finally:
+        client.quit()
+    assert client.wait_for("Not sent (1 line):", timeout=2), client.lines
+    assert "  typed while the server was down" in client.lines
+    assert not any("Traceback" in line for line in client.lines)
+
+
+def test_client_backs_off_from_a_server_that_closes_every_connection_at_once():
+    """The library restarts its backoff after every handshake: against this
+    server it dialed 2,466 times in 5 s. Short-lived connections now count as
+    failures, with the backoff going on between them."""
+    server = ScriptedServer(handshake.encode_frame(close_frame(1000), handshake.CLOSE))
+    with server as url:
+        client = InteractiveClient(url)
+        try:
+            assert client.wait_for("Reconnecting in 1.0 s (attempt 3)")
+            time.sleep(1)  # 2 s in all would have been thousands of handshakes
+        finally:
+            client.quit()
+    assert 3 <= server.handshakes <= 5, server.handshakes
+    assert not any("Traceback" in line for line in client.lines)
+
+
+@pytest.mark.parametrize("lines", [1, 500])
+def test_piped_lines_all_get_their_replies_before_the_client_closes(start_server, lines):
+    """A server stops sending once it reads the close frame, even replies it has
+    not written yet: `echo hi | Client.py` printed nothing about half the time."""
+    server = start_server(SERVER)
+    typed = "".join(f"line {n}\n" for n in range(lines))
+    result = run_script(CLIENT, "--url", ws_url(server, "/echo"), input=typed)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == typed
+
+
+def test_a_line_that_is_not_utf8_is_sent_with_replacement_characters(start_server):
+    """Sent raw, the library failed the connection and the resend failed it
+    again after every reconnect, with a traceback each time, forever."""
+    server = start_server(SERVER)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / CLIENT), "--url", ws_url(server, "/echo")],
+        input=b"before\n\xff\xfe bad\nafter\n",
+        capture_output=True,
+        timeout=30,
+        env=child_env(),
+    )
+    assert result.returncode == 0
+    assert result.stdout.decode() == "before\n\ufffd\ufffd bad\nafter\n"
+    assert b"warning: line 2 is not UTF-8" in result.stderr
+    assert b"Traceback" not in result.stderr and b"Reconnect" not in result.stderr
+
+
+def test_client_refuses_a_send_argument_that_is_not_utf8():
+    result = run_script(CLIENT, "--send", os.fsdecode(b"\xff"))
+    assert result.returncode == 2 and "--send" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_client_stops_quietly_when_its_reader_goes_away(start_server):
+    """`Client.py --count 50 | head -1`: a broken pipe, not a traceback."""
+    server = start_server(SERVER, "--interval", "0.01")
+    client = subprocess.Popen(
+        [sys.executable, str(ROOT / CLIENT), "--url", ws_url(server, "/time"), "--count", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert client.stdout.readline().startswith('{"tick": 1')
+        client.stdout.close()  # the reader is gone
+        assert client.wait(timeout=10) == 1
+        errors = client.stderr.read()
+    finally:
+        client.kill()
+        client.wait()
+        client.stderr.close()
+    assert "Traceback" not in errors and "Exception ignored" not in errors, errors
+
+
 # -- interoperability: other RFC 6455 implementations ------------------------------
 
 
@@ -883,6 +1010,7 @@ class ScriptedServer:
     def __init__(self, first_frames: bytes) -> None:
         self.first_frames = first_frames
         self.pongs: list[bytes] = []
+        self.handshakes = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._serve, daemon=True).start()
@@ -907,6 +1035,7 @@ class ScriptedServer:
             for line in request.split("\r\n")
             if line.lower().startswith("sec-websocket-key:")
         )
+        self.handshakes += 1
         sock.sendall(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\n"
