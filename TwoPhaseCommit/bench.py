@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -232,30 +233,43 @@ def under_chaos(
 
 
 class PrivatePostgres:
-    """A throw-away PostgreSQL cluster under out/bench/ on a free port (as nobody under root)."""
+    """A throw-away PostgreSQL cluster on a free port, under out/bench/.
+
+    PostgreSQL refuses to run as root, so under root it runs as nobody, in a
+    fresh folder of /tmp that nobody owns (and that stop() deletes): nobody
+    may not be able to reach out/ at all, and opening the way to it would
+    mean loosening the permissions of every folder above the repository.
+    """
 
     def __init__(self, directory: Path) -> None:
         bins = sorted(Path("/").glob(POSTGRES_GLOB.lstrip("/")))
         if not bins:
             raise FileNotFoundError("PostgreSQL is not installed (make setup installs it)")
         self.bin = bins[-1]
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        self.data = directory / "data"
         self.as_user: dict = {}
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        self.temporary: Path | None = None
+        if os.geteuid() == 0:
             user = pwd.getpwnam("nobody")
-            for path in (directory, *directory.parents):
-                path.chmod(path.stat().st_mode | 0o001)  # nobody may walk down to it
+            directory = self.temporary = Path(tempfile.mkdtemp(prefix="twopc-bench-postgres-"))
             os.chown(directory, user.pw_uid, user.pw_gid)
             self.as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        subprocess.run(
-            [self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync"],
-            capture_output=True,
-            check=True,
-            timeout=120,
-            **self.as_user,
-        )
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+        self.data = directory / "data"
+        try:
+            initdb = [self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust"]
+            subprocess.run(
+                [*initdb, "--no-sync"],
+                capture_output=True,
+                check=True,
+                timeout=120,
+                **self.as_user,
+            )
+        except (OSError, subprocess.SubprocessError):
+            if self.temporary is not None:
+                shutil.rmtree(self.temporary, ignore_errors=True)
+            raise
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -289,6 +303,8 @@ class PrivatePostgres:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if self.temporary is not None:
+            shutil.rmtree(self.temporary, ignore_errors=True)
 
 
 def postgres_beside_sqlite(orders: int, workdir: Path) -> tuple[Run, Run] | str:
