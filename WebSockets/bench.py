@@ -33,6 +33,9 @@ HERE = Path(__file__).resolve().parent
 TARGET_LATENCY_RATIO = 50.0
 TARGET_BYTE_RATIO = 4.0
 CONNECT_CONCURRENCY = 50  # handshakes in flight at once, below the listen backlog
+MAX_ROUND_TRIPS = 1_000_000
+MAX_CLIENTS = 5_000  # one socket each in this process and in the server's: file descriptors
+MAX_BROADCASTS = 10_000
 
 
 def machine() -> str:
@@ -247,10 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--updates", type=int, default=100, help="updates in push vs polling")
     parser.add_argument("--poll-ms", type=float, default=100.0, help="polling interval")
     args = parser.parse_args(argv)
-    if min(args.round_trips, args.clients, args.broadcasts, args.updates) < 1:
-        parser.error("--round-trips, --clients, --broadcasts and --updates must be >= 1")
-    if args.poll_ms <= 0:
-        parser.error("--poll-ms must be positive")
+    for flag, value, most in (
+        ("--round-trips", args.round_trips, MAX_ROUND_TRIPS),
+        ("--clients", args.clients, MAX_CLIENTS),
+        ("--broadcasts", args.broadcasts, MAX_BROADCASTS),
+    ):
+        if not 1 <= value <= most:
+            parser.error(f"{flag} must be in 1..{most:,}, got {value}")
+    polling_vs_websocket.check_run(
+        parser, args.updates, args.poll_ms, polling_vs_websocket.DEFAULT_MEAN_GAP_MS
+    )
     return asyncio.run(main_async(args))
 
 

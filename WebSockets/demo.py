@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.plot is None:
         args.plot = polling_vs_websocket.default_plot(args.save_images)
-    if args.updates < 1 or args.poll_ms <= 0 or args.mean_gap_ms <= 0:
-        parser.error("--updates must be >= 1; --poll-ms and --mean-gap-ms must be positive")
+    polling_vs_websocket.check_run(parser, args.updates, args.poll_ms, args.mean_gap_ms)
     polling_vs_websocket.check_plot_path(parser, args.plot)
     return asyncio.run(main_async(args.updates, args.poll_ms, args.mean_gap_ms, args.plot))
 

@@ -38,6 +38,8 @@ IMAGES = HERE / "images"  # the README's picture: only --save-images rewrites it
 DEFAULT_UPDATES = 100
 DEFAULT_MEAN_GAP_MS = 100.0  # average time between updates (exponentially distributed)
 DEFAULT_POLL_MS = 100.0
+MAX_UPDATES = 100_000  # a run of hours at the default pace: enough
+MS_RANGE = (1.0, 10_000.0)  # for --poll-ms and --mean-gap-ms: finer is a busy loop, longer a nap
 
 
 @dataclass
@@ -308,10 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.plot is None:
         args.plot = default_plot(args.save_images)
-    if args.updates < 1:
-        parser.error("--updates must be at least 1")
-    if args.poll_ms <= 0 or args.mean_gap_ms <= 0:
-        parser.error("--poll-ms and --mean-gap-ms must be positive")
+    check_run(parser, args.updates, args.poll_ms, args.mean_gap_ms)
     check_plot_path(parser, args.plot)
     polling, push = asyncio.run(compare(args.updates, args.poll_ms, args.mean_gap_ms, args.seed))
     print_table(polling, push, args.poll_ms)
@@ -327,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
 def default_plot(save_images: bool) -> Path:
     """out/ for a plain run (git-ignored); images/, the README's picture, with --save-images."""
     return (IMAGES if save_images else OUT) / PLOT_NAME
+
+
+def check_run(
+    parser: argparse.ArgumentParser, updates: int, poll_ms: float, mean_gap_ms: float
+) -> None:
+    """Refuse a run that cannot work: nan or inf sleeps hung it or ended it in a traceback."""
+    if not 1 <= updates <= MAX_UPDATES:
+        parser.error(f"--updates must be in 1..{MAX_UPDATES:,}, got {updates}")
+    low, high = MS_RANGE
+    for flag, value in (("--poll-ms", poll_ms), ("--mean-gap-ms", mean_gap_ms)):
+        if not low <= value <= high:  # written so that nan fails too
+            parser.error(f"{flag} must be in {low:g}..{high:g} ms, got {value:g}")
 
 
 def check_plot_path(parser: argparse.ArgumentParser, path: Path) -> None:

@@ -593,9 +593,45 @@ def test_sigterm_closes_every_client_with_1001(start_server):
     assert server.proc.wait(timeout=10) == 0
 
 
-def test_server_refuses_bad_options():
-    result = run_script(SERVER, "--max-size", "0")
-    assert result.returncode == 2 and "--max-size" in result.stderr
+BAD_ARGUMENTS = [
+    ("Server.py", "--max-size", "0"),
+    ("Server.py", "--interval", "nan"),
+    ("Server.py", "--ping-interval", "inf"),
+    ("Server.py", "--port", "65536"),
+    ("Client.py", "--timeout", "nan"),
+    ("Client.py", "--count", "-1"),
+    # nan and inf sleeps hung these runs or ended them in a traceback
+    ("demo.py", "--poll-ms", "nan"),
+    ("demo.py", "--mean-gap-ms", "inf"),
+    ("demo.py", "--updates", "1000000"),
+    ("polling_vs_websocket.py", "--poll-ms", "inf"),
+    ("polling_vs_websocket.py", "--mean-gap-ms", "nan"),
+    ("bench.py", "--poll-ms", "nan"),
+    ("bench.py", "--clients", "100000"),
+    ("bench.py", "--round-trips", "0"),
+    ("slow_reader.py", "--seconds", "inf"),  # queued without end
+    ("slow_reader.py", "--seconds", "nan"),  # printed a Lesson it had not shown
+]
+
+
+@pytest.mark.parametrize(("script", "flag", "value"), BAD_ARGUMENTS)
+def test_scripts_refuse_a_bad_argument_in_one_line(script, flag, value):
+    result = run_script(f"WebSockets/{script}", flag, value, timeout=30)
+    assert result.returncode == 2 and flag in result.stderr.splitlines()[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_slow_reader_says_lesson_not_shown_when_the_cap_did_not_act(monkeypatch, capsys):
+    """It printed `Lesson:` (and exited 1) when its run contradicted the lesson."""
+    no_drop = {"sent": 10, "fast_received": 10, "peak_buffered": 0, "dropped_after": None}
+
+    async def both_rounds(seconds):
+        return no_drop, no_drop
+
+    monkeypatch.setattr(slow_reader, "both_rounds", both_rounds)
+    assert slow_reader.main(["--seconds", "1"]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("Lesson not shown: ") and "the cap did not act" in last
 
 
 # -- Client.py ------------------------------------------------------------------
