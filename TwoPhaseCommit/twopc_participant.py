@@ -298,6 +298,8 @@ class Participant:
         reservation held: that is the blocking problem, and the back-off only
         keeps us from hammering a coordinator that is restarting. Whatever
         keeps it waiting is written in the row's `doubt`, for the operator.
+        A transaction an operator decided by hand is asked about too, until
+        the coordinator's decision can be compared with it (decide_by_hand).
         """
         next_ask: dict[str, tuple[float, float]] = {}  # txid -> (when, current back-off)
         while not stop.wait(min(self.in_doubt_after, 0.5) / 2):

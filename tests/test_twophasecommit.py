@@ -692,6 +692,20 @@ print(sorted(r["k"] for r in store.read("SELECT k FROM t")))
 """
 
 
+def run_probe(code: str, *args: str) -> str:
+    """Run `code` as a process of its own in TwoPhaseCommit/ (so it can die as a process
+    does) and return what it printed; a traceback fails the test."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT / "TwoPhaseCommit",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout.strip()
+
+
 @pytest.mark.parametrize(
     ("disk", "survivors"),
     [("plain", "['forced', 'unforced']"), ("volatile", "['forced']")],
@@ -699,15 +713,7 @@ print(sorted(r["k"] for r in store.read("SELECT k FROM t")))
 )
 def test_a_kill_keeps_every_write_a_power_cut_only_the_fsynced_ones(tmp_path, disk, survivors):
     def probe(step: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-c", DISK_PROBE, str(tmp_path / "t.db"), disk, step],
-            cwd=ROOT / "TwoPhaseCommit",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        return result.stdout.strip()
+        return run_probe(DISK_PROBE, str(tmp_path / "t.db"), disk, step)
 
     # Before the kill both rows are there, and only one commit was fsynced.
     assert probe("write") == "1 ['forced', 'unforced']"
@@ -729,15 +735,7 @@ def test_forced_writes_are_one_fsync_per_forced_commit_across_checkpoints(tmp_pa
     # A checkpoint restarts the write-ahead log, and the next forced commit then fsyncs
     # the log's new header too: that fsync is the checkpoint's, not the commit's (it was
     # counted as a forced write: 2 extra per 1,000 commits, here 2 in 11).
-    result = subprocess.run(
-        [sys.executable, "-c", CHECKPOINT_PROBE, str(tmp_path / "t.db")],
-        cwd=ROOT / "TwoPhaseCommit",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    commits, forced, fsyncs = map(int, result.stdout.split())
+    commits, forced, fsyncs = map(int, run_probe(CHECKPOINT_PROBE, str(tmp_path / "t.db")).split())
     assert forced == commits == 11
     assert fsyncs > forced  # the checkpoints' own fsyncs are in the total
 
@@ -773,19 +771,10 @@ def test_a_power_cut_after_a_partial_writeback_keeps_every_forced_commit(tmp_pat
     # the header did not, recovery replayed a prefix of the old log over the checkpointed
     # file: forced-2 and forced-3, both fsynced, were gone ("ok forced-1"). NORMAL syncs
     # that header (and nothing per commit), as SQLite's WAL needs to stay consistent.
-    def probe(step: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-c", WRITEBACK_PROBE, str(tmp_path / "t.db"), step],
-            cwd=ROOT / "TwoPhaseCommit",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        return result.stdout.strip()
-
-    probe("write")
-    assert probe("read") == "ok forced-1 forced-2 forced-3"  # (the unforced one is lost)
+    database = str(tmp_path / "t.db")
+    run_probe(WRITEBACK_PROBE, database, "write")
+    survivors = run_probe(WRITEBACK_PROBE, database, "read")
+    assert survivors == "ok forced-1 forced-2 forced-3"  # (the unforced one is lost)
 
 
 def test_a_power_cut_after_voting_yes_keeps_the_prepared_promise(shop_factory):
