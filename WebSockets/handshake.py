@@ -45,6 +45,8 @@ LENGTH_16BIT = 126
 LENGTH_64BIT = 127
 MAX_16BIT_LENGTH = 0xFFFF
 NO_STATUS_CODE = 1005  # reported, never sent, for a close frame that carries no code
+MAX_PAYLOAD = 16 * 1024 * 1024  # bytes we read in one frame; a server may claim 2**63 - 1
+MAX_HTTP_HEAD = 64 * 1024  # bytes of HTTP answer before the blank line that must end it
 
 
 class ProtocolError(Exception):
@@ -149,13 +151,13 @@ def decode_frame(data: bytes) -> Frame:
 
 
 def read_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
+    data = bytearray()
     while len(data) < count:
-        chunk = sock.recv(count - len(data))
+        chunk = sock.recv(min(count - len(data), 65536))
         if not chunk:
             raise ProtocolError(f"connection closed after {len(data)} of {count} bytes")
         data += chunk
-    return data
+    return bytes(data)
 
 
 def read_frame(sock: socket.socket) -> tuple[bytes, Frame]:
@@ -168,6 +170,8 @@ def read_frame(sock: socket.socket) -> tuple[bytes, Frame]:
     elif length == LENGTH_64BIT:
         head += read_exactly(sock, 8)
         (length,) = struct.unpack_from("!Q", head, 2)
+    if length > MAX_PAYLOAD:  # read it and we would try to hold it all in memory
+        raise ProtocolError(f"a frame of {length:,} bytes: this tool reads {MAX_PAYLOAD:,} at most")
     if head[1] & 0x80:
         head += read_exactly(sock, 4)  # the masking key
     raw = head + read_exactly(sock, length)
@@ -181,13 +185,15 @@ def read_http_response(sock: socket.socket) -> bytes:
     the socket: a server may send its first frame right behind the 101, in the
     same TCP segment, and that frame belongs to `read_frame`.
     """
-    data = b""
+    data = bytearray()
     while not data.endswith(b"\r\n\r\n"):
         byte = sock.recv(1)
         if not byte:
             raise ProtocolError("connection closed during the handshake")
         data += byte
-    return data
+        if len(data) > MAX_HTTP_HEAD:
+            raise ProtocolError(f"no end to the HTTP answer after {MAX_HTTP_HEAD:,} bytes")
+    return bytes(data)
 
 
 def close_code(payload: bytes) -> tuple[int, str]:
@@ -356,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--text", default="Hello, WebSocket!", help="the message to send")
     args = parser.parse_args(argv)
+    try:
+        args.text.encode("utf-8")
+    except UnicodeEncodeError:
+        parser.error("--text must be text: its bytes are not valid UTF-8")
     try:
         walk_through(args.url, args.text)
     except (OSError, ProtocolError, ValueError) as err:

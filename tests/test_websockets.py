@@ -1161,6 +1161,35 @@ def test_close_code_reads_code_and_reason_and_an_empty_close_as_1005():
         handshake.close_code(b"\x03")
 
 
+def test_walk_through_refuses_a_frame_it_could_not_hold():
+    """A server may claim a 2**62-byte frame: reading it was a MemoryError traceback."""
+    huge = b"\x81\x7f" + (2**62).to_bytes(8, "big") + b"not that much"
+    with ScriptedServer(huge) as url, pytest.raises(handshake.ProtocolError, match="at most"):
+        handshake.walk_through(url, "hi", out=lambda line: None)
+
+
+def test_reading_an_http_answer_that_never_ends_stops_at_a_limit():
+    """Before, it read one byte at a time for as long as the server kept talking."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    junk = b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-Junk: aaaaaaaa\r\n" * 10_000
+    writer = threading.Thread(target=theirs.sendall, args=(junk,), daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(handshake.ProtocolError, match="no end to the HTTP answer"):
+            handshake.read_http_response(ours)
+    finally:
+        ours.close()
+        writer.join(5)
+        theirs.close()
+
+
+def test_handshake_py_refuses_text_that_is_not_utf8():
+    result = run_script("WebSockets/handshake.py", "--text", os.fsdecode(b"\xff"))
+    assert result.returncode == 2 and "--text" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_walk_through_talks_to_the_real_server(start_server):
     server = start_server(SERVER)
     lines: list[str] = []
