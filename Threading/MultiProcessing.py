@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import queue
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.process import BaseProcess
 
 import compare_runs
+import parent_watch
 from workloads import RunFailed, Task, do_task
 
 POLL_INTERVAL = 0.5  # seconds between checks that no child has died
@@ -37,8 +39,11 @@ class TaskFailed(RunFailed):
     """A task raised an exception inside a child process."""
 
 
-def _process_worker(todo: multiprocessing.Queue, done: multiprocessing.Queue) -> None:
+def _process_worker(
+    todo: multiprocessing.Queue, done: multiprocessing.Queue, parent_pid: int
+) -> None:
     """A child's main loop: take (position, task) until the `None` sentinel, send answers back."""
+    parent_watch.exit_with_parent(parent_pid)  # a parent killed with -9 leaves no orphan
     while (item := todo.get()) is not None:
         position, task = item
         try:
@@ -57,7 +62,9 @@ def run_with_processes(tasks: list[Task], workers: int) -> list[int]:
     todo: multiprocessing.Queue = multiprocessing.Queue()
     done: multiprocessing.Queue = multiprocessing.Queue()
     children = [
-        multiprocessing.Process(target=_process_worker, args=(todo, done), name=f"worker-{i}")
+        multiprocessing.Process(
+            target=_process_worker, args=(todo, done, os.getpid()), name=f"worker-{i}"
+        )
         for i in range(workers)
     ]
     # Start the children before the first put: put() starts a feeder thread, and
@@ -121,7 +128,11 @@ def _raise_if_one_died(children: list[BaseProcess]) -> None:
 
 def run_with_process_pool(tasks: list[Task], workers: int) -> list[int]:
     """The same with `concurrent.futures`: the pool owns the processes and the queues."""
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        initializer=parent_watch.exit_with_parent,  # see parent_watch.py
+        initargs=(os.getpid(),),
+    ) as pool:
         return list(pool.map(do_task, tasks))  # keeps task order, re-raises errors here
 
 

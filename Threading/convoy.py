@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 
 import command_line
+import parent_watch
 import workloads
 from slow_server import SlowServer
 
@@ -74,8 +76,9 @@ def compute_until(stop: threading.Event, running: threading.Barrier) -> None:
         window += 1
 
 
-def compute_in_process(stop: Event, running: Event) -> None:
+def compute_in_process(stop: Event, running: Event, parent_pid: int) -> None:
     """The control: the same computing in a child process, which has a GIL of its own."""
+    parent_watch.exit_with_parent(parent_pid)  # never left computing by a killed parent
     running.set()
     window = 0
     while not stop.is_set():
@@ -138,7 +141,9 @@ def measure(
     process_running = [multiprocessing.Event() for _ in range(cpu_processes)]
     processes = [
         multiprocessing.Process(
-            target=compute_in_process, args=(process_stop, started), name=f"cpu-process-{i}"
+            target=compute_in_process,
+            args=(process_stop, started, os.getpid()),
+            name=f"cpu-process-{i}",
         )
         for i, started in enumerate(process_running)
     ]
@@ -240,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run_table(args.cpu_threads, tuple(sorted(args.switch_intervals, reverse=True)), args.trips)
+    except OSError as failure:  # the server gone or silent: ConnectionError, TimeoutError
+        print(f"FAILED: the round trips stopped: {type(failure).__name__}: {failure}")
+        return 1
     except KeyboardInterrupt:
         print("Interrupted.")
         return 130

@@ -16,17 +16,20 @@ sending data to processes", explains the run.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
 
 import command_line
+import parent_watch
 import workloads
 
 TASKS = 4  # tasks per run, each with its own copy (or view) of the block
@@ -40,6 +43,7 @@ MAX_SIZE = 256 * MB  # per task; a pool may hold a few pickled copies at once
 MAX_REPEATS = 20
 MAX_TOTAL = 4 * 1024 * MB  # bytes of blocks in a whole run (sizes x repeats): about a minute
 UNITS = {"B": 1, "KB": KB, "MB": MB}
+SHM_FOLDER = "/dev/shm"  # where Linux keeps shared memory segments
 
 
 def make_block(size: int) -> bytes:
@@ -87,7 +91,11 @@ def started_pools() -> Iterator[Pools]:
     resource_tracker.ensure_running()
     with (
         ThreadPoolExecutor(max_workers=WORKERS) as threads,
-        ProcessPoolExecutor(max_workers=WORKERS) as processes,
+        ProcessPoolExecutor(
+            max_workers=WORKERS,
+            initializer=parent_watch.exit_with_parent,  # no orphans, no leaked segments
+            initargs=(os.getpid(),),
+        ) as processes,
     ):
         list(processes.map(abs, range(WORKERS)))  # start the children now, not mid-measure
         yield Pools(threads, processes)
@@ -103,7 +111,25 @@ def run_processes(block: bytes, pools: Pools) -> list[int]:
     return list(pools.processes.map(task_on_bytes, tasks))
 
 
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm, where Linux keeps shared memory; None where there is none."""
+    try:
+        stats = os.statvfs(SHM_FOLDER)
+    except (OSError, AttributeError):  # not Linux: the OS sizes shared memory itself
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
 def run_shared_memory(block: bytes, pools: Pools) -> list[int]:
+    # A segment is created sparse: writing past what /dev/shm can hold kills this
+    # process with SIGBUS, no exception (Docker gives containers 64 MB by default).
+    free = shared_memory_free()
+    if free is not None and free < len(block):
+        raise OSError(
+            errno.ENOSPC,
+            f"{size_label(len(block))} does not fit in {SHM_FOLDER} ({free // MB} MB free; "
+            "in Docker, run with --shm-size=1g)",
+        )
     shared = shared_memory.SharedMemory(create=True, size=max(len(block), 1))
     try:
         shared.buf[: len(block)] = block  # the one copy
@@ -241,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         run_table(args.sizes, args.repeats)
     except WrongAnswers as wrong:
         print(f"FAILED: {wrong}")
+        return 1
+    except (BrokenExecutor, OSError) as failure:  # a child killed, shared memory too small
+        print(f"FAILED: {type(failure).__name__}: {failure}")
         return 1
     except KeyboardInterrupt:
         print("Interrupted.")

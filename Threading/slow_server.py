@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import signal
 import socket
 import socketserver
@@ -22,6 +23,7 @@ import time
 from multiprocessing.connection import Connection
 
 import command_line
+import parent_watch
 from workloads import IO_DELAY
 
 SERVER_STARTUP_TIMEOUT = 10.0  # seconds the server process may take to start
@@ -131,8 +133,10 @@ class _SlowTCPServer(socketserver.ThreadingTCPServer):
             self._free_slots.release()
 
 
-def _serve(host: str, limits: dict, report_port: Connection) -> None:
-    """Child-process entry point: bind, tell the parent the port, serve until terminated."""
+def _serve(host: str, limits: dict, report_port: Connection, parent_pid: int) -> None:
+    """Child-process entry point: bind, tell the parent the port, serve until terminated
+    (or until the parent dies without terminating it: see parent_watch.py)."""
+    parent_watch.exit_with_parent(parent_pid)
     with _SlowTCPServer(host, 0, **limits) as server:
         report_port.send(server.server_address[1])
         report_port.close()
@@ -168,7 +172,10 @@ class SlowServer:
     def __enter__(self) -> SlowServer:
         receive_port, send_port = multiprocessing.Pipe(duplex=False)
         self._process = multiprocessing.Process(
-            target=_serve, args=(self.host, self.limits, send_port), name="slow-server", daemon=True
+            target=_serve,
+            args=(self.host, self.limits, send_port, os.getpid()),
+            name="slow-server",
+            daemon=True,
         )
         self._process.start()
         send_port.close()  # the child holds its own copy

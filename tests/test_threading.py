@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
+import psutil
 import pytest
 from conftest import ROOT, load_module, run_script
 
@@ -248,6 +249,39 @@ def test_the_scripts_report_a_failed_run_in_one_line_not_a_traceback(failure, ca
     assert compare_runs.compare(args, {"a runner": fail}) == 1
     out = capsys.readouterr().out
     assert f"FAILED: {type(failure).__name__}: {failure}" in out.splitlines()
+
+
+ORPHAN_PARENT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import payload_sweep, slow_server
+with slow_server.SlowServer(0), payload_sweep.started_pools() as pools:
+    pools.processes.submit(abs, 1).result()
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_children_end_when_their_parent_is_killed_instead_of_running_for_ever():
+    # kill -9 of a script left its slow server listening and its pool's workers
+    # (and the shared memory their resource tracker would have unlinked) for ever.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_PARENT, str(ROOT / "Threading")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout.readline() == "ready\n"
+        children = psutil.Process(parent.pid).children(recursive=True)
+        assert len(children) >= 3  # the server, two workers (and the resource tracker)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for child in alive:  # do not leave them behind even when the test fails
+        child.kill()
+    assert alive == []
 
 
 # --- the lost update ----------------------------------------------------------------
@@ -520,6 +554,14 @@ def test_every_way_of_sending_the_block_gives_the_right_answers(size, pools):
     run = payload_sweep.measure(size, pools)  # raises WrongAnswers if any answer differs
     assert run.size == size
     assert set(run.seconds) == {"threads", "processes", "shared memory"}
+
+
+def test_a_block_too_big_for_dev_shm_is_refused_instead_of_a_bus_error(monkeypatch, pools):
+    # A segment is created sparse; filling it past what /dev/shm holds (64 MB in a
+    # default Docker container) killed the sweep with SIGBUS and orphaned its pool.
+    monkeypatch.setattr(payload_sweep, "shared_memory_free", lambda: 4096)
+    with pytest.raises(OSError, match="does not fit in /dev/shm"):
+        payload_sweep.run_shared_memory(payload_sweep.make_block(8192), pools)
 
 
 def test_the_answer_depends_on_every_page_of_the_block():
