@@ -72,7 +72,7 @@ MAX_ATTACHMENTS = 4  # binary attachments one event may announce (the chat's eve
 STRAY_FRAMES = (1.0, 3)  # frames that do nothing: rate and burst a connection may send
 # A Socket.IO packet: its type digit, "<count>-" if it has binary attachments,
 # then its namespace if not "/" (and any "?query" after it).
-SOCKETIO_HEADER = re.compile(r"(?P<type>\d)(?:(?P<attachments>\d+)-)?(?P<namespace>/[^,?]*)?")
+SOCKETIO_HEADER = re.compile(r"(?P<type>\d)(?:(?P<attachments>\d{1,10})-)?(?P<namespace>/[^,?]*)?")
 PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence in 15-20 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
 STOP_TIMEOUT = 2.0  # s: open connections get this long to close at shutdown
@@ -533,7 +533,7 @@ def guard_every_frame(socketio: SocketIO) -> None:
 
 
 def write_frames_cheaply(session: engineio_socket.Socket) -> None:
-    """Send WebSocket frames to this connection with less work per frame (README: "Fan-out").
+    """Send WebSocket frames to this connection with less work (README: "The work per frame").
 
     A broadcast to N members is N frames, each written by its connection's
     writer greenlet, so the work per frame decides fan-out. Two parts of it
