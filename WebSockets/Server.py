@@ -10,8 +10,10 @@ Three routes, chosen by the request path during the opening handshake:
     python WebSockets/Client.py --url ws://127.0.0.1:8765/echo
 
 Browsers may connect only from a page whose origin is allowed with
---allowed-origin; programs (which send no Origin header) always may.
-See the README's "Run it", "Who may connect", "Close codes" and "Backpressure".
+--allowed-origin; programs (which send no Origin header) always may. A client
+that stops reading is dropped, and every connection gets its turn between
+another's messages. See the README's "Run it", "Who may connect", "Close
+codes" and "Backpressure".
 """
 
 from __future__ import annotations
@@ -71,19 +73,23 @@ class GuardedConnection(ServerConnection):
         self.stall_timeout = stall_timeout
         self.stall_timer: asyncio.TimerHandle | None = None
 
-    def overflowing(self) -> bool:
-        return bool(self.max_buffer) and self.transport.get_write_buffer_size() > self.max_buffer
-
     def drop(self, why: str) -> None:
         log.warning("dropping %s: it stopped reading (%s)", self.remote_address, why)
         self.transport.abort()
+
+    def drop_if_overflowing(self) -> bool:
+        """Drop the connection if more than `max_buffer` bytes wait for it; True if so."""
+        queued = self.transport.get_write_buffer_size()
+        if not self.max_buffer or queued <= self.max_buffer:
+            return False
+        self.drop(f"{queued:,} bytes queued")
+        return True
 
     # asyncio's protocol callbacks: the library does its work, then the guard looks.
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.overflowing():
-            self.drop(f"{self.transport.get_write_buffer_size():,} bytes queued")
+        self.drop_if_overflowing()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -160,9 +166,8 @@ def make_routes(interval: float) -> dict[str, Callable[[GuardedConnection], Awai
         far faster than the stall timer would notice.
         """
         for member in list(room):
-            if member.overflowing():
+            if member.drop_if_overflowing():
                 room.discard(member)
-                member.drop(f"{member.transport.get_write_buffer_size():,} bytes queued")
 
     async def broadcast_room(ws: GuardedConnection) -> None:
         """Every message from any member goes to every member, the sender included.
@@ -195,8 +200,8 @@ def check_request(connection: ServerConnection, request: Request) -> Response | 
     404 instead of an upgrade, an unsupported protocol version gets the 426
     that RFC 6455 section 4.4 asks for, telling the client which version we
     speak, and a request without the Host header that section 4.2.1 requires
-    (or with two of them) gets 400. Anything else the library checks itself (a missing Upgrade
-    header gets 426, a malformed key 400).
+    (or with two of them) gets 400. Anything else the library checks itself
+    (a missing Upgrade header gets 426, a malformed key 400).
     """
     if len(request.headers.get_all("Host")) != 1:  # RFC 9112 section 3.2: 400 for both
         return connection.respond(
