@@ -110,8 +110,8 @@ class Outbox:
 
     A line leaves only once `ws.send` has taken it, so a line whose send failed,
     or was cut off, goes first on the next connection: it may then arrive
-    twice, never not at all. (One `send` already took, the kernel may still
-    lose with the connection: WebSocket has no acknowledgements.)
+    twice, never not at all. (A line `send` has taken can still be lost in
+    the kernel's buffers with the connection: WebSocket has no acknowledgements.)
     """
 
     def __init__(self) -> None:
@@ -283,7 +283,9 @@ async def interactive(url: str, timeout: float) -> int:
         try:
             status = await talking
         except asyncio.CancelledError:
-            status = 0
+            if asyncio.current_task().cancelling():
+                raise  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt
+            status = 0  # we stopped it above
     except CannotConnect as err:
         print(f"error: {err}", file=sys.stderr)
         status = 1
