@@ -51,6 +51,7 @@ from twopc_node import (
     json_object,
     new_app,
     participant_urls,
+    say,
     serve_until_signalled,
     server_url,
 )
@@ -343,10 +344,7 @@ class Coordinator:
             if result.get("status") == 409:
                 # It aborted the transaction on an operator's word (a heuristic
                 # decision) and cannot commit it now: resending will not help.
-                print(
-                    f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {result['error']}",
-                    flush=True,
-                )
+                say(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {result['error']}")
             acknowledged.append(result.get("status") in (200, 409))
         return acknowledged
 
@@ -439,11 +437,10 @@ class Coordinator:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.retry_max)
         if not stop.is_set():
-            print(
+            say(
                 f"asked the participants for in-doubt transactions: {found} found, "
                 f"{committed} committed, {aborted} aborted (presumed), "
-                f"{foreign} of another coordinator log (left for the operator)",
-                flush=True,
+                f"{foreign} of another coordinator log (left for the operator)"
             )
 
     def decision_for(self, txid: str, asker_log: str) -> str:
@@ -565,10 +562,9 @@ def main(argv: list[str] | None = None) -> int:
         retry_max=args.retry_max,
     )
     resending = coordinator.resend_logged_commits()
-    print(
+    say(
         f"coordinator log {log.log_id}, incarnation {log.incarnation}: "
-        f"{resending} commit(s) to deliver again",
-        flush=True,
+        f"{resending} commit(s) to deliver again"
     )
     server = bind(create_app(coordinator), args.host, args.port)
     coordinator.self_url = server_url(server)

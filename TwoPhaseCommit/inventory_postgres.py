@@ -34,7 +34,7 @@ import psycopg
 from flask import Flask, jsonify, request
 from psycopg import sql
 from psycopg.rows import dict_row
-from twopc_node import StoreError, order_and_attempt
+from twopc_node import StoreError, order_and_attempt, say
 from twopc_participant import (
     ABORTED,
     COMMITTED,
@@ -388,7 +388,7 @@ def answer_503_while_down(app: Flask) -> None:
     @app.errorhandler(psycopg.OperationalError)
     def unavailable(err: psycopg.OperationalError):
         why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"PostgreSQL unavailable ({request.method} {request.path}): {why}", flush=True)
+        say(f"PostgreSQL unavailable ({request.method} {request.path}): {why}")
         return jsonify(error=f"PostgreSQL is unavailable: {why}"), 503
 
 

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -496,6 +497,19 @@ class Faults:
             time.sleep(self.delay_ms / 1000)
 
 
+OUTPUT_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line and flush it. Server threads print while the main thread
+    prints its Listening line, and print() writes the text and the newline apart:
+    two lines could be glued into one that a test or a demo waiting for
+    "Listening on" would not recognise."""
+    with OUTPUT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def milliseconds(changes: dict[str, Any], name: str, current: int) -> int:
     value = changes.get(name, current)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DELAY_MS:
@@ -504,7 +518,7 @@ def milliseconds(changes: dict[str, Any], name: str, current: int) -> int:
 
 
 def crash_now(point: str, txid: str) -> None:
-    print(f"CRASH at {point} (tx {txid}): injected fault, exiting with no cleanup", flush=True)
+    say(f"CRASH at {point} (tx {txid}): injected fault, exiting with no cleanup")
     os._exit(CRASH_EXIT_CODE)
 
 
@@ -700,7 +714,7 @@ def serve_until_signalled(server: BaseWSGIServer) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:  # a signal may arrive the moment the line is out: already inside the try
-        print(f"Listening on {server_url(server)}", flush=True)
+        say(f"Listening on {server_url(server)}")
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass

@@ -45,6 +45,7 @@ from twopc_node import (
     json_object,
     new_app,
     order_and_attempt,
+    say,
     serve_until_signalled,
     text_error,
 )
@@ -307,7 +308,7 @@ class Participant:
             try:
                 doubtful = self.in_doubt() + self.decided_by_hand()
             except Exception as err:  # the database is restarting (PostgreSQL): next round
-                print(f"cannot list the in-doubt transactions: {err!r}", flush=True)
+                say(f"cannot list the in-doubt transactions: {err!r}")
                 continue
             for tx in doubtful:
                 if now - tx["updated_at"] < self.in_doubt_after:
@@ -318,7 +319,7 @@ class Participant:
                 try:
                     settled = self._ask_and_apply(tx)
                 except Exception as err:  # as above: the database went away mid-way
-                    print(f"cannot settle {tx['txid']} yet: {err!r}", flush=True)
+                    say(f"cannot settle {tx['txid']} yet: {err!r}")
                     settled = False
                 if settled:
                     next_ask.pop(tx["txid"], None)
@@ -365,10 +366,9 @@ class Participant:
             outcome = f"{tx['resolved_by']}; the coordinator decided the same"
         else:
             outcome = f"{tx['resolved_by']}; HEURISTIC DAMAGE: the coordinator decided {decision}"
-            print(
+            say(
                 f"HEURISTIC DAMAGE: {tx['txid']} was {tx['state']} by an operator, "
-                f"but the coordinator decided {decision}",
-                flush=True,
+                f"but the coordinator decided {decision}"
             )
         self._set_resolved_by(tx["txid"], tx["resolved_by"], outcome)
         return True
@@ -612,7 +612,7 @@ def run(participant: Participant, app: Flask, host: str, port: int) -> None:
     doubtful = participant.in_doubt()
     if doubtful:
         txids = ", ".join(tx["txid"] for tx in doubtful)
-        print(f"recovered {len(doubtful)} PREPARED transaction(s), in doubt: {txids}", flush=True)
+        say(f"recovered {len(doubtful)} PREPARED transaction(s), in doubt: {txids}")
     server = bind(app, host, port)
     stop = threading.Event()
     resolver = threading.Thread(
