@@ -10,8 +10,6 @@ import concurrent.futures
 import contextlib
 import itertools
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +26,15 @@ import pytest
 import redis
 import requests
 import socketio
-from conftest import ServerProcess, child_env, free_port, load_module, run_script, script_path
+from conftest import (
+    ServerProcess,
+    child_env,
+    engine_binary,
+    free_port,
+    load_module,
+    run_script,
+    script_path,
+)
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection
@@ -46,17 +52,6 @@ rooms_module = load_module("RealTimeChat", "chat_rooms")
 
 def new_room() -> str:
     return "t" + uuid.uuid4().hex[:12]
-
-
-def needs(tool: str) -> str:
-    """The path of a system tool `make setup` installs; in CI its absence is a failure."""
-    path = shutil.which(tool)
-    if path:
-        return path
-    message = f"{tool} is not installed: run `make setup` (it installs it with apt-get)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 class Member:
@@ -1369,7 +1364,7 @@ def test_two_browser_pages_chat_show_html_as_text_and_survive_a_restart(
 ):
     from playwright.sync_api import sync_playwright
 
-    chromium = needs("chromium")
+    chromium = engine_binary("chromium")
     db = tmp_path / "chat.db"
     server = start_server(APP, "--db", str(db))
     with sync_playwright() as playwright:

@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import time
 
 import pytest
 import requests
-from conftest import ROOT, child_env, free_port, load_module, run_script
+from conftest import ROOT, child_env, engine_binary, free_port, load_module, run_script
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -909,12 +908,7 @@ def test_a_browser_websocket_talks_to_the_server(start_server):
     """Chromium's own RFC 6455 client (the page's `WebSocket` API) on every route."""
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    if not chromium:
-        message = "chromium is not installed: run `make setup` (it installs it with apt-get)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    chromium = engine_binary("chromium")
     port = free_port()
     # The page comes from the server's own origin (its 426 answer to plain
     # HTTP; from about:blank, Chromium's local-network rules refuse a
