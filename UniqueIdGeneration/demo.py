@@ -1,6 +1,6 @@
 """Unique ID generation, the guided run: mint, check, decode, break, lease, shard, measure.
 
-python UniqueIdGeneration/demo.py                  # about 30 s; starts its own etcd
+python UniqueIdGeneration/demo.py                  # about 20-25 s; starts its own etcd
 python UniqueIdGeneration/demo.py --save-images    # also redraws images/lease_pause.png
 """
 
@@ -30,13 +30,15 @@ OUT = HERE / "out"  # git-ignored: this run's databases, etcd data and plots
 IMAGES = HERE / "images"  # the README's pictures: only with --save-images
 
 THREADS = 8
-IDS_PER_THREAD = 25_000
+IDS_PER_THREAD = 12_500
 PROCESSES = 4
 IDS_PER_PROCESS = 50_000
-BTREE_ROWS = 200_000  # the bench runs 1,000,000; this is the short version
+RACE_IDS_PER_THREAD = 10_000  # break_it.py's race runs 20,000; the naive one loses either way
+BTREE_ROWS = 100_000  # the bench runs 1,000,000; this is the short version
+BTREE_BATCH_ROWS = 20_000  # timed in batches of this many rows
 LEASE_TTL = 2  # seconds: etcd's shortest, so a pause past it is quick to show
 LEASE_MARGIN = 0.5  # seconds
-PAUSE = LEASE_TTL + 2  # long enough for etcd to expire the lease and a waiter to take the id
+AFTER_TAKEOVER = 0.5  # seconds A stays frozen after B took its id: B mints meanwhile
 
 
 def strictly_increasing(ids: list[int]) -> bool:
@@ -172,8 +174,9 @@ def two_processes_ask(etcd_url: str, out: Path) -> dict:
     second = LeaseWorker("B", etcd_url, out / "ask-b.json", space=32)
     second.wait_for("holding worker id")
     keys = WorkerIdLease.EtcdGateway(etcd_url).prefix(WorkerIdLease.PREFIX)
-    time.sleep(0.5)
+    time.sleep(0.3)
     first.ask_to_stop()  # both at once: each keeps its id a margin after its last one
+    second.ask_to_stop()
     records = {"A": first.stop(), "B": second.stop()}
     return {
         "workers": {n: [h["worker_id"] for h in r["holds"]] for n, r in records.items()},
@@ -184,25 +187,32 @@ def two_processes_ask(etcd_url: str, out: Path) -> dict:
 
 
 def paused_holder(etcd_url: str, out: Path) -> dict:
-    """A holds the only worker id; B waits. A is frozen past its TTL, B takes the
-    id, A wakes and must stop; when B lets go, A re-acquires and goes on."""
+    """A holds the only worker id; B waits. A is frozen until its lease has
+    expired and B has taken the id, A wakes and must stop; when B lets go, A
+    re-acquires and goes on."""
     started_ns = time.time_ns()
     a = LeaseWorker("A", etcd_url, out / "pause-a.json", space=1)
     a.wait_for("holding worker id")
     b = LeaseWorker("B", etcd_url, out / "pause-b.json", space=1)
-    time.sleep(0.7)
+    b.wait_for("no free worker id yet")  # B has asked etcd, been refused, and polls
     a.proc.send_signal(signal.SIGSTOP)
     frozen = [time.time_ns()]
-    print(f"  A holds worker 0; B waits. A frozen (SIGSTOP) for {PAUSE} s ...", flush=True)
-    took_over = b.wait_for("holding worker id", timeout=PAUSE + 10)
-    time.sleep(max(0.0, PAUSE - (time.time_ns() - frozen[0]) / 1e9))
+    # The next seconds are spent waiting for etcd: load the plotting library meanwhile.
+    threading.Thread(target=load_matplotlib, daemon=True).start()
+    print(
+        f"  A holds worker 0; B waits. A frozen (SIGSTOP) until B has held worker 0 "
+        f"for {AFTER_TAKEOVER} s ...",
+        flush=True,
+    )
+    took_over = b.wait_for("holding worker id", timeout=LEASE_TTL + 10)
+    time.sleep(AFTER_TAKEOVER)
     a.proc.send_signal(signal.SIGCONT)
     frozen.append(time.time_ns())
     stopped = a.wait_for("minting stopped")
-    time.sleep(0.5)
+    time.sleep(0.3)  # both run: A mints nothing while B holds the id
     records = {"B": b.stop()}
     reacquired = a.wait_for("holding worker id", count=2)
-    time.sleep(0.5)
+    time.sleep(0.3)
     records["A"] = a.stop()
     return {
         "records": records,
@@ -216,11 +226,17 @@ def paused_holder(etcd_url: str, out: Path) -> dict:
     }
 
 
-def plot_pause(result: dict, path: Path) -> None:
-    """Each process's ids over time (one dot per 20th id), coloured by hold."""
+def load_matplotlib() -> None:
+    """Import matplotlib for drawing into files (about a second of CPU)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def plot_pause(result: dict, path: Path) -> None:
+    """Each process's ids over time (one dot per 20th id), coloured by hold."""
+    load_matplotlib()  # at once if paused_holder's thread has done it (or waits for it)
     import matplotlib.pyplot as plt
 
     start_ms = result["started_ns"] / 1e6
@@ -282,9 +298,9 @@ def live_shard_move(db_dir: Path) -> dict:
         threads += [threading.Thread(target=read) for _ in range(2)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        time.sleep(0.3)
         report = blog.move_shard(shard, "db-02")
-        time.sleep(0.5)
+        time.sleep(0.3)
         stop.set()
         for t in threads:
             t.join()
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n4. Break it (python UniqueIdGeneration/break_it.py has the details)")
     shared = break_it.shared_worker_id()
     burst = break_it.sequence_exhausted()
-    race = break_it.shared_without_lock()
+    race = break_it.shared_without_lock(per_thread=RACE_IDS_PER_THREAD)
     order = break_it.sort_order()
     print_table(
         ["experiment", "naive / wrong", "ours / right"],
@@ -472,10 +488,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in btree_experiment.KINDS:
             print(f"  inserting with {kind} keys ...", flush=True)
-            results.append(btree_experiment.insert_rows(kind, BTREE_ROWS, Path(tmp) / f"{kind}.db"))
+            db_path = Path(tmp) / f"{kind}.db"
+            results.append(
+                btree_experiment.insert_rows(kind, BTREE_ROWS, db_path, BTREE_BATCH_ROWS)
+            )
     fastest = results[0]
     print_table(
-        ["primary key", "rows/s", "last 100k rows (s)", "pages per 1,000-row commit", "MB"],
+        [
+            "primary key",
+            "rows/s",
+            f"last {BTREE_BATCH_ROWS // 1000}k rows (s)",
+            f"pages per {btree_experiment.ROWS_PER_TRANSACTION:,}-row commit",
+            "MB",
+        ],
         [
             [
                 r.kind,
