@@ -839,6 +839,24 @@ EVERY_STRATEGY = {
 }
 
 
+@pytest.mark.parametrize("crowded", [False, True])
+def test_the_arc_table_places_every_hash_where_a_bisection_would(crowded):
+    """get_nodes' FlatPoints.place against np.searchsorted: points themselves, one
+    below and above each, 0, the top of the circle, random hashes; and points
+    crowded into a few arcs (too many steps: it falls back to the bisection)."""
+    rng = np.random.default_rng(5)
+    if crowded:
+        points = np.sort(rng.integers(0, 2**12, 4000, dtype=np.uint32))  # all in arc 0
+    else:
+        points = np.sort(rng.integers(0, 2**32, 16000, dtype=np.uint64).astype(np.uint32))
+    flat = ring_module.FlatPoints(points, np.zeros(len(points) + 1, np.intp), np.array(["a"]))
+    assert (flat.steps > flat.MAX_STEPS) == crowded
+    edges = np.array([0, 1, 2**32 - 2, 2**32 - 1], dtype=np.uint64)
+    near = np.concatenate([points, points - 1, points + 1]).astype(np.uint64) % 2**32
+    hashes = np.concatenate([edges, near, rng.integers(0, 2**32, 200_000)]).astype(np.uint32)
+    assert np.array_equal(flat.place(hashes), np.searchsorted(points, hashes, side="left"))
+
+
 @pytest.mark.parametrize("name", EVERY_STRATEGY)
 def test_get_nodes_places_many_keys_exactly_as_get_node_does(name):
     strategy = EVERY_STRATEGY[name](NODES[:37])
