@@ -31,6 +31,7 @@ import socket
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -50,10 +51,11 @@ from chat_store import HISTORY_LIMIT, PAGE_LIMIT, ChatStore, StoreError
 from engineio import exceptions as engineio_exceptions
 from engineio import packet as engineio_packet
 from engineio import socket as engineio_socket
-from flask import Flask, render_template, request
+from flask import Flask, Request, render_template, request
 from flask_socketio import SocketIO, emit, join_room, leave_room
 from itsdangerous import BadData, URLSafeTimedSerializer
 from socketio import packet as socketio_packet
+from werkzeug.routing import MapAdapter
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DB = HERE / "out" / "chat.db"  # git-ignored; pass --db to keep several apart
@@ -73,6 +75,7 @@ STRAY_FRAMES = (1.0, 3)  # frames that do nothing: rate and burst a connection m
 # A Socket.IO packet: its type digit, "<count>-" if it has binary attachments,
 # then its namespace if not "/" (and any "?query" after it).
 SOCKETIO_HEADER = re.compile(r"(?P<type>\d)(?:(?P<attachments>\d{1,10})-)?(?P<namespace>/[^,?]*)?")
+SOCKETIO_PATH = "/socket.io"  # where Engine.IO serves, before Flask's routes (the default)
 PING_INTERVAL, PING_TIMEOUT = 10, 5  # s: a vanished client leaves presence in 15-20 s
 LISTEN_BACKLOG = 2048  # connections the kernel queues while we accept: reconnect storms
 STOP_TIMEOUT = 2.0  # s: open connections get this long to close at shutdown
@@ -251,6 +254,29 @@ class ChatServer:
 
     # -- helpers ---------------------------------------------------------------
 
+    def answering(self, handler: Callable) -> Callable:
+        """`handler`, with its refusals answered here rather than by Flask-SocketIO.
+
+        Flask-SocketIO catches a handler's exception with `sys.exc_info()` in
+        a local variable: its frame then holds the traceback that holds the
+        frame, a reference cycle through every frame of the event's stack,
+        which only the cyclic garbage collector frees. A flood is refusals
+        by the thousand, and the collector freed their 50,000 objects at once
+        in 120-160 ms, stalling every connection (README: "Fair service"). Caught
+        here, the exception is dropped at the end of the `except` block and
+        reference counting frees it at once. Other exceptions still reach
+        `on_error` through Flask-SocketIO, logged.
+        """
+
+        @functools.wraps(handler)
+        def answer(*args: object) -> object:
+            try:
+                return handler(*args)
+            except (Rejected, Flooding) as error:
+                return self.on_error(error)
+
+        return answer
+
     def admit(self, event: str) -> None:
         """Pass the event through its connection's and its person's token buckets."""
         seat = self.presence.seat(request.sid)
@@ -370,6 +396,26 @@ class ChatServer:
             self.presence.close()
 
 
+class ChatFlask(Flask):
+    """Flask, minus a URL lookup that fails on every Socket.IO event.
+
+    Flask-SocketIO runs each event in a request context made from its
+    connection's environ, and Flask matches that request's path,
+    /socket.io/, against the routes. No route serves it (Engine.IO answers
+    it before Flask sees it), so every event made a NotFound, kept in the
+    context with a traceback whose frames refer back to the context: a
+    reference cycle per event, freed only by the cyclic garbage collector,
+    in pauses of up to 160 ms under a flood (README: "Fair service"). An event
+    needs no route, so its context gets no URL adapter and matches nothing.
+    """
+
+    def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
+        path = request.path if request is not None else ""
+        if path == SOCKETIO_PATH or path.startswith(SOCKETIO_PATH + "/"):
+            return None
+        return super().create_url_adapter(request)
+
+
 def no_extra_arguments(event: str, extra: tuple) -> None:
     if extra:
         raise Rejected("wrong_type", f"'{event}' takes one argument, got {1 + len(extra)}")
@@ -386,7 +432,7 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     `config` overrides the defaults below (Flask-style upper-case keys), e.g.
     `create_app({"DB_PATH": tmp_path / "chat.db", "ASYNC_MODE": "threading"})`.
     """
-    app = Flask(__name__)
+    app = ChatFlask(__name__)
     app.config.from_mapping(
         DB_PATH=DEFAULT_DB,
         REDIS=None,  # "redis://host:port": processes share rooms, names and presence
@@ -423,15 +469,15 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     else:
         presence = Rooms()
     chat = ChatServer(socketio, store, presence, Limiter(app.config["LIMITS"]))
-    socketio.on("connect")(chat.on_connect)
-    socketio.on("disconnect")(chat.on_disconnect)
-    socketio.on("join")(chat.on_join)
-    socketio.on("leave")(chat.on_leave)
-    socketio.on("message")(chat.on_message)
-    socketio.on("typing")(chat.on_typing)
-    socketio.on("rooms")(chat.on_rooms)
-    socketio.on("history")(chat.on_history)
-    socketio.on("*")(chat.on_unknown)
+    socketio.on("connect")(chat.answering(chat.on_connect))
+    socketio.on("disconnect")(chat.answering(chat.on_disconnect))
+    socketio.on("join")(chat.answering(chat.on_join))
+    socketio.on("leave")(chat.answering(chat.on_leave))
+    socketio.on("message")(chat.answering(chat.on_message))
+    socketio.on("typing")(chat.answering(chat.on_typing))
+    socketio.on("rooms")(chat.answering(chat.on_rooms))
+    socketio.on("history")(chat.answering(chat.on_history))
+    socketio.on("*")(chat.answering(chat.on_unknown))
     socketio.on_error_default(chat.on_error)
     guard_every_frame(socketio)
     if app.config["REDIS"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import itertools
 import json
 import signal
@@ -407,6 +408,27 @@ def test_create_app_builds_an_app_with_its_own_database(tmp_path):
     client.disconnect()
     app.extensions["chat"].close()
     assert (tmp_path / "own.db").is_file()
+
+
+def test_events_and_refusals_leave_no_cycles_for_the_garbage_collector(tmp_path):
+    # Objects in reference cycles wait for the cyclic collector, which frees them
+    # all in one pause: 50,000 a flood's refusals made cost every client 120-160 ms.
+    app_module = load_module("RealTimeChat", "app")
+    app, sio = app_module.create_app({"DB_PATH": tmp_path / "gc.db", "ASYNC_MODE": "threading"})
+    client = sio.test_client(app)
+    client.emit("join", {"room": "r", "name": "alice"}, callback=True)
+    gc.collect()
+    gc.disable()
+    try:
+        replies = [client.emit("rooms", callback=True) for _ in range(60)]
+        replies += [client.emit("shout", callback=True) for _ in range(10)]
+        left_in_cycles = gc.collect()
+    finally:
+        gc.enable()
+        client.disconnect()
+        app.extensions["chat"].close()
+    assert sum("code" in reply for reply in replies if isinstance(reply, dict)) >= 15
+    assert left_in_cycles < 50  # 0 here; 4,578 before, about 65 objects per event
 
 
 # -- the real server, over Socket.IO ------------------------------------------------
