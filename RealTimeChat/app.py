@@ -30,6 +30,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -408,6 +409,11 @@ class ChatFlask(Flask):
     in pauses of up to 160 ms under a flood (README: "Fair service"). An event
     needs no route, so its context gets no URL adapter and matches nothing.
     """
+
+    # gevent-websocket tells `server.application.current_app` when a connection
+    # closes; without one it makes a new class for the purpose at every call, a
+    # few per connection, which only the cyclic collector can free.
+    current_app = types.SimpleNamespace(on_close=lambda *reason: None)
 
     def create_url_adapter(self, request: Request | None) -> MapAdapter | None:
         path = request.path if request is not None else ""
