@@ -34,6 +34,7 @@ import twopc_disk
 from flask import Flask, abort, jsonify, request
 from twopc_node import (
     MAX_BATCH,
+    MAX_BODY_BYTES,
     OUT_DIR,
     Batcher,
     DurableStore,
@@ -60,6 +61,7 @@ DEFAULT_PORT = 5000
 DEFAULT_DB = OUT_DIR / "coordinator.db"  # git-ignored, created on first use
 CRASH_POINTS = ("before-decision", "after-decision", "after-first-commit")
 COMMITTED, ABORTED = "COMMITTED", "ABORTED"
+PREPARE_ENVELOPE = 1024  # bytes of a batch of prepares besides the prepares themselves
 MAX_PARALLEL_MESSAGES = 128  # threads sending prepares; 2 per order in flight
 ORDER_WAIT = 30.0  # s a retry waits for the same order's attempt still running here
 
@@ -110,6 +112,7 @@ class DecisionLog:
                 (self.log_id, str(self.incarnation)),
             )
         self.commits = Batcher(self._write_commits)  # group commit
+        self.done = Batcher(self._write_done)
 
     def force_commit(self, txid: str, order_id: str, order: dict, votes: dict) -> None:
         """Return once this commit record is on disk: THE COMMIT POINT."""
@@ -137,8 +140,12 @@ class DecisionLog:
 
     def mark_done(self, txid: str) -> None:
         """Every participant acknowledged: not forced (lost, we just resend the commit)."""
-        with self.store.transaction(forced=False) as db:
-            db.execute("UPDATE log SET done = 1 WHERE txid = ?", (txid,))
+        self.done.submit(txid)
+
+    def _write_done(self, txids: list[str]) -> list[None]:
+        with self.store.transaction(forced=False) as db:  # one write for a whole batch
+            db.executemany("UPDATE log SET done = 1 WHERE txid = ?", [(t,) for t in txids])
+        return [None] * len(txids)
 
     def state_of(self, txid: str) -> str | None:
         rows = self.store.read("SELECT state FROM log WHERE txid = ?", (txid,))
@@ -210,7 +217,18 @@ class Coordinator:
         # Orders being placed right now (order_id -> set when done): a retry waits for it.
         self.running_orders: dict[str, threading.Event] = {}
         self.orders_lock = threading.Lock()
-        self.phase_two = {  # a batch larger than a participant takes would never be delivered
+        # Prepares and commits to one participant travel in batches (README,
+        # "Batching and group commit"), never larger than a participant takes.
+        self.phase_one = {
+            name: Batcher(
+                functools.partial(self._send_prepares, name),
+                MAX_BATCH,
+                size=lambda prepare: len(json.dumps(prepare)) + 2,  # and ", "
+                budget=MAX_BODY_BYTES - PREPARE_ENVELOPE,
+            )
+            for name in self.participants
+        }
+        self.phase_two = {
             name: Batcher(functools.partial(self._send_commits, name), MAX_BATCH)
             for name in self.participants
         }
@@ -284,32 +302,43 @@ class Coordinator:
 
     def collect_votes(self, txid: str, order: dict) -> dict[str, dict]:
         """Phase 1: prepare everywhere at once; no answer in time counts as a no."""
-        message = {
-            "txid": txid,
-            "order": order,
-            "coordinator": self.self_url,
-            "coordinator_log": self.log.log_id,
-        }
+        prepare = {"txid": txid, "order": order}
         futures = {
-            name: self.pool.submit(
-                self.messenger.call, "POST", f"{url}/prepare", self.vote_timeout, message
-            )
-            for name, url in self.participants.items()
+            name: self.pool.submit(self.phase_one[name].submit, prepare)
+            for name in self.participants
         }
         deadline = time.monotonic() + self.vote_timeout
         votes = {}
         for name, future in futures.items():
             try:
-                status, reply = future.result(timeout=max(0.0, deadline - time.monotonic()))
-                if status == 200 and reply.get("vote") in ("yes", "no"):
-                    votes[name] = {"vote": reply["vote"], "reason": reply.get("reason", "")}
-                else:
-                    votes[name] = {"vote": "none", "reason": f"bad reply {status}: {reply}"}
+                votes[name] = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
                 votes[name] = {"vote": "none", "reason": f"no vote within {self.vote_timeout:g} s"}
-            except Unreachable as err:
-                votes[name] = {"vote": "none", "reason": f"no vote: {err}"}
         return votes
+
+    def _send_prepares(self, name: str, prepares: list[dict]) -> list[dict]:
+        """One message asks for the votes of every order in the batch; a vote each."""
+        body = {
+            "prepares": prepares,
+            "coordinator": self.self_url,
+            "coordinator_log": self.log.log_id,
+        }
+        url = f"{self.participants[name]}/prepare"
+        try:
+            status, reply = self.messenger.call("POST", url, self.vote_timeout, body)
+        except Unreachable as err:
+            return [{"vote": "none", "reason": f"no vote: {err}"}] * len(prepares)
+        votes = reply.get("votes") if status == 200 and isinstance(reply, dict) else None
+        if not isinstance(votes, list) or len(votes) != len(prepares):
+            return [{"vote": "none", "reason": f"bad reply {status}: {reply}"}] * len(prepares)
+        return [
+            {"vote": vote["vote"], "reason": str(vote.get("reason", ""))}
+            if isinstance(vote, dict)
+            and vote.get("txid") == asked["txid"]
+            and vote.get("vote") in ("yes", "no")
+            else {"vote": "none", "reason": f"bad vote: {vote}"}
+            for asked, vote in zip(prepares, votes, strict=True)
+        ]
 
     def send_commits(self, txid: str) -> set[str]:
         """Phase 2 for a commit, one attempt each, in order; return who has not acknowledged."""
@@ -325,7 +354,7 @@ class Coordinator:
         """True once the participant acknowledged (or refused for good: see below).
 
         Commits to one participant travel in batches: those asked for while
-        one message is on its way go together in the next (README, "Batching").
+        one message is on its way go together in the next (README, "Batching and group commit").
         """
         return self.phase_two[name].submit(txid)
 

@@ -414,8 +414,8 @@ def print_throughput(runs: dict[tuple[str, int], Run], orders: int) -> None:
         rows,
     )
     print(
-        "  (under load, one fsync carries several commit decisions (group commit) and one "
-        "phase-2 message several commits (batching), so both fall below 3 and 8)"
+        "  (under load, one message carries the prepares or the commits of several orders "
+        "(batching) and one fsync their votes or decisions (group commit): 2PC falls below 3 and 8)"
     )
 
 

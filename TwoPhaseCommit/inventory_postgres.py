@@ -175,10 +175,16 @@ class PostgresParticipant(Participant):
 
     # -- phase 1 ---------------------------------------------------------------------
 
-    def prepare(
+    def prepare_many(
+        self, prepares: list[tuple[str, dict]], coordinator: str, coordinator_log: str
+    ) -> list[tuple[bool, str]]:
+        """One prepared transaction each: PostgreSQL forces each PREPARE TRANSACTION itself."""
+        self.faults.delay()
+        return [self._prepare_one(t, order, coordinator, coordinator_log) for t, order in prepares]
+
+    def _prepare_one(
         self, txid: str, order: dict, coordinator: str, coordinator_log: str
     ) -> tuple[bool, str]:
-        self.faults.delay()
         self.faults.crash_if("before-vote", txid)
         gid = f"{txid}|{coordinator_log}|{coordinator}"
         try:

@@ -186,15 +186,24 @@ class Batcher:
     lead to the first thread that arrived meanwhile, whose batch is next.
     Alone, a batch is one item and costs what it did before; under load, one
     flush carries many. This is group commit (the coordinator's log) and
-    batching (phase 2's messages). Each waiter has its own Event, so a flush
-    wakes only its own batch and the next leader, not every thread waiting.
-    A flush takes at most `most` items (a phase-2 message must fit what a
-    participant accepts); the rest go in the next.
+    batching (phase 1's and phase 2's messages). Each waiter has its own
+    lock, so a flush wakes only its own batch and the next leader, not every
+    thread waiting.
+    A flush takes at most `most` items, and items whose `size` adds up to at
+    most `budget` (a message must fit what a participant accepts); the rest
+    go in the next.
     """
 
-    def __init__(self, flush: Callable[[list[Any]], list[Any]], most: int = 10_000) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[Any]], list[Any]],
+        most: int = 10_000,
+        size: Callable[[Any], int] = lambda item: 0,
+        budget: int = 0,
+    ) -> None:
         self._flush = flush  # items -> one result per item, in order
         self._most = most  # items in one flush; the rest wait for the next
+        self._size, self._budget = size, budget
         self._lock = threading.Lock()  # guards _queue and _flushing
         self._queue: list[_Waiter] = []
         self._flushing = False
@@ -207,7 +216,7 @@ class Batcher:
             if not self._flushing:
                 self._flushing = me.leads = True
         if not me.leads:
-            me.woken.wait()  # by our batch's leader: with our result, or with the lead
+            me.woken.acquire()  # released by our batch's leader: our result, or the lead
         if me.leads:
             self._lead()
         if me.error is not None:
@@ -216,7 +225,13 @@ class Batcher:
 
     def _lead(self) -> None:
         with self._lock:
-            batch, self._queue = self._queue[: self._most], self._queue[self._most :]
+            taken, used = 0, 0
+            for waiter in self._queue[: self._most]:
+                used += self._size(waiter.item)
+                if taken and used > self._budget:
+                    break
+                taken += 1
+            batch, self._queue = self._queue[:taken], self._queue[taken:]
         results: list[Any] = [None] * len(batch)
         error = None
         try:
@@ -227,10 +242,10 @@ class Batcher:
             self.batches += 1
             for waiter, result in zip(batch, results, strict=True):
                 waiter.result, waiter.error, waiter.leads = result, error, False
-                waiter.woken.set()
+                waiter.woken.release()
             if self._queue:  # arrived during the flush: the first of them leads the next
                 self._queue[0].leads = True
-                self._queue[0].woken.set()
+                self._queue[0].woken.release()
             else:
                 self._flushing = False
 
@@ -239,7 +254,10 @@ class _Waiter:
     def __init__(self, item: Any) -> None:
         self.item = item
         self.leads = False
-        self.woken = threading.Event()
+        # Held until a leader wakes us (a bare lock: cheaper than an Event, and
+        # each waiter is woken at most once per wait).
+        self.woken = threading.Lock()
+        self.woken.acquire()
         self.result: Any = None
         self.error: Exception | None = None
 

@@ -127,26 +127,53 @@ class Participant:
         self, txid: str, order: dict, coordinator: str, coordinator_log: str
     ) -> tuple[bool, str]:
         """Reserve and vote. Returns (yes?, reason). Asking twice gets the same answer."""
+        return self.prepare_many([(txid, order)], coordinator, coordinator_log)[0]
+
+    def prepare_many(
+        self, prepares: list[tuple[str, dict]], coordinator: str, coordinator_log: str
+    ) -> list[tuple[bool, str]]:
+        """Vote on several transactions (txid, order) at once, each on its own merits.
+
+        One forced write carries every yes: group commit at the participant,
+        for a coordinator that sends the prepares of concurrent orders in one
+        message (README, "Batching and group commit"). A no takes back only its own reservation.
+        """
         self.faults.delay()
-        self.faults.crash_if("before-vote", txid)
-        try:
-            with self.store.transaction() as db:  # forced: once it returns, the promise holds
-                row = self._row(db, txid)
-                if row is not None:
-                    return self._same_vote_again(row, coordinator_log)
-                order_id, attempt = order_and_attempt(txid)
-                self._check_earlier_attempts(db, txid, order_id, attempt, coordinator_log)
-                if self.faults.vote_no:
-                    raise Refused("told to vote no (fault injection)")
-                detail = self.resource.reserve(db, txid, order)
-                self._insert(db, txid, PREPARED, detail, "", coordinator, coordinator_log, "")
-            return True, ""
-        except Refused as no:
+        for txid, _ in prepares:
+            self.faults.crash_if("before-vote", txid)
+        votes: list[tuple[bool, str]] = []
+        with self.store.transaction() as db:  # forced: once it returns, every yes holds
+            for txid, order in prepares:
+                db.execute("SAVEPOINT vote")
+                try:
+                    votes.append(self._vote(db, txid, order, coordinator, coordinator_log))
+                except Refused as no:
+                    db.execute("ROLLBACK TO vote")  # whatever this one reserved
+                    votes.append((False, str(no)))
+                db.execute("RELEASE vote")
+        refused = [(t, why) for (t, _), (yes, why) in zip(prepares, votes, strict=True) if not yes]
+        if refused:
             # Voting no is a unilateral abort: nothing reserved, nothing to force.
             with self.store.transaction(forced=False) as db:
-                if self._row(db, txid) is None:
-                    self._insert(db, txid, ABORTED, {}, str(no), coordinator, coordinator_log, "")
-            return False, str(no)
+                for txid, why in refused:
+                    if self._row(db, txid) is None:
+                        self._insert(db, txid, ABORTED, {}, why, coordinator, coordinator_log, "")
+        return votes
+
+    def _vote(
+        self, db: apsw.Connection, txid: str, order: dict, coordinator: str, coordinator_log: str
+    ) -> tuple[bool, str]:
+        """Reserve for one transaction and record it PREPARED, or raise Refused."""
+        row = self._row(db, txid)
+        if row is not None:
+            return self._same_vote_again(row, coordinator_log)
+        order_id, attempt = order_and_attempt(txid)
+        self._check_earlier_attempts(db, txid, order_id, attempt, coordinator_log)
+        if self.faults.vote_no:
+            raise Refused("told to vote no (fault injection)")
+        detail = self.resource.reserve(db, txid, order)
+        self._insert(db, txid, PREPARED, detail, "", coordinator, coordinator_log, "")
+        return True, ""
 
     @staticmethod
     def _same_vote_again(row: dict, coordinator_log: str) -> tuple[bool, str]:
@@ -470,25 +497,45 @@ def create_app(participant: Participant) -> Flask:
 
     @app.post("/prepare")
     def prepare():
+        """One transaction, or a batch: {"prepares": [{"txid", "order"}, ...]} answers
+        {"votes": [{"txid", "vote", "reason"}, ...]}, in the same order."""
         body = json_object()
-        txid = check_txid(body.get("txid"))
-        order, coordinator = body.get("order"), body.get("coordinator")
+        coordinator = body.get("coordinator")
         coordinator_log = check_log_id(body.get("coordinator_log"))
-        if not isinstance(order, dict):
-            abort(400, "order must be a JSON object")
         if not isinstance(coordinator, str) or not URL_PATTERN.fullmatch(coordinator):
             abort(
                 400,
                 f"coordinator must be the coordinator's http:// URL "
                 f"(printable ASCII, at most {MAX_TEXT} characters)",
             )
-        yes, reason = participant.prepare(txid, order, coordinator, coordinator_log)
-        reply = jsonify(txid=txid, vote="yes" if yes else "no", reason=reason)
-        if yes and participant.faults.crash_at == "after-vote":
+        batch = body.get("prepares")
+        if batch is None:
+            prepares = [one_prepare(body)]
+        elif isinstance(batch, list) and 1 <= len(batch) <= MAX_BATCH:
+            prepares = [one_prepare(p if isinstance(p, dict) else {}) for p in batch]
+        else:
+            abort(400, f"prepares must be a list of 1..{MAX_BATCH} {{txid, order}} objects")
+        votes = [
+            {"txid": txid, "vote": "yes" if yes else "no", "reason": reason}
+            for (txid, _), (yes, reason) in zip(
+                prepares,
+                participant.prepare_many(prepares, coordinator, coordinator_log),
+                strict=True,
+            )
+        ]
+        reply = jsonify(votes[0] if batch is None else {"votes": votes})
+        said_yes = [v["txid"] for v in votes if v["vote"] == "yes"]
+        if said_yes and participant.faults.crash_at == "after-vote":
             # Die once the yes has gone out: the coordinator will count it, and
             # we come back holding a PREPARED reservation.
-            reply.call_on_close(lambda: crash_now("after-vote", txid))
+            reply.call_on_close(lambda: crash_now("after-vote", said_yes[0]))
         return reply
+
+    def one_prepare(body: dict) -> tuple[str, dict]:
+        txid, order = check_txid(body.get("txid")), body.get("order")
+        if not isinstance(order, dict):
+            abort(400, "order must be a JSON object")
+        return txid, order
 
     @app.post("/commit")
     def commit():

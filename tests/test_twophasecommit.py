@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import random
 import shutil
 import signal
@@ -405,6 +406,87 @@ def test_the_largest_phase_two_batch_fits_what_a_participant_accepts(shop):
     assert shop.post("inventory", "/commit", {"txids": [*txids, "one-more"]}).status_code == 400
 
 
+def test_a_batch_of_prepares_votes_on_each_and_one_fsync_carries_every_yes(shop):
+    available = shop.stock_of("burger")["available"]
+    ok, greedy, also_ok = ("many-" + uuid.uuid4().hex[:8] for _ in range(3))
+    burger = {"item": "burger", "quantity": 1, "address": "1 Main St"}
+    prepares = [
+        {"txid": ok, "order": burger},
+        {"txid": greedy, "order": {**burger, "quantity": available}},  # more than is left
+        {"txid": also_ok, "order": burger},
+        {"txid": ok, "order": burger},  # a duplicate in the same batch: the same vote
+    ]
+    forced_before = shop.get("inventory", "/stats")["forced_writes"]
+    reply = shop.post(
+        "inventory",
+        "/prepare",
+        {
+            "prepares": prepares,
+            "coordinator": shop.url("coordinator"),
+            "coordinator_log": shop.log_id,
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    votes = reply.json()["votes"]
+    assert [(v["txid"], v["vote"]) for v in votes] == [
+        (ok, "yes"),
+        (greedy, "no"),
+        (also_ok, "yes"),
+        (ok, "yes"),
+    ]
+    assert "out of stock" in votes[1]["reason"]
+    assert shop.get("inventory", "/stats")["forced_writes"] - forced_before == 1  # group commit
+    # The no took back only its own reservation: the two yeses hold one burger each.
+    assert shop.stock_of("burger")["available"] == available - 2
+    assert [shop.state("inventory", t) for t in (ok, greedy, also_ok)] == [
+        "PREPARED",
+        "ABORTED",
+        "PREPARED",
+    ]
+    for txid in (ok, also_ok):
+        shop.post("inventory", "/abort", {"txid": txid})
+    assert shop.stock_of("burger")["available"] == available
+
+
+def test_the_largest_batch_of_prepares_fits_what_a_participant_accepts(shop):
+    # The coordinator sizes a batch of prepares by its JSON; the longest orders
+    # (200 characters that JSON escapes to 12 bytes each) from the longest URL.
+    coordinator = load_module("TwoPhaseCommit", "Coordinator")
+    longest = "\U0001f355" * 200
+    order = {"item": longest, "quantity": 100, "address": longest}
+    prepares = [{"txid": f"{n:04d}" + "x" * 60, "order": order} for n in range(10)]
+    size = len(json.dumps(prepares[0])) + 2
+    budget = coordinator.MAX_BODY_BYTES - coordinator.PREPARE_ENVELOPE
+    fits = budget // size
+    url = "http://" + "h" * (load_module("TwoPhaseCommit", "twopc_node").MAX_TEXT - len("https://"))
+    body = {"prepares": prepares[:fits], "coordinator": url, "coordinator_log": shop.log_id}
+    reply = shop.post("inventory", "/prepare", body)
+    assert reply.status_code == 200, reply.text
+    assert [v["vote"] for v in reply.json()["votes"]] == ["no"] * fits  # no such item
+    body["prepares"] = prepares[: fits + 1]  # one more than the budget: too big to deliver
+    assert shop.post("inventory", "/prepare", body).status_code == 413
+
+
+def test_concurrent_orders_share_prepare_messages(shop_factory):
+    shop = shop_factory(stock="pizza=40", riders=40)
+    shop.faults("delivery", delay_ms=300)  # a slow participant, so prepares queue for it
+    before = counters(shop)
+    start = threading.Barrier(10)
+
+    def one_order(_: int) -> dict:
+        start.wait()
+        return shop.order("pizza", 1)
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one_order, range(10)))
+    assert [r["outcome"] for r in results] == ["committed"] * 10
+    shop.settle()
+    # One at a time, 10 orders are 10 prepare messages (and votes) to each participant:
+    # 80 messages with phase 2. Queued behind the slow one, they travel together.
+    assert spent(before, counters(shop), "messages")["coordinator"] < 60
+    assert shop.atomicity_violations() == []
+
+
 def test_a_batch_never_carries_more_than_its_limit():
     node = load_module("TwoPhaseCommit", "twopc_node")
     sizes: list[int] = []
@@ -425,6 +507,32 @@ def test_a_batch_never_carries_more_than_its_limit():
         results = [f.result(timeout=TIMEOUT) for f in futures]
     assert results == [n * 2 for n in range(50)]  # each waiter got its own answer
     assert sum(sizes) == 50 and max(sizes) == 8  # 49 waited; they left 8 at a time
+
+
+def test_a_batch_never_carries_more_than_its_size_budget():
+    node = load_module("TwoPhaseCommit", "twopc_node")
+    sizes: list[list[int]] = []
+    first_flush = threading.Event()
+
+    def flush(items: list[int]) -> list[None]:
+        first_flush.wait(TIMEOUT)
+        sizes.append(items)
+        return [None] * len(items)
+
+    batcher = node.Batcher(flush, 100, size=lambda item: item, budget=10)
+    with ThreadPoolExecutor(20) as pool:
+        futures = [pool.submit(batcher.submit, 4)]
+        deadline = time.monotonic() + TIMEOUT
+        while not batcher._flushing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        futures += [pool.submit(batcher.submit, n) for n in (11, 3, 3, 3, 3, 4)]
+        while len(batcher._queue) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first_flush.set()
+        for f in futures:
+            f.result(timeout=TIMEOUT)
+    # One item over the budget still goes (alone); the rest fill up to 10 each.
+    assert sizes == [[4], [11], [3, 3, 3], [3, 4]]
 
 
 def test_abort_is_idempotent_and_a_prepare_after_abort_votes_no(shop):
