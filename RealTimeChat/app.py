@@ -25,6 +25,7 @@ import argparse
 import functools
 import gc
 import logging
+import math
 import re
 import signal
 import socket
@@ -38,7 +39,9 @@ from pathlib import Path
 import redis
 from chat_rooms import NameTaken, Rooms, Seat
 from chat_rules import (
+    COMEBACK_SPACING,
     LIMITS,
+    Comebacks,
     Flooding,
     Limiter,
     Rejected,
@@ -101,11 +104,14 @@ class ChatServer:
     so one bad client never disturbs the others.
     """
 
-    def __init__(self, socketio: SocketIO, store: ChatStore, presence, limiter: Limiter) -> None:
+    def __init__(
+        self, socketio: SocketIO, store: ChatStore, presence, limiter: Limiter, comebacks: Comebacks
+    ) -> None:
         self.socketio = socketio
         self.store = store
         self.presence = presence  # chat_rooms.Rooms, or chat_presence_redis.RedisRooms
         self.limiter = limiter
+        self.comebacks = comebacks  # addresses hung up on, and when they may reconnect
         # Rejoin tokens are signed with a secret kept in the database, so every
         # process on it, and the same one after a restart, accepts them.
         self.tokens = URLSafeTimedSerializer(store.secret("rejoin-token"), salt="rejoin")
@@ -293,8 +299,7 @@ class ChatServer:
         eio_sid = self.socketio.server.manager.eio_sid_from_sid(sid, "/")
         if eio_sid is None:  # gone already; and Engine.IO's disconnect(None) closes everyone
             return
-        log.warning("closing %s: %s", sid, why)
-        self.socketio.server.eio.disconnect(eio_sid)
+        hang_up_on(self.socketio, self.comebacks, eio_sid, why)
 
     def close_ghost(self, ghost: str, why: str) -> None:
         """Tell the ghost's client it lost its name, then close its connection.
@@ -444,6 +449,7 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         REDIS=None,  # "redis://host:port": processes share rooms, names and presence
         ASYNC_MODE="gevent",  # or "threading" (Werkzeug's server, for comparison)
         LIMITS=LIMITS,  # chat_rules.LIMITS: each event's rate and burst
+        COMEBACK_SPACING=COMEBACK_SPACING,  # s between connections of a flooder's address
         LOG_EVENTS=False,  # True: log every Socket.IO event (app.py --verbose)
     )
     app.config.update(config or {})
@@ -474,7 +480,9 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         presence = RedisRooms(client, process=uuid.uuid4().hex[:12])
     else:
         presence = Rooms()
-    chat = ChatServer(socketio, store, presence, Limiter(app.config["LIMITS"]))
+    comebacks = Comebacks(spacing=app.config["COMEBACK_SPACING"])
+    app.wsgi_app = one_comeback_at_a_time(app.wsgi_app, comebacks, socketio.sleep)
+    chat = ChatServer(socketio, store, presence, Limiter(app.config["LIMITS"]), comebacks)
     socketio.on("connect")(chat.answering(chat.on_connect))
     socketio.on("disconnect")(chat.answering(chat.on_disconnect))
     socketio.on("join")(chat.answering(chat.on_join))
@@ -485,7 +493,7 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     socketio.on("history")(chat.answering(chat.on_history))
     socketio.on("*")(chat.answering(chat.on_unknown))
     socketio.on_error_default(chat.on_error)
-    guard_every_frame(socketio)
+    guard_every_frame(socketio, comebacks)
     if app.config["REDIS"]:
         socketio.start_background_task(chat.keep_presence_alive, HEARTBEAT_INTERVAL)
     app.extensions["chat"] = chat
@@ -497,7 +505,46 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
     return app, socketio
 
 
-def guard_every_frame(socketio: SocketIO) -> None:
+def hang_up_on(socketio: SocketIO, comebacks: Comebacks, eio_sid: str, why: str) -> None:
+    """Close a connection for what it sent, and make its address take turns to come back."""
+    environ = socketio.server.environ.get(eio_sid) or {}
+    comebacks.hung_up(environ.get("REMOTE_ADDR", ""))
+    log.warning("closing %s: %s", eio_sid, why)
+    socketio.server.eio.disconnect(eio_sid)
+
+
+def one_comeback_at_a_time(
+    wsgi_app: Callable, comebacks: Comebacks, sleep: Callable[[float], None]
+) -> Callable:
+    """WSGI middleware: a new connection from an address hung up on waits its turn.
+
+    It runs before Engine.IO sees the request, so a waiting flooder costs
+    a sleeping greenlet, not a handshake (chat_rules.Comebacks).
+    """
+
+    def app(environ: dict, start_response: Callable) -> object:
+        wait = comebacks.wait(environ.get("REMOTE_ADDR", ""))
+        if wait is None:
+            websocket = environ.get("wsgi.websocket")  # gevent-websocket upgrades first
+            if websocket is not None:
+                websocket.close()
+                return []
+            start_response(
+                "429 Too Many Requests",
+                [
+                    ("Content-Type", "text/plain"),
+                    ("Retry-After", str(math.ceil(comebacks.longest_wait))),
+                ],
+            )
+            return [b"too many connections from your address after flooding; retry later\n"]
+        if wait:
+            sleep(wait)
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
+def guard_every_frame(socketio: SocketIO, comebacks: Comebacks) -> None:
     """Take turns after every frame, and close a client whose frames do nothing or cannot be read.
 
     Taking turns: one connection's frames are read and handled by one greenlet,
@@ -529,8 +576,7 @@ def guard_every_frame(socketio: SocketIO) -> None:
     open_session = engineio.handlers["connect"]
 
     def close(eio_sid: str, why: str) -> None:
-        log.warning("closing %s: %s", eio_sid, why)
-        engineio.disconnect(eio_sid)
+        hang_up_on(socketio, comebacks, eio_sid, why)
 
     def is_stray(eio_sid: str, pkt: engineio_packet.Packet, ping_outstanding: bool) -> bool:
         if pkt.packet_type in (engineio_packet.CLOSE, engineio_packet.MESSAGE):
@@ -732,10 +778,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave Nagle's algorithm on, to see what it does to acks (README: Break it)",
     )
+    parser.add_argument(
+        "--comeback-spacing",
+        type=float,
+        default=COMEBACK_SPACING,
+        metavar="SECONDS",
+        help="after a connection is hung up on for flooding, serve new connections from its "
+        "address one per SECONDS (default %(default)g; 0 turns it off)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every Socket.IO event")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0-65535, got {args.port}")
+    if not 0 <= args.comeback_spacing <= 60:
+        parser.error(f"--comeback-spacing must be 0-60 seconds, got {args.comeback_spacing:g}")
     if args.redis and not args.redis.startswith("redis://"):
         parser.error(f"--redis must be redis://HOST:PORT, got {args.redis!r}")
     if args.db.is_dir():
@@ -769,6 +825,7 @@ def main(argv: list[str] | None = None) -> None:
         "REDIS": args.redis,
         "ASYNC_MODE": mode,
         "LOG_EVENTS": args.verbose,
+        "COMEBACK_SPACING": args.comeback_spacing,
     }
     try:
         app, _ = create_app(config)

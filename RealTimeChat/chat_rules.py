@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable
 
 MAX_MESSAGE_CHARS = 2_000  # longer messages are refused, not cut
@@ -38,6 +39,12 @@ LIMITS = {
 MESSAGES_PER_SECOND, MESSAGE_BURST = LIMITS["message"]
 PATIENCE = (1.0, 20)  # refusals a connection may collect: burst 20, forgiven at 1/s
 PERSON_BUCKETS_KEPT = 10_000  # above this, buckets idle long enough to be full are dropped
+# An address the server hung up on for flooding: its new connections are served one
+# per COMEBACK_SPACING seconds for COMEBACK_MEMORY seconds after its last hang-up;
+# one that would wait over COMEBACK_LONGEST_WAIT is refused. Addresses kept: at most
+# COMEBACKS_KEPT, the longest-quiet forgotten first.
+COMEBACK_SPACING, COMEBACK_MEMORY, COMEBACK_LONGEST_WAIT = 1.0, 30.0, 10.0
+COMEBACKS_KEPT = 10_000
 
 
 # Letters of other scripts drawn like Latin ones (after casefolding): a name
@@ -300,3 +307,65 @@ class Limiter:
                 rate, burst = limit
                 bucket = buckets[key] = TokenBucket(rate, burst, self._clock)
             return bucket
+
+
+class Comebacks:
+    """Addresses hung up on for flooding, and when each may open its next connection.
+
+    Disconnecting a flooder is not the end of it: it reconnects at once and
+    floods again, and each comeback costs the server a handshake, a join and
+    the refusals that lead to the next hang-up (about 10 ms of CPU here, 50
+    times a second). So for `memory` seconds after a hang-up, connections
+    from that address take turns: one every `spacing` seconds, the others
+    wait (a sleeping greenlet costs no CPU), and one that would wait over
+    `longest_wait` is refused. Clients already connected from the address are
+    not touched. The cost falls on whoever shares the address (a NAT, or
+    127.0.0.1 in the tests): their new connections wait their turn too, as
+    with nginx's per-address limits (README: "Fair service").
+    """
+
+    def __init__(
+        self,
+        spacing: float = COMEBACK_SPACING,
+        memory: float = COMEBACK_MEMORY,
+        longest_wait: float = COMEBACK_LONGEST_WAIT,
+        kept: int = COMEBACKS_KEPT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spacing, self.memory, self.longest_wait, self.kept = (
+            spacing,
+            memory,
+            longest_wait,
+            kept,
+        )
+        self._clock = clock
+        self._lock = threading.Lock()
+        # address -> [time of its last hang-up, earliest start of its next connection]
+        self._struck: OrderedDict[str, list[float]] = OrderedDict()
+
+    def hung_up(self, address: str) -> None:
+        """The server hung up on a connection from `address` for flooding."""
+        with self._lock:
+            now = self._clock()
+            entry = self._struck.pop(address, None) or [now, now]
+            entry[0] = now
+            self._struck[address] = entry  # the most recent last: the oldest go first
+            while len(self._struck) > self.kept:
+                self._struck.popitem(last=False)
+
+    def wait(self, address: str) -> float | None:
+        """Seconds a new connection from `address` waits before it is served (0.0 for an
+        address with no recent hang-up), or None: refuse it, too many are waiting."""
+        with self._lock:
+            entry = self._struck.get(address)
+            now = self._clock()
+            if entry is None:
+                return 0.0
+            if now - entry[0] > self.memory:
+                del self._struck[address]
+                return 0.0
+            start = max(now, entry[1])
+            if start - now > self.longest_wait:
+                return None
+            entry[1] = start + self.spacing
+            return start - now

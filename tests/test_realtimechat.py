@@ -158,6 +158,26 @@ def chat(tmp_path_factory) -> Iterator[ServerProcess]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def hung_up_on(tmp_path_factory) -> Iterator[ServerProcess]:
+    """A server for tests whose clients it hangs up on, quick to let their address back.
+
+    After a hang-up, new connections from the address (127.0.0.1, so every
+    test's) are spaced out (chat_rules.Comebacks): on `chat` that would slow
+    the tests after these, which have no flooders to be punished for.
+    """
+    db = tmp_path_factory.mktemp("hung_up_on") / "chat.db"
+    with ServerProcess(APP, "--db", str(db), "--comeback-spacing", "0.1") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def flooded(tmp_path_factory) -> Iterator[ServerProcess]:
+    """A server for the floods, with the default spacing of a flooder's comebacks."""
+    with ServerProcess(APP, "--db", str(tmp_path_factory.mktemp("flooded") / "chat.db")) as server:
+        yield server
+
+
 @pytest.fixture
 def connect() -> Iterator[Callable[..., Member]]:
     """Factory of connected members; every one is disconnected at teardown."""
@@ -657,7 +677,8 @@ def test_a_packet_over_the_size_limit_closes_only_that_connection(chat, connect)
     assert bob.wait_until(lambda: bob.texts() == ["fine"])
 
 
-def test_a_frame_that_is_not_socketio_closes_only_that_connection(chat, connect):
+def test_a_frame_that_is_not_socketio_closes_only_that_connection(hung_up_on, connect):
+    chat = hung_up_on
     room = new_room()
     alice, bob = connect(chat), connect(chat)
     alice.join(room, "alice")
@@ -699,7 +720,8 @@ STRAY_FRAMES = {
 }
 
 
-def test_frames_that_do_nothing_are_hung_up_on_without_stalling_the_others(chat, connect):
+def test_frames_that_do_nothing_are_hung_up_on_without_stalling_the_others(hung_up_on, connect):
+    chat = hung_up_on
     room = new_room()
     alice, bob = connect(chat), connect(chat)
     alice.join(room, "alice")
@@ -891,8 +913,68 @@ def check_fair_under_flood(server: ServerProcess, connect, flood: list[str]) -> 
 
 
 @pytest.mark.parametrize("kind", list(FLOODS))
-def test_a_flood_of_any_event_is_refused_and_hung_up_on_while_others_chat(chat, connect, kind):
-    check_fair_under_flood(chat, connect, FLOODS[kind])
+def test_a_flood_of_any_event_is_refused_and_hung_up_on_while_others_chat(flooded, connect, kind):
+    check_fair_under_flood(flooded, connect, FLOODS[kind])
+
+
+def test_comebacks_from_a_flooders_address_take_turns_and_too_many_are_refused():
+    clock = FakeClock()
+    comebacks = rules.Comebacks(spacing=1.0, memory=30.0, longest_wait=3.0, clock=clock)
+    assert comebacks.wait("10.0.0.1") == 0.0  # never hung up on: served at once
+    comebacks.hung_up("10.0.0.1")
+    # One at once, then one a second, whoever asks; past 3 s of waiting: refused.
+    assert [comebacks.wait("10.0.0.1") for _ in range(6)] == [0.0, 1.0, 2.0, 3.0, None, None]
+    assert comebacks.wait("10.0.0.2") == 0.0  # another address is not touched
+    clock.now += 10  # the queue has drained: one at once again, then the spacing
+    assert [comebacks.wait("10.0.0.1") for _ in range(2)] == [0.0, 1.0]
+    clock.now += 31  # no hang-up for longer than the memory: forgotten
+    assert [comebacks.wait("10.0.0.1") for _ in range(3)] == [0.0, 0.0, 0.0]
+    few = rules.Comebacks(kept=2, clock=clock)
+    for address in ("a", "b", "c"):
+        few.hung_up(address)
+    assert few.wait("a") == 0.0 and few.wait("b") == 0.0 and few.wait("b") == 1.0  # a: dropped
+
+
+def test_a_flooders_address_reconnects_one_at_a_time_while_members_chat_on(
+    start_server, connect, tmp_path
+):
+    spacing = 6.0  # the second comeback waits 6 s; the third would wait 12: refused
+    server = start_server(
+        APP, "--db", str(tmp_path / "chat.db"), "--comeback-spacing", str(spacing)
+    )
+    room = new_room()
+    alice, bob = connect(server), connect(server)
+    alice.join(room, "alice")
+    bob.join(room, "bob")
+    with frames(server.url) as garbler:  # hung up on for a frame that is not Socket.IO
+        garbler.ws.send("49")
+        with pytest.raises(ConnectionClosed):
+            while True:
+                garbler.ws.recv(timeout=WAIT)
+    ws_url = server.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+
+    def comeback() -> tuple[float, str]:
+        """Seconds until Engine.IO's open packet came, or the connection was closed."""
+        started = time.monotonic()
+        try:
+            with websocket_connect(ws_url, open_timeout=WAIT) as ws:
+                ws.recv(timeout=WAIT)
+                return time.monotonic() - started, "served"
+        except ConnectionClosed:
+            return time.monotonic() - started, "refused"
+
+    first = comeback()
+    assert first[1] == "served" and first[0] < 1.0  # the first comes back at once
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(comeback) for _ in range(2)]
+        time.sleep(0.5)
+        assert quiet_ack_seconds(alice, "still here") < 1.0  # members are not kept waiting
+        results = sorted(f.result(timeout=4 * WAIT) for f in waiting)
+    refused = [seconds for seconds, outcome in results if outcome == "refused"]
+    served = [seconds for seconds, outcome in results if outcome == "served"]
+    assert len(refused) == 1 and refused[0] < 1.0  # refused at once, not after a wait
+    assert len(served) == 1 and spacing - 0.5 < served[0] < spacing + 2  # its turn came
+    assert bob.wait_until(lambda: bob.texts() == ["still here"])
 
 
 def test_room_lists_cost_the_same_on_a_database_of_200000_messages(tmp_path, start_server, connect):
