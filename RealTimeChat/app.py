@@ -105,10 +105,17 @@ class ChatServer:
     """
 
     def __init__(
-        self, socketio: SocketIO, store: ChatStore, presence, limiter: Limiter, comebacks: Comebacks
+        self,
+        socketio: SocketIO,
+        store: ChatStore,
+        presence,
+        limiter: Limiter,
+        comebacks: Comebacks,
+        disk: Callable,
     ) -> None:
         self.socketio = socketio
         self.store = store
+        self.disk = disk  # how a handler calls the store: see store_caller()
         self.presence = presence  # chat_rooms.Rooms, or chat_presence_redis.RedisRooms
         self.limiter = limiter
         self.comebacks = comebacks  # addresses hung up on, and when they may reconnect
@@ -181,9 +188,9 @@ class ChatServer:
                 emit("presence", online, to=room, include_self=False)
             self.lobby_changed()
         if after_id:
-            history, more = self.store.page(room, after_id, HISTORY_LIMIT)
+            history, more = self.disk(self.store.page, room, after_id, HISTORY_LIMIT)
         else:
-            history, more = self.store.latest(room), False
+            history, more = self.disk(self.store.latest, room), False
         return {
             "room": room,
             "name": name,
@@ -208,7 +215,7 @@ class ChatServer:
         self.admit("history")
         no_extra_arguments("history", extra)
         room, after_id, limit = check_history(payload, PAGE_LIMIT)
-        messages, more = self.store.page(room, after_id, limit)
+        messages, more = self.disk(self.store.page, room, after_id, limit)
         return {"messages": [message.to_json() for message in messages], "more": more}
 
     def on_message(self, payload: object = None, *extra: object) -> dict:
@@ -221,7 +228,7 @@ class ChatServer:
         no_extra_arguments("message", extra)
         seat = self.seat_or_reject()
         text, client_id = check_message(payload)
-        message, is_new = self.store.add(seat.room, seat.name, text, client_id)
+        message, is_new = self.disk(self.store.add, seat.room, seat.name, text, client_id)
         if is_new:
             emit("message", message.to_json(), to=seat.room)
         return {"id": message.id, "ts": message.ts, "seq": message.seq}
@@ -347,7 +354,7 @@ class ChatServer:
     def lobby(self) -> list[dict]:
         """The busiest rooms with their members; cheap however many messages are stored."""
         counts = self.presence.busiest(LOBBY_ROOMS)
-        names = set(DEFAULT_ROOMS) | set(counts) | set(self.store.rooms(LOBBY_ROOMS))
+        names = set(DEFAULT_ROOMS) | set(counts) | set(self.disk(self.store.rooms, LOBBY_ROOMS))
         busiest = sorted(names, key=lambda room: (-counts.get(room, 0), room))[:LOBBY_ROOMS]
         return [{"room": room, "members": counts.get(room, 0)} for room in busiest]
 
@@ -482,7 +489,9 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         presence = Rooms()
     comebacks = Comebacks(spacing=app.config["COMEBACK_SPACING"])
     app.wsgi_app = one_comeback_at_a_time(app.wsgi_app, comebacks, socketio.sleep)
-    chat = ChatServer(socketio, store, presence, Limiter(app.config["LIMITS"]), comebacks)
+    limiter = Limiter(app.config["LIMITS"])
+    disk = store_caller(app.config["ASYNC_MODE"])
+    chat = ChatServer(socketio, store, presence, limiter, comebacks, disk)
     socketio.on("connect")(chat.answering(chat.on_connect))
     socketio.on("disconnect")(chat.answering(chat.on_disconnect))
     socketio.on("join")(chat.answering(chat.on_join))
@@ -503,6 +512,26 @@ def create_app(config: dict | None = None) -> tuple[Flask, SocketIO]:
         return render_template("index.html", client_js_ready=CLIENT_JS.is_file())
 
     return app, socketio
+
+
+def store_caller(async_mode: str) -> Callable:
+    """How handlers call the store: `call(store.add, ...)`; under gevent, in a thread of its own.
+
+    An ack means the message is on disk: SQLite's commit waits for an fsync,
+    a few milliseconds. gevent runs every connection in one thread, so a
+    commit made there stopped them all for its fsync, and a flooder's burst
+    of accepted messages stopped them for several fsyncs in a row (README:
+    "Fair service"). Here the handler's greenlet waits for the call while
+    the others run. One thread, so calls never contend for the store's
+    connection. Werkzeug's server has a thread per connection already: there
+    the call is made where it is.
+    """
+    if async_mode != "gevent":
+        return lambda call, *args: call(*args)
+    from gevent.threadpool import ThreadPool
+
+    pool = ThreadPool(1)
+    return lambda call, *args: pool.apply(call, args)
 
 
 def hang_up_on(socketio: SocketIO, comebacks: Comebacks, eio_sid: str, why: str) -> None:

@@ -430,6 +430,35 @@ def test_create_app_builds_an_app_with_its_own_database(tmp_path):
     assert (tmp_path / "own.db").is_file()
 
 
+def test_under_gevent_a_slow_store_call_lets_every_other_connection_run():
+    # An fsync stands for the wait: a plain time.sleep, which would stop every
+    # greenlet if it ran in gevent's thread, as SQLite's commit used to.
+    import gevent
+
+    app_module = load_module("RealTimeChat", "app")
+
+    def slow_commit() -> str:
+        time.sleep(0.3)
+        return "on disk"
+
+    ticks: list[float] = []
+
+    def another_connection() -> None:
+        for _ in range(40):
+            ticks.append(time.monotonic())
+            gevent.sleep(0.01)
+
+    other = gevent.spawn(another_connection)
+    gevent.sleep(0)  # it has started
+    started = time.monotonic()
+    assert app_module.store_caller("gevent")(slow_commit) == "on disk"
+    finished = time.monotonic()
+    other.join()
+    assert finished - started >= 0.3
+    assert sum(started < t < finished for t in ticks) >= 10  # it ran all along
+    assert app_module.store_caller("threading")(slow_commit) == "on disk"  # where it is called
+
+
 def test_events_and_refusals_leave_no_cycles_for_the_garbage_collector(tmp_path):
     # Objects in reference cycles wait for the cyclic collector, which frees them
     # all in one pause: 50,000 a flood's refusals made cost every client 120-160 ms.
