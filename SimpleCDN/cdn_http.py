@@ -157,6 +157,8 @@ class Request:
 
     @property
     def keep_alive(self) -> bool:
+        if "connection" not in self.names:
+            return self.version >= (1, 1)
         tokens = {t.lower() for t in split_list(self.header("connection"))}
         if self.version >= (1, 1):
             return "close" not in tokens
@@ -182,5 +184,5 @@ def serialize_head(start_line: str, headers: Headers) -> bytes:
 
 def serialize_fields(headers: Headers) -> bytes:
     """`Name: value` lines, each ending in CRLF."""
-    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
     return lines.encode("latin-1", errors="replace")

@@ -143,14 +143,17 @@ def origin_form(
 
 def assess(age: float, lifetime: float, stored: Directives, request_cc: Directives) -> str:
     """May a stored response this old answer this request, and how (RFC 9111 4.2, 5.2)?"""
-    if always_revalidate(stored) or "no-cache" in request_cc:
+    if always_revalidate(stored):
         return VALIDATE
-    max_age = delta_seconds(request_cc.get("max-age"))
-    if max_age is not None and age > max_age:
-        return VALIDATE
-    min_fresh = delta_seconds(request_cc.get("min-fresh"))
-    if min_fresh is not None and lifetime - age < min_fresh:
-        return VALIDATE
+    if request_cc:  # (most requests carry no Cache-Control)
+        if "no-cache" in request_cc:
+            return VALIDATE
+        max_age = delta_seconds(request_cc.get("max-age"))
+        if max_age is not None and age > max_age:
+            return VALIDATE
+        min_fresh = delta_seconds(request_cc.get("min-fresh"))
+        if min_fresh is not None and lifetime - age < min_fresh:
+            return VALIDATE
     if lifetime > age:
         return FRESH
     if must_revalidate_when_stale(stored):

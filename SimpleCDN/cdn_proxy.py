@@ -57,6 +57,9 @@ from cdn_stream import Cursor, Fill, InflightBudget
 # private, Set-Cookie...), so that requests for it go to the origin side by
 # side instead of queueing behind each other (Varnish: "hit-for-miss").
 UNSHAREABLE_MEMORY_SECONDS = 30.0
+# Request fields a hit is answered differently for (a 304, a range); without them,
+# and for a GET, a hit is the stored head as it is.
+ANSWERED_FROM_ENTRY = frozenset({"if-none-match", "if-modified-since", "range"})
 MEMORY_SIZE = 10_000  # URLs remembered as unshareable, and URLs whose Vary is known
 
 # Defaults, each overridable on the command line.
@@ -581,9 +584,21 @@ class Edge:
         """A stored response as this client receives it: current Age, a 304 if the
         client's own conditional matches (RFC 9111 4.3.2), a range if it asked for one."""
         age = entry.age(self.clock()) if age is None else age
-        headers = entry.headers + [("Age", str(int(age)))]
+        age_field = ("Age", str(int(age)))
         ok = entry.status == 200
-        conditional = request.has("if-none-match") or request.has("if-modified-since")
+        names = request.names
+        if names.isdisjoint(ANSWERED_FROM_ENTRY) and request.method != "HEAD":
+            # The common case: the stored head as it is, plus Age.
+            return Answer(
+                entry.status,
+                entry.reason,
+                [age_field],
+                entry.body,
+                label=label,
+                stored_head=entry.wire_head,
+            )
+        headers = [*entry.headers, age_field]
+        conditional = "if-none-match" in names or "if-modified-since" in names
         if (
             ok
             and conditional
@@ -593,11 +608,11 @@ class Edge:
         if request.method == "HEAD":
             headers.append(("Content-Length", str(len(entry.body))))
             return Answer(entry.status, entry.reason, headers, label=label)
-        if not (ok and request.has("range")):  # the common case: the stored head as it is
+        if not (ok and "range" in names):
             return Answer(
                 entry.status,
                 entry.reason,
-                [("Age", str(int(age)))],
+                [age_field],
                 entry.body,
                 label=label,
                 stored_head=entry.wire_head,
