@@ -145,7 +145,7 @@ class Request:
     def __post_init__(self) -> None:
         # Which fields are present, lower-cased: most rules ask about a field
         # the request does not carry, and this answers that without a scan.
-        self.names = frozenset(name.lower() for name, _ in self.headers)
+        self.names = frozenset([name.lower() for name, _ in self.headers])
 
     def has(self, name: str) -> bool:
         """Does the request carry field `name` (lower case)?"""

@@ -156,6 +156,8 @@ class Edge:
         self.known_vary: OrderedDict[str, list[str]] = OrderedDict()  # URL -> its Vary fields
         # host:port pairs that mean "this site": the origin, and the edge itself
         self.same_site = {(config.origin_host.lower(), config.origin_port)}
+        self.via = ("Via", f"1.1 {config.name} (SimpleCDN)")  # on every proxied answer
+        self.authority = config.origin_authority  # host[:port], as requests name the origin
 
     # --- deciding, without waiting ------------------------------------------------
 
@@ -165,9 +167,7 @@ class Edge:
         """The answer, if the edge can give it now; otherwise the plan for getting it."""
         config = self.config
         request_cc = parse_cache_control(request.headers) if request.has("cache-control") else {}
-        route = policy.recv(
-            request, request_cc, config.name, config.origin_authority, self.same_site
-        )
+        route = policy.recv(request, request_cc, config.name, self.authority, self.same_site)
         if route.action == "refuse":
             return self.finish(request, error_answer(route.status, route.message))
         if route.action == "purge":
@@ -225,7 +225,7 @@ class Edge:
             answer.headers.append(("Date", format_http_date(self.clock())))
         label = answer.label
         if label:
-            answer.headers.append(("Via", f"1.1 {self.config.name} (SimpleCDN)"))
+            answer.headers.append(self.via)
             answer.headers.append(("X-Cache", label))
             self.stats.outcomes[label] += 1
         elif request.method not in ("GET", "HEAD"):

@@ -93,6 +93,7 @@ WRITE_AT_ONCE = 2 * 1024 * 1024
 FAST_PARSER_METHODS = frozenset(
     b"GET HEAD POST PUT DELETE OPTIONS PATCH PURGE TRACE CONNECT".split()
 )
+NEVER = float("inf")  # the deadline of a connection with no timer running
 # Request fields that announce a body or ask for 100 Continue: what head_complete checks.
 BODY_OR_EXPECT = frozenset({"transfer-encoding", "content-length", "expect"})
 COMMON_REQUESTS = (b"GET /", b"HEAD /")  # plainly for the fast parser: no method to check
@@ -130,7 +131,7 @@ class EdgeServer:
         loop = asyncio.get_running_loop()
         now = loop.time()
         for connection in [c for c in self.open if c.deadline <= now]:
-            connection.deadline = float("inf")
+            connection.deadline = NEVER
             connection.on_deadline()
         loop.call_later(SWEEP_INTERVAL, self.sweep)
 
@@ -168,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self.reading_paused = False
         # The one deadline this connection has at any moment (idle, header,
         # body or linger), in loop time, and what happens when it passes.
-        self.deadline = float("inf")
+        self.deadline = NEVER
         self.on_deadline = self.hang_up
         self.writable: asyncio.Future | None = None  # resolved when the socket drains
         self.socket_fd: int | None = None  # to ask the kernel what the client has not taken
@@ -633,7 +634,7 @@ class ClientConnection(asyncio.Protocol):
         self.on_deadline = action
 
     def cancel_timer(self) -> None:
-        self.deadline = float("inf")
+        self.deadline = NEVER
 
 
 # --- command line -------------------------------------------------------------
