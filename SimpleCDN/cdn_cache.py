@@ -62,6 +62,8 @@ def normalised_value(request_headers: Headers, name: str) -> str | None:
 
 def variant_of(fields: Sequence[str], request_headers: Headers) -> Variant:
     """This request's values of the fields a response varies on: its part of the cache key."""
+    if not fields:  # no Vary: one variant for everyone
+        return ()
     return tuple((name, normalised_value(request_headers, name)) for name in fields)
 
 

@@ -84,7 +84,7 @@ def recv(
     same_site: set[tuple[str, int]],
 ) -> Route:
     """The first decision about a request, before the cache is consulted."""
-    if request.has("via") and came_through(request, edge_name):
+    if "via" in request.names and came_through(request, edge_name):
         return Route("refuse", status=508, message="request loop: it already came via this edge")
     target, refusal = origin_form(request, origin_authority, same_site)
     if refusal:

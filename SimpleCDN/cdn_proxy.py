@@ -166,7 +166,8 @@ class Edge:
     ) -> Answer | Plan:
         """The answer, if the edge can give it now; otherwise the plan for getting it."""
         config = self.config
-        request_cc = parse_cache_control(request.headers) if request.has("cache-control") else {}
+        names = request.names
+        request_cc = parse_cache_control(request.headers) if "cache-control" in names else {}
         route = policy.recv(request, request_cc, config.name, self.authority, self.same_site)
         if route.action == "refuse":
             return self.finish(request, error_answer(route.status, route.message))
