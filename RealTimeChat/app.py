@@ -32,6 +32,7 @@ import socket
 import sqlite3
 import threading
 import types
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -548,10 +549,15 @@ def one_comeback_at_a_time(
     """WSGI middleware: a new connection from an address hung up on waits its turn.
 
     It runs before Engine.IO sees the request, so a waiting flooder costs
-    a sleeping greenlet, not a handshake (chat_rules.Comebacks).
+    a sleeping greenlet, not a handshake (chat_rules.Comebacks). Only a new
+    Engine.IO session waits: a request with a `sid` belongs to a connection
+    already made (every long-poll and every message of a polling client is
+    a request of its own), and pages and scripts start no session.
     """
 
     def app(environ: dict, start_response: Callable) -> object:
+        if not starts_a_session(environ):
+            return wsgi_app(environ, start_response)
         wait = comebacks.wait(environ.get("REMOTE_ADDR", ""))
         if wait is None:
             websocket = environ.get("wsgi.websocket")  # gevent-websocket upgrades first
@@ -571,6 +577,14 @@ def one_comeback_at_a_time(
         return wsgi_app(environ, start_response)
 
     return app
+
+
+def starts_a_session(environ: dict) -> bool:
+    """Is this request an Engine.IO handshake: /socket.io/ with no session id yet?"""
+    path = environ.get("PATH_INFO", "")
+    if path != SOCKETIO_PATH and not path.startswith(SOCKETIO_PATH + "/"):
+        return False
+    return "sid" not in urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
 
 
 def guard_every_frame(socketio: SocketIO, comebacks: Comebacks) -> None:

@@ -319,9 +319,10 @@ class Comebacks:
     from that address take turns: one every `spacing` seconds, the others
     wait (a sleeping greenlet costs no CPU), and one that would wait over
     `longest_wait` is refused. Clients already connected from the address are
-    not touched. The cost falls on whoever shares the address (a NAT, or
-    127.0.0.1 in the tests): their new connections wait their turn too, as
-    with nginx's per-address limits (README: "Fair service").
+    not touched: only a new session waits (app.py's `starts_a_session`). The
+    cost falls on whoever shares the address (a NAT, or 127.0.0.1 in the
+    tests): their new connections wait their turn too, as with nginx's
+    per-address limits (README: "Fair service").
     """
 
     def __init__(

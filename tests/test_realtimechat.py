@@ -973,8 +973,10 @@ def test_a_flooders_address_reconnects_one_at_a_time_while_members_chat_on(
     )
     room = new_room()
     alice, bob = connect(server), connect(server)
+    carol = connect(server, transports=["polling"])  # each poll is a request of its own
     alice.join(room, "alice")
     bob.join(room, "bob")
+    carol.join(room, "carol")
     with frames(server.url) as garbler:  # hung up on for a frame that is not Socket.IO
         garbler.ws.send("49")
         with pytest.raises(ConnectionClosed):
@@ -998,12 +1000,15 @@ def test_a_flooders_address_reconnects_one_at_a_time_while_members_chat_on(
         waiting = [pool.submit(comeback) for _ in range(2)]
         time.sleep(0.5)
         assert quiet_ack_seconds(alice, "still here") < 1.0  # members are not kept waiting
+        # nor are the polls and posts of a session made before the hang-up, nor pages
+        assert quiet_ack_seconds(carol, "polling too") < 1.0
+        assert requests.get(server.url + "/", timeout=WAIT).status_code == 200
         results = sorted(f.result(timeout=4 * WAIT) for f in waiting)
     refused = [seconds for seconds, outcome in results if outcome == "refused"]
     served = [seconds for seconds, outcome in results if outcome == "served"]
     assert len(refused) == 1 and refused[0] < 1.0  # refused at once, not after a wait
     assert len(served) == 1 and spacing - 0.5 < served[0] < spacing + 2  # its turn came
-    assert bob.wait_until(lambda: bob.texts() == ["still here"])
+    assert bob.wait_until(lambda: bob.texts() == ["still here", "polling too"])
 
 
 def test_room_lists_cost_the_same_on_a_database_of_200000_messages(tmp_path, start_server, connect):
