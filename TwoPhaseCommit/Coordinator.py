@@ -219,10 +219,10 @@ class Coordinator:
         self.orders_lock = threading.Lock()
         # Prepares and commits to one participant travel in batches (README,
         # "Batching and group commit"), never larger than a participant takes.
-        self.phase_one = {
+        self.phase_one = {  # one prepare a message until the participant says it takes more
             name: Batcher(
                 functools.partial(self._send_prepares, name),
-                MAX_BATCH,
+                1,
                 size=lambda prepare: len(json.dumps(prepare)) + 2,  # and ", "
                 budget=MAX_BODY_BYTES - PREPARE_ENVELOPE,
             )
@@ -329,6 +329,10 @@ class Coordinator:
         except Unreachable as err:
             return [{"vote": "none", "reason": f"no vote: {err}"}] * len(prepares)
         votes = reply.get("votes") if status == 200 and isinstance(reply, dict) else None
+        if votes is not None:  # how many prepares its next messages may carry
+            per_message = reply.get("prepares_per_message", 1)
+            if isinstance(per_message, int) and not isinstance(per_message, bool):
+                self.phase_one[name].most = max(1, min(MAX_BATCH, per_message))
         if not isinstance(votes, list) or len(votes) != len(prepares):
             return [{"vote": "none", "reason": f"bad reply {status}: {reply}"}] * len(prepares)
         return [

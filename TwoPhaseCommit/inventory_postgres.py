@@ -152,6 +152,12 @@ class PostgresParticipant(Participant):
     is, and how it changes, is PostgreSQL's.
     """
 
+    # One prepare per message: a prepared transaction keeps its row locks until
+    # phase 2, so a second order for the same item in the same message would
+    # wait for a decision that cannot come before the message is answered,
+    # and vote no after LOCK_TIMEOUT_MS (README, "Batching and group commit").
+    PREPARES_PER_MESSAGE = 1
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.doubts: dict[str, str] = {}  # txid -> why it still waits (not stored: informational)

@@ -202,7 +202,7 @@ class Batcher:
         budget: int = 0,
     ) -> None:
         self._flush = flush  # items -> one result per item, in order
-        self._most = most  # items in one flush; the rest wait for the next
+        self.most = most  # items in one flush; the rest wait for the next (may change)
         self._size, self._budget = size, budget
         self._lock = threading.Lock()  # guards _queue and _flushing
         self._queue: list[_Waiter] = []
@@ -210,7 +210,7 @@ class Batcher:
         self.batches = 0
 
     def submit(self, item: Any) -> Any:
-        me = _Waiter(item)
+        me = _Waiter(item, self._size(item))  # (a size that fails, fails here, unqueued)
         with self._lock:
             self._queue.append(me)
             if not self._flushing:
@@ -226,8 +226,8 @@ class Batcher:
     def _lead(self) -> None:
         with self._lock:
             taken, used = 0, 0
-            for waiter in self._queue[: self._most]:
-                used += self._size(waiter.item)
+            for waiter in self._queue[: self.most]:
+                used += waiter.size
                 if taken and used > self._budget:
                     break
                 taken += 1
@@ -235,8 +235,11 @@ class Batcher:
         results: list[Any] = [None] * len(batch)
         error = None
         try:
-            results = self._flush([w.item for w in batch])
-        except Exception as err:  # every waiter in the batch hears it
+            answered = self._flush([w.item for w in batch])
+            if len(answered) != len(batch):
+                raise RuntimeError(f"a flush of {len(batch)} answered {len(answered)}")
+            results = answered
+        except Exception as err:  # every waiter in the batch hears it, and the lead moves on
             error = err
         with self._lock:
             self.batches += 1
@@ -251,8 +254,8 @@ class Batcher:
 
 
 class _Waiter:
-    def __init__(self, item: Any) -> None:
-        self.item = item
+    def __init__(self, item: Any, size: int) -> None:
+        self.item, self.size = item, size
         self.leads = False
         # Held until a leader wakes us (a bare lock: cheaper than an Event, and
         # each waiter is woken at most once per wait).
@@ -620,7 +623,7 @@ def is_text(value: Any) -> bool:
     No NUL (PostgreSQL's text refuses it) and no lone surrogate such as the
     JSON escape "\\ud800" (not UTF-8: SQLite and PostgreSQL both refuse it).
     """
-    if not isinstance(value, str) or not 0 < len(value.strip()) <= MAX_TEXT or "\0" in value:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT or "\0" in value:
         return False
     try:
         value.encode("utf-8")

@@ -103,6 +103,10 @@ class ProtocolConflict(Exception):
 class Participant:
     """The state machine: (none) -> PREPARED -> COMMITTED | ABORTED, or (none) -> ABORTED."""
 
+    # How many prepares one message to this participant should carry, said in
+    # every vote reply: here a whole batch, voted on at once with one fsync.
+    PREPARES_PER_MESSAGE = MAX_BATCH
+
     def __init__(
         self,
         resource: Resource,
@@ -513,6 +517,8 @@ def create_app(participant: Participant) -> Flask:
             prepares = [one_prepare(body)]
         elif isinstance(batch, list) and 1 <= len(batch) <= MAX_BATCH:
             prepares = [one_prepare(p if isinstance(p, dict) else {}) for p in batch]
+            if len({txid for txid, _ in prepares}) < len(prepares):
+                abort(400, "a txid appears twice in prepares: one vote per transaction")
         else:
             abort(400, f"prepares must be a list of 1..{MAX_BATCH} {{txid, order}} objects")
         votes = [
@@ -523,7 +529,10 @@ def create_app(participant: Participant) -> Flask:
                 strict=True,
             )
         ]
-        reply = jsonify(votes[0] if batch is None else {"votes": votes})
+        per_message = {"prepares_per_message": participant.PREPARES_PER_MESSAGE}
+        reply = jsonify(
+            {**votes[0], **per_message} if batch is None else {"votes": votes, **per_message}
+        )
         said_yes = [v["txid"] for v in votes if v["vote"] == "yes"]
         if said_yes and participant.faults.crash_at == "after-vote":
             # Die once the yes has gone out: the coordinator will count it, and
