@@ -57,9 +57,6 @@ from cdn_stream import Cursor, Fill, InflightBudget
 # private, Set-Cookie...), so that requests for it go to the origin side by
 # side instead of queueing behind each other (Varnish: "hit-for-miss").
 UNSHAREABLE_MEMORY_SECONDS = 30.0
-# Request fields a hit is answered differently for (a 304, a range); without them,
-# and for a GET, a hit is the stored head as it is.
-ANSWERED_FROM_ENTRY = frozenset({"if-none-match", "if-modified-since", "range"})
 MEMORY_SIZE = 10_000  # URLs remembered as unshareable, and URLs whose Vary is known
 
 # Defaults, each overridable on the command line.
@@ -588,8 +585,19 @@ class Edge:
         age_field = ("Age", str(int(age)))
         ok = entry.status == 200
         names = request.names
-        if names.isdisjoint(ANSWERED_FROM_ENTRY) and request.method != "HEAD":
-            # The common case: the stored head as it is, plus Age.
+        if (
+            ok
+            and ("if-none-match" in names or "if-modified-since" in names)
+            and policy.not_modified(request.headers, entry.headers, entry.response_time)
+        ):
+            headers = policy.not_modified_headers([*entry.headers, age_field])
+            return Answer(304, "Not Modified", headers, label=label)
+        if request.method == "HEAD":
+            length = ("Content-Length", str(len(entry.body)))
+            return Answer(
+                entry.status, entry.reason, [*entry.headers, age_field, length], label=label
+            )
+        if not (ok and "range" in names):  # the common case: the stored head as it is, plus Age
             return Answer(
                 entry.status,
                 entry.reason,
@@ -599,30 +607,10 @@ class Edge:
                 stored_head=entry.wire_head,
             )
         headers = [*entry.headers, age_field]
-        conditional = "if-none-match" in names or "if-modified-since" in names
-        if (
-            ok
-            and conditional
-            and policy.not_modified(request.headers, entry.headers, entry.response_time)
-        ):
-            return Answer(304, "Not Modified", policy.not_modified_headers(headers), label=label)
-        if request.method == "HEAD":
-            headers.append(("Content-Length", str(len(entry.body))))
-            return Answer(entry.status, entry.reason, headers, label=label)
-        if not (ok and "range" in names):
-            return Answer(
-                entry.status,
-                entry.reason,
-                [age_field],
-                entry.body,
-                label=label,
-                stored_head=entry.wire_head,
-            )
         answer = Answer(entry.status, entry.reason, headers, entry.body, label=label)
-        if ok and request.has("range"):
-            span = policy.byte_range(request.header("range"), len(entry.body))
-            if span is not None:
-                return self.cut(answer, span, len(entry.body))
+        span = policy.byte_range(request.header("range"), len(entry.body))
+        if span is not None:
+            return self.cut(answer, span, len(entry.body))
         return answer
 
     def from_fill(

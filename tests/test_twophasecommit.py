@@ -352,6 +352,18 @@ def test_a_participant_that_does_not_answer_in_time_counts_as_no(shop):
 # -- the participant's promises, spoken to directly --------------------------------------
 
 
+def orders_at_once(shop: Shop, count: int) -> list[dict]:
+    """`count` orders for one pizza each, released together from as many threads."""
+    start = threading.Barrier(count)
+
+    def one_order(_: int) -> dict:
+        start.wait()
+        return shop.order("pizza", 1)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one_order, range(count)))
+
+
 def prepare(shop: Shop, name: str, txid: str, coordinator: str = "", **order: object) -> dict:
     order = {"item": "burger", "quantity": 1, "address": "1 Main St", **order}
     body = {
@@ -510,14 +522,7 @@ def test_concurrent_orders_share_prepare_messages(shop_factory):
     shop = shop_factory(stock="pizza=40", riders=40)
     shop.faults("delivery", delay_ms=300)  # a slow participant, so prepares queue for it
     before = counters(shop)
-    start = threading.Barrier(10)
-
-    def one_order(_: int) -> dict:
-        start.wait()
-        return shop.order("pizza", 1)
-
-    with ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(one_order, range(10)))
+    results = orders_at_once(shop, 10)
     assert [r["outcome"] for r in results] == ["committed"] * 10
     shop.settle()
     # One at a time, 10 orders are 10 prepare messages (and votes) to each participant:
@@ -631,14 +636,7 @@ def test_forty_orders_for_ten_of_something_commit_exactly_ten(
     shop_factory, stock, riders, why, left
 ):
     shop = shop_factory(stock=stock, riders=riders)
-    start = threading.Barrier(40)
-
-    def one_order(_: int) -> dict:
-        start.wait()
-        return shop.order("pizza", 1)
-
-    with ThreadPoolExecutor(40) as pool:
-        results = list(pool.map(one_order, range(40)))
+    results = orders_at_once(shop, 40)
     shop.settle()  # aborts are sent once and never acknowledged: let them land
     outcomes = [r["outcome"] for r in results]
     assert outcomes.count("committed") == 10
@@ -1058,14 +1056,7 @@ def test_concurrent_commits_share_an_fsync_group_commit(shop_factory):
     shop.faults("coordinator", slow_fsync_ms=300)  # a slow disk, so decisions queue behind it
     before = shop.get("coordinator", "/log")["commit_groups"]
     forced_before = shop.get("coordinator", "/stats")["forced_writes"]
-    start = threading.Barrier(20)
-
-    def one_order(_: int) -> dict:
-        start.wait()
-        return shop.order("pizza", 1)
-
-    with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(one_order, range(20)))
+    results = orders_at_once(shop, 20)
     assert [r["outcome"] for r in results] == ["committed"] * 20
     groups = shop.get("coordinator", "/log")["commit_groups"] - before
     forced = shop.get("coordinator", "/stats")["forced_writes"] - forced_before
@@ -1238,14 +1229,7 @@ def test_concurrent_orders_for_one_item_all_commit_on_either_store(either_store,
     # cannot come before the message is answered. So it asks for one prepare a
     # message, and SQLite for whole batches (review finding: 1 of 8 committed).
     shop = either_store
-    start = threading.Barrier(8)
-
-    def one_order(_: int) -> dict:
-        start.wait()
-        return shop.order("pizza", 1)
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one_order, range(8)))
+    results = orders_at_once(shop, 8)
     assert [r["outcome"] for r in results] == ["committed"] * 8, [r["reason"] for r in results]
     shop.settle()
     assert shop.atomicity_violations() == []
