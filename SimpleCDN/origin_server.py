@@ -21,7 +21,8 @@ Pages (GET /, or see PAGES below):
   /items/<name>            a resource that PUT / POST / DELETE change
   /echo                    any method: echoes method, headers and body as JSON
   /respond?...             answers with whatever the query asks for (for tests):
-                           status=404  cc=max-age%3D60  etag=v1  lm=3600 (seconds ago)
+                           status=404  cc=max-age%3D60  etag=v1  lm=3600 (seconds before
+                           the URL was first asked for: every answer has the same one)
                            date=-10 (seconds from now)  expires=60  age=30
                            h=Name:Value (repeatable; h200= / h304= only on a 200 / a 304)
                            body=text  size=bytes (up to 1 GiB, written in pieces)
@@ -44,7 +45,7 @@ import struct
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -57,6 +58,7 @@ MAX_RESPOND_BYTES = 1024**3  # /respond?size= beyond this is refused, not attemp
 PIECE_BYTES = 1024 * 1024  # a large body is written in pieces this size, never held whole
 STARTED = time.time()
 ABOUT_LAST_MODIFIED = STARTED - 10 * 24 * 3600  # "edited ten days ago"
+FIRST_ASKED_KEPT = 100_000  # /respond URLs whose first request time is remembered (for lm=)
 
 PAGES = {
     "/index.html": (
@@ -127,6 +129,19 @@ class OriginState:
     def snapshot(self) -> dict[str, object]:
         with self.lock:
             return {"requests": sum(self.requests.values()), "paths": dict(self.requests)}
+
+
+_first_asked: OrderedDict[str, float] = OrderedDict()
+_first_asked_lock = threading.Lock()
+
+
+def first_asked(target: str, now: float) -> float:
+    """When `target` was first requested (now, the first time); the oldest are forgotten."""
+    with _first_asked_lock:
+        when = _first_asked.setdefault(target, now)
+        if len(_first_asked) > FIRST_ASKED_KEPT:
+            _first_asked.popitem(last=False)
+        return when
 
 
 class OriginHandler(BaseHTTPRequestHandler):
@@ -407,7 +422,10 @@ class OriginHandler(BaseHTTPRequestHandler):
         if etag is not None:
             etag = etag if etag.startswith(("W/", '"')) else f'"{etag}"'
             headers.append(("ETag", etag))
-        last_modified = now - int(first["lm"]) if "lm" in first else None
+        # Anchored to the URL's first request, not to now: a Last-Modified that
+        # moved with the clock would tell a revalidation in the next second that
+        # the page changed, and the cache would rightly fetch it all again.
+        last_modified = first_asked(self.path, now) - int(first["lm"]) if "lm" in first else None
         if last_modified is not None:
             headers.append(("Last-Modified", http_date(last_modified)))
         if "expires" in first:
