@@ -369,15 +369,18 @@ class Coordinator:
             status, reply = self.messenger.call("POST", url, self.vote_timeout, body)
         except Unreachable:
             return [False] * len(txids)
-        if status != 200:
+        results = reply.get("results") if status == 200 and isinstance(reply, dict) else None
+        if not isinstance(results, dict):  # not an answer we can read: resend later
             return [False] * len(txids)
         acknowledged = []
         for txid in txids:
-            result = reply.get("results", {}).get(txid, {})
+            result = results.get(txid)
+            result = result if isinstance(result, dict) else {}
             if result.get("status") == 409:
                 # It aborted the transaction on an operator's word (a heuristic
                 # decision) and cannot commit it now: resending will not help.
-                say(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {result['error']}")
+                why = result.get("error", "")
+                say(f"HEURISTIC DAMAGE: {name} refused commit of {txid}: {why}")
             acknowledged.append(result.get("status") in (200, 409))
         return acknowledged
 
