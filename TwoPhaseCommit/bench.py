@@ -1,6 +1,6 @@
 """What 2PC costs and what it buys: against calling the two services one after the other.
 
-    python TwoPhaseCommit/bench.py                 # about four minutes
+    python TwoPhaseCommit/bench.py                 # about two minutes
     python TwoPhaseCommit/bench.py --orders 100    # quicker
 
 1. Cost per order, counted: forced writes (fsyncs the VFS saw) and messages
